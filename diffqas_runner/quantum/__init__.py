@@ -1,0 +1,44 @@
+"""Quantum circuits of DiffQAS: the 12 candidates and the simulators that run them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from .candidates import CANDIDATES, N_CANDIDATES, Candidate, Entangler, Rotation, candidate
+
+BACKENDS = ("native", "pennylane")
+
+__all__ = [
+    "BACKENDS",
+    "CANDIDATES",
+    "N_CANDIDATES",
+    "Candidate",
+    "Entangler",
+    "Rotation",
+    "candidate",
+    "candidate_probabilities",
+    "probabilities",
+]
+
+
+def probabilities(
+    theta: torch.Tensor, cands: Sequence[Candidate], backend: str = "native", device: str = "default.qubit"
+) -> torch.Tensor:
+    """Probabilities (len(cands), 2**n) of several candidates for shared angles theta (L, n)."""
+    if backend == "native":
+        from . import native
+
+        return native.probabilities(theta, cands)
+    if backend == "pennylane":
+        from . import pennylane
+
+        return pennylane.probabilities(theta, cands, device)
+    raise ValueError(f"backend={backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
+
+
+def candidate_probabilities(arch: int, theta: torch.Tensor, backend: str = "native", **kwargs) -> torch.Tensor:
+    """The 2**n probabilities (float64, qubit 0 most significant) of candidate `arch` (1..12)."""
+    theta = torch.as_tensor(theta, dtype=torch.float64)
+    return probabilities(theta, [candidate(arch)], backend, **kwargs)[0]

@@ -1,0 +1,256 @@
+"""The project's own state-vector simulator for the DiffQAS candidate circuits.
+
+How it is fast (measured with scripts/bench_backends.py):
+- Candidates whose output cannot depend on theta (`Candidate.theta_independent`) are
+  simulated once per (n, L, dtype, device) and cached, with no autograd graph.
+- The others run together, one batch of rows per rotation kind, in real arithmetic only.
+  Ry circuits are real. An Rx layer is D R'^n D with D = diag((-i)^popcount(x)) and the real
+  R'(t) = [[cos t/2, sin t/2], [sin t/2, -cos t/2]], so tracking phi = D^-1 psi turns each
+  CNOT layer P into the signed permutation D P D of the stacked (real, imaginary) rows and
+  the rotation into a real matrix: half the flops of complex arithmetic.
+- A rotation layer on n wires is 4 small Kronecker blocks applied as plain GEMMs: the state
+  is kept in a layout where the two blocks it applies sit at the ends of the index (one GEMM
+  from the left, one from the right), one transpose exposes the other two, and the layout
+  changes are folded into the CNOT gather, which is one precomputed index per layer.
+- The first layer acts on a product state that every CNOT layer fixes (|0..0> or |+..+>),
+  so its output is a Kronecker product of 2-vectors.
+Basis order everywhere outside this module: qubit 0 is the most significant bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from .candidates import Candidate, Rotation, entangler_permutation
+
+# Wires per Kronecker block: 2**BLOCK-sized GEMMs balance flops against memory passes.
+BLOCK = 4
+
+
+class _SignedGather(torch.autograd.Function):
+    """out = x[idx] * sign for a flat signed permutation; the backward is its inverse."""
+
+    @staticmethod
+    def forward(ctx, x, idx, inverse, sign):
+        ctx.inverse, ctx.sign = inverse, sign
+        out = x.gather(0, idx)
+        return out if sign is None else out * sign
+
+    @staticmethod
+    def backward(ctx, grad):
+        if ctx.sign is not None:
+            grad = grad * ctx.sign
+        return grad.gather(0, ctx.inverse), None, None, None
+
+
+def _gather(x: torch.Tensor, plan: tuple) -> torch.Tensor:
+    return _SignedGather.apply(x, *plan)
+
+
+def _single_qubit(kind: Rotation, angles: torch.Tensor) -> torch.Tensor:
+    """(n, 2, 2) real matrices: Ry(angle), or R'(angle) for Rx (see the module docstring)."""
+    c, s = torch.cos(angles / 2), torch.sin(angles / 2)
+    if kind is Rotation.RY:
+        rows = [torch.stack([c, -s], -1), torch.stack([s, c], -1)]
+    else:
+        rows = [torch.stack([c, s], -1), torch.stack([s, -c], -1)]
+    return torch.stack(rows, -2)
+
+
+def _kron(mats: torch.Tensor) -> torch.Tensor:
+    out = mats[0]
+    for m in mats[1:]:
+        out = torch.kron(out, m)
+    return out
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Precomputed indices for one batch of rows: layouts, gathers and block boundaries."""
+
+    rows: int
+    blocks: tuple[tuple[int, int], ...]  # (start wire, width); 2 blocks, or 4 for n >= 2*BLOCK
+    first_to_a: tuple  # gather: standard layout -> layout A, with the CNOT layer
+    c_to_a: tuple  # gather: layout C (after a full layer) -> layout A, with the CNOT layer
+    to_standard: tuple  # gather: final layout -> standard (rows, 2**n), no CNOT
+
+
+def _layout_positions(rows: int, n: int, axes: list[int]) -> torch.Tensor:
+    """pos[j] = standard flat index (row-major (rows, 2**n)) of layout position j."""
+    return torch.arange(rows * 2**n).view(rows, *[2] * n).permute(axes).reshape(-1)
+
+
+def _signed_source(cands: Sequence[Candidate], n: int, is_rx: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """For every standard position (row, x): where its value comes from after one CNOT layer.
+
+    Ry rows: (row, src(x)). Rx rows come in (real, imag) pairs and carry the phase
+    (-i)^(popcount(x) + popcount(src(x))) of D P D, i.e. a swap of the pair and a sign.
+    """
+    dim = 2**n
+    x = torch.arange(dim)
+    sources, signs = [], []
+    for cand in cands:
+        src = entangler_permutation(cand.entangler, n)
+        if not is_rx:
+            sources.append(len(sources) * dim + src)
+            continue
+        base = len(sources) * dim
+        popcount = lambda v: sum(((v >> b) & 1) for b in range(n))  # noqa: E731
+        m = (popcount(x) + popcount(src)) % 4  # phase (-i)^m
+        # phase 1: (a, b); -i: (b, -a); -1: (-a, -b); i: (-b, a), with phi = a + i b.
+        swap = (m % 2) == 1
+        re_src = torch.where(swap, base + dim + src, base + src)
+        im_src = torch.where(swap, base + src, base + dim + src)
+        re_sign = torch.where((m == 2) | (m == 3), -1.0, 1.0)
+        im_sign = torch.where((m == 1) | (m == 2), -1.0, 1.0)
+        sources += [re_src, im_src]
+        signs += [re_sign, im_sign]
+    return torch.cat(sources), (torch.cat(signs) if is_rx else None)
+
+
+def _gather_plan(out_pos, in_pos, source, sign, dtype, device):
+    inv_in = torch.argsort(in_pos)
+    idx = inv_in[source[out_pos]] if source is not None else inv_in[out_pos]
+    inverse = torch.argsort(idx)
+    sgn = None if sign is None else sign[out_pos].to(dtype=dtype, device=device)
+    return idx.to(device), inverse.to(device), sgn
+
+
+@lru_cache(maxsize=32)
+def _plan(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype, device: str) -> _Plan:
+    is_rx = cands[0].rotation is Rotation.RX
+    rows = len(cands) * (2 if is_rx else 1)
+    if n >= 2 * BLOCK:
+        edges = [round(i * n / 4) for i in range(5)]
+    else:
+        edges = [0, n // 2, n]
+    blocks = tuple((a, b - a) for a, b in zip(edges, edges[1:]))
+    bits = [[1 + q for q in range(a, a + w)] for a, w in blocks]
+    layout_a = bits[0] + [0] + [ax for blk in bits[1:] for ax in blk]
+    if len(blocks) == 4:  # the transpose of A (as a 2-D matrix split after B2) is C
+        layout_c = bits[2] + bits[3] + bits[0] + [0] + bits[1]
+    else:
+        layout_c = layout_a
+    std = torch.arange(rows * 2**n)
+    pos_a = _layout_positions(rows, n, layout_a)
+    pos_c = _layout_positions(rows, n, layout_c)
+    source, sign = _signed_source(cands, n, is_rx)
+    return _Plan(
+        rows=rows,
+        blocks=blocks,
+        first_to_a=_gather_plan(pos_a, std, source, sign, dtype, device),
+        c_to_a=_gather_plan(pos_a, pos_c, source, sign, dtype, device),
+        to_standard=_gather_plan(std, pos_c, None, None, dtype, device),
+    )
+
+
+def _rotate(flat: torch.Tensor, mats: torch.Tensor, plan: _Plan) -> torch.Tensor:
+    """Apply the rotation layer to a flat state in layout A; the result is in layout C."""
+    blocks = plan.blocks
+    u = [_kron(mats[a : a + w]) for a, w in blocks]
+    first, last = 2 ** blocks[0][1], 2 ** blocks[-1][1]
+    state = u[0] @ flat.view(first, -1)
+    state = state.view(-1, last) @ u[-1].T
+    if len(blocks) == 2:
+        return state.reshape(-1)
+    right = 2 ** (blocks[2][1] + blocks[3][1])
+    state = state.view(-1, right).T.contiguous()  # layout C: [B3 B4 B1 rows B2]
+    state = u[2] @ state.view(2 ** blocks[2][1], -1)
+    state = state.view(-1, 2 ** blocks[1][1]) @ u[1].T
+    return state.reshape(-1)
+
+
+def _first_layer(cands: Sequence[Candidate], mats: torch.Tensor, is_rx: bool) -> torch.Tensor:
+    """State after layer 0 in the standard layout: a Kronecker product per row."""
+    n = mats.shape[0]
+    plus = torch.full((2,), 2**-0.5, dtype=mats.dtype, device=mats.device)
+    zero = torch.tensor([1.0, 0.0], dtype=mats.dtype, device=mats.device)
+    rows = []
+    for cand in cands:
+        start = plus if cand.hadamard else zero
+        vecs = mats @ start  # (n, 2): the rotated single-qubit states
+        state = vecs[0]
+        for q in range(1, n):
+            state = torch.outer(state, vecs[q]).reshape(-1)
+        rows.append(state)
+        if is_rx:
+            rows.append(torch.zeros_like(state))
+    return torch.cat(rows)
+
+
+def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
+    """Probabilities (len(cands), 2**n) of candidates sharing one rotation kind (Rx or Ry)."""
+    n_layers, n = theta.shape
+    kind = cands[0].rotation
+    is_rx = kind is Rotation.RX
+    plan = _plan(cands, n, theta.dtype, str(theta.device))
+    mats = _single_qubit(kind, theta)
+    flat = _first_layer(cands, mats[0], is_rx)
+    final_plan = None  # the state is still in the standard layout
+    for layer in range(1, n_layers):
+        flat = _gather(flat, plan.first_to_a if layer == 1 else plan.c_to_a)
+        flat = _rotate(flat, mats[layer], plan)
+        final_plan = plan.to_standard
+    probs = flat.square()
+    if final_plan is not None:
+        probs = _gather(probs, final_plan)
+    probs = probs.view(plan.rows, 2**n)
+    if is_rx:
+        probs = probs.view(len(cands), 2, 2**n).sum(1)
+    return probs
+
+
+def _simulate_any(theta: torch.Tensor, cand: Candidate) -> torch.Tensor:
+    """Reference simulation of one candidate with complex amplitudes (any rotation kind)."""
+    n_layers, n = theta.shape
+    complex_dtype = torch.complex128 if theta.dtype == torch.float64 else torch.complex64
+    state = torch.zeros(2**n, dtype=complex_dtype, device=theta.device)
+    if cand.hadamard:
+        state[:] = 2 ** (-n / 2)
+    else:
+        state[0] = 1
+    perm = entangler_permutation(cand.entangler, n).to(theta.device)
+    paulis = {
+        Rotation.RX: torch.tensor([[0, 1], [1, 0]], dtype=complex_dtype),
+        Rotation.RY: torch.tensor([[0, -1j], [1j, 0]], dtype=complex_dtype),
+        Rotation.RZ: torch.tensor([[1, 0], [0, -1]], dtype=complex_dtype),
+    }
+    pauli = paulis[cand.rotation].to(theta.device)
+    eye = torch.eye(2, dtype=complex_dtype, device=theta.device)
+    for layer in range(n_layers):
+        state = state[perm]
+        for q in range(n):
+            t = theta[layer, q].to(complex_dtype)
+            gate = torch.cos(t / 2) * eye - 1j * torch.sin(t / 2) * pauli
+            state = torch.einsum("ij,ajb->aib", gate, state.view(2**q, 2, -1)).reshape(-1)
+    return torch.view_as_real(state).square().sum(-1)
+
+
+@lru_cache(maxsize=256)
+def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    with torch.no_grad():
+        return _simulate_any(torch.zeros(n_layers, n, dtype=dtype, device=device), cand)
+
+
+def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tensor:
+    """Measurement probabilities (len(cands), 2**n) for the shared angles theta (L, n)."""
+    if theta.dim() != 2 or theta.shape[1] < 2 or theta.shape[0] < 1:
+        raise ValueError(f"theta must have shape (L, n) with L >= 1 and n >= 2, got {tuple(theta.shape)}")
+    if theta.dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"theta dtype must be float32 or float64, got {theta.dtype}")
+    n_layers, n = theta.shape
+    rows: dict[int, torch.Tensor] = {}
+    groups: dict[Rotation, list[int]] = {}
+    for i, cand in enumerate(cands):
+        if cand.theta_independent:
+            rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
+        else:
+            groups.setdefault(cand.rotation, []).append(i)
+    for members in groups.values():
+        probs = _simulate_group(theta, tuple(cands[i] for i in members))
+        rows.update(zip(members, probs.unbind(0)))
+    return torch.stack([rows[i] for i in range(len(cands))])
