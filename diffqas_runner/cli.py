@@ -1,0 +1,49 @@
+"""`diffqas-run` / `python -m diffqas_runner`: compose the config with Hydra and run it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+
+from .config import ConfigError, register
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+log = logging.getLogger("diffqas_runner")
+
+register()
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
+def main(cfg) -> float | None:
+    from .run import run
+    from .tasks.classification import DataError
+    from .train.supervised import NonFiniteLoss
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    try:
+        summary = run(
+            cfg,
+            hc.runtime.output_dir,
+            group=Path(hc.sweep.dir).name if multirun else None,
+            name=hc.job.override_dirname or None,
+            interactive=not multirun,
+        )
+    except (ConfigError, DataError, NonFiniteLoss) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        log.error("%s", err)
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(2)
+    metrics = summary["metrics"]
+    return next(iter(metrics.values()), None)  # the value a sweeper would optimise
+
+
+if __name__ == "__main__":
+    main()

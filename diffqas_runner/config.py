@@ -1,0 +1,204 @@
+"""Structured configs: the schema Hydra checks every override against at compose time.
+
+Enum fields make a bad choice fail with OmegaConf's own message listing the allowed values;
+`validate` checks what a type cannot express (ranges, pairs) before any work starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import Enum
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class TaskKind(Enum):
+    classification = "classification"
+
+
+class SearchMode(Enum):
+    diffqas = "diffqas"
+    fixed = "fixed"
+
+
+class Structural(Enum):
+    raw = "raw"
+    softmax = "softmax"
+
+
+class Postprocess(Enum):
+    toolkit = "toolkit"
+    scale = "scale"
+    none = "none"
+
+
+class TensorScale(Enum):
+    standardize = "standardize"
+    fan_in = "fan_in"
+    none = "none"
+
+
+class ThetaInit(Enum):
+    uniform = "uniform"
+    normal = "normal"
+
+
+class BitsInit(Enum):
+    zero = "zero"
+    default = "default"
+
+
+class BackendName(Enum):
+    native = "native"
+    pennylane = "pennylane"
+
+
+class Precision(Enum):
+    float64 = "float64"
+    float32 = "float32"
+
+
+class LoggerName(Enum):
+    wandb = "wandb"
+    none = "none"
+
+
+class WandbMode(Enum):
+    online = "online"
+    offline = "offline"
+    disabled = "disabled"
+
+
+class Progress(Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    kind: TaskKind = TaskKind.classification
+    classes: list[int] = field(default_factory=lambda: [1, 5])
+    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    depth: int = 15  # the paper's depth for this task; the top-level `depth` key overrides it
+
+
+@dataclass
+class SearchConfig:
+    mode: SearchMode = SearchMode.diffqas
+    arch: int | None = None  # fixed mode: candidate 1..12 (SPEC.md section 2)
+    structural: Structural = Structural.raw
+
+
+@dataclass
+class QTConfig:
+    postprocess: Postprocess = Postprocess.toolkit
+    toolkit: list[float] = field(default_factory=lambda: [0.1, 0.8, 0.3])  # gamma, beta, alpha
+    center_output: bool = True
+    mapping_hidden: list[int] = field(default_factory=list)
+    mapping_bits_init: BitsInit = BitsInit.zero
+    theta_init: ThetaInit = ThetaInit.uniform
+    theta_std: float = 0.01
+    tensor_scale: TensorScale = TensorScale.standardize
+
+
+@dataclass
+class BackendConfig:
+    name: BackendName = BackendName.native
+    device: str = "cpu"  # native: cpu | cuda; pennylane: default.qubit | lightning.qubit
+    precision: Precision = Precision.float64
+
+
+@dataclass
+class LoggerConfig:
+    name: LoggerName = LoggerName.none
+    mode: WandbMode = WandbMode.offline
+    project: str = "diffqas-qt"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    max_steps: int | None = None  # cap on optimisation steps (null = no cap)
+    batch_size: int = 100
+    lr: float = 1e-3
+    eval_every: int | None = None  # steps between evaluations (null = once per epoch)
+    threads: int | None = None  # torch intra-op threads (null = torch's default)
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    qt: QTConfig = field(default_factory=QTConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    depth: int = MISSING  # circuit layers L; defaults to the task's paper depth (task.depth)
+    seed: int = 0
+    data_dir: str = "data"
+    download: bool = False
+    progress: Progress = Progress.auto
+
+
+class ConfigError(ValueError):
+    """A user-facing key has a value outside what is allowed."""
+
+
+def _check(ok: bool, key: str, value, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+
+
+def validate(cfg) -> None:
+    """Range and consistency checks that the schema's types cannot express."""
+    _check(cfg.depth >= 1, "depth", cfg.depth, "an integer >= 1")
+    if cfg.search.mode == SearchMode.fixed:
+        arch = cfg.search.arch
+        _check(arch is not None and 1 <= arch <= 12, "search.arch", arch, "an integer 1..12 with search=fixed")
+    else:
+        _check(cfg.search.arch is None, "search.arch", cfg.search.arch, "null with search=diffqas (use search=fixed)")
+    classes = list(cfg.task.classes)
+    if cfg.task.kind == TaskKind.classification:
+        _check(
+            len(classes) == 2 and all(0 <= c <= 9 for c in classes) and classes[0] != classes[1],
+            "task.classes",
+            classes,
+            "two different class labels in 0..9",
+        )
+    _check(cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, "an integer >= 1")
+    _check(
+        cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps, "null or >= 1"
+    )
+    _check(cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, "an integer >= 1")
+    _check(cfg.train.lr > 0, "train.lr", cfg.train.lr, "a number > 0")
+    _check(
+        cfg.train.eval_every is None or cfg.train.eval_every >= 1,
+        "train.eval_every",
+        cfg.train.eval_every,
+        "null or >= 1",
+    )
+    _check(len(cfg.qt.toolkit) == 3, "qt.toolkit", list(cfg.qt.toolkit), "three numbers [gamma, beta, alpha]")
+    if cfg.backend.name == BackendName.native:
+        _check(
+            cfg.backend.device in ("cpu", "cuda") or cfg.backend.device.startswith("cuda:"),
+            "backend.device",
+            cfg.backend.device,
+            "cpu or cuda with backend=native",
+        )
+    else:
+        _check(
+            cfg.backend.device in ("default.qubit", "lightning.qubit"),
+            "backend.device",
+            cfg.backend.device,
+            "default.qubit or lightning.qubit with backend=pennylane",
+        )
+
+
+def register() -> None:
+    ConfigStore.instance().store(name="run_schema", node=RunConfig)

@@ -1,0 +1,154 @@
+"""The Quantum-Train generator (SPEC.md sections 1 and 3).
+
+One optimisation step runs the circuit(s) once, turns the 2**n probabilities into p weights
+and returns them as a {name: tensor} dict for `torch.func.functional_call`, so gradients
+reach the angles, the structural weights and the mapping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
+
+POSTPROCESS = ("toolkit", "scale", "none")
+STRUCTURAL = ("raw", "softmax")
+TENSOR_SCALES = ("standardize", "fan_in", "none")
+
+
+def n_qubits_for(n_params: int) -> int:
+    """ceil(log2 p) qubits hold p weights in their 2**n basis states."""
+    return max(2, math.ceil(math.log2(n_params)))
+
+
+@dataclass
+class GeneratorOptions:
+    """How the circuit output becomes weights; defaults are SPEC's, tuned as the README says."""
+
+    mode: str = "diffqas"  # diffqas | fixed
+    arch: int | None = None  # fixed mode: candidate 1..12
+    structural: str = "raw"  # raw | softmax
+    postprocess: str = "toolkit"  # toolkit | scale | none
+    toolkit: tuple[float, float, float] = (0.1, 0.8, 0.3)  # (gamma, beta, alpha)
+    center_output: bool = True
+    mapping_hidden: tuple[int, ...] = ()  # () = the paper's Linear(n+1 -> 1)
+    mapping_bits_init: str = "zero"  # zero | default: initial weights on the +-1 bit inputs
+    theta_init: str = "uniform"  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
+    theta_std: float = 0.01
+    tensor_scale: str = "fan_in"  # fixed per-tensor factor 1/sqrt(fan_in) | none
+    backend: str = "native"
+    device: str = "default.qubit"  # PennyLane device when backend=pennylane
+    dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters
+    out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
+
+
+def _fan_in(shape: torch.Size) -> int:
+    return int(shape[1:].numel()) if len(shape) > 1 else int(shape[0])
+
+
+class Generator(nn.Module):
+    def __init__(self, shapes: Mapping[str, torch.Size], depth: int, options: GeneratorOptions | None = None):
+        super().__init__()
+        opts = options or GeneratorOptions()
+        self.options = opts
+        self.names = list(shapes)
+        self.shapes = [torch.Size(s) for s in shapes.values()]
+        self.n_params = sum(s.numel() for s in self.shapes)
+        self.n_qubits = n = n_qubits_for(self.n_params)
+        self.depth = depth
+        if opts.mode == "diffqas":
+            self.candidates = CANDIDATES
+        elif opts.mode == "fixed":
+            self.candidates = (candidate(opts.arch),)
+        else:
+            raise ValueError(f"search.mode={opts.mode!r}; allowed: diffqas, fixed")
+
+        dtype = opts.dtype
+        if opts.theta_init == "uniform":
+            theta = torch.rand(depth, n, dtype=dtype) * 2 * math.pi
+        else:
+            theta = opts.theta_std * torch.randn(depth, n, dtype=dtype)
+        self.theta = nn.Parameter(theta)
+        if opts.mode == "diffqas":
+            self.structural = nn.Parameter(torch.full((N_CANDIDATES,), 1.0 / N_CANDIDATES, dtype=dtype))
+        else:
+            self.register_parameter("structural", None)
+
+        # Inputs of the mapping: the +-1 bits of every used basis index (qubit 0 most significant).
+        index = torch.arange(self.n_params)
+        bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype) * 2 - 1
+        self.register_buffer("bits", bits, persistent=False)
+        widths = [n + 1, *opts.mapping_hidden, 1]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths, widths[1:])):
+            layers.append(nn.Linear(a, b, dtype=dtype))
+            if i < len(widths) - 2:
+                layers.append(nn.ReLU())
+        self.mapping = nn.Sequential(*layers)
+        if opts.mapping_bits_init == "zero":
+            with torch.no_grad():
+                self.mapping[0].weight[:, :n].zero_()
+        scales = [1.0 / math.sqrt(_fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
+        self.register_buffer(
+            "scale",
+            torch.cat([torch.full((s.numel(),), c, dtype=dtype) for s, c in zip(self.shapes, scales)]),
+            persistent=False,
+        )
+
+    # --- the quantum part -------------------------------------------------------------
+    def structural_weights(self) -> torch.Tensor | None:
+        if self.structural is None:
+            return None
+        return torch.softmax(self.structural, 0) if self.options.structural == "softmax" else self.structural
+
+    def probabilities(self) -> torch.Tensor:
+        """Ensemble probabilities P (2**n,): sum_j w_j P_j, or the fixed candidate's P."""
+        opts = self.options
+        probs = probabilities(self.theta, self.candidates, backend=opts.backend, device=opts.device)
+        weights = self.structural_weights()
+        return probs[0] if weights is None else weights @ probs
+
+    def ranking(self) -> list[int] | None:
+        weights = self.structural_weights()
+        if weights is None:
+            return None
+        return [CANDIDATES[i].number for i in torch.argsort(weights.detach(), descending=True).tolist()]
+
+    # --- probabilities -> weights ------------------------------------------------------
+    def _postprocess(self, probs: torch.Tensor) -> torch.Tensor:
+        opts, n = self.options, self.n_qubits
+        if opts.postprocess == "none":
+            return probs
+        if opts.postprocess == "scale":
+            return probs * 2**n
+        gamma, beta, alpha = opts.toolkit
+        x = (beta * torch.tanh(gamma * 2 ** (n - 1) * probs)).clamp_min(1e-12) ** alpha
+        return x - x.mean()
+
+    def flat_weights(self) -> torch.Tensor:
+        x = self._postprocess(self.probabilities()[: self.n_params])
+        kappa = self.mapping(torch.cat([self.bits, x[:, None]], 1)).squeeze(1)
+        if self.options.center_output:
+            kappa = kappa - kappa.mean()
+        if self.options.tensor_scale == "standardize":
+            kappa = torch.cat(
+                [(t - t.mean()) / (t.std() + 1e-12) for t in kappa.split([s.numel() for s in self.shapes])]
+            )
+        return kappa * self.scale
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        """The generated weights as {name: tensor}, in the target's named_parameters() order."""
+        flat = self.flat_weights().to(self.options.out_dtype)
+        out, start = {}, 0
+        for name, shape in zip(self.names, self.shapes):
+            out[name] = flat[start : start + shape.numel()].view(shape)
+            start += shape.numel()
+        return out
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

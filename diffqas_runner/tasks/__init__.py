@@ -1,0 +1,16 @@
+"""Tasks: data (or environment), the classical target network and its metric. No circuits here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def build(task_cfg, data_dir: str | Path, download: bool = False):
+    kind = task_cfg.kind.value if hasattr(task_cfg.kind, "value") else str(task_cfg.kind)
+    if kind == "classification":
+        from .classification import DATASETS, ClassificationTask
+
+        if task_cfg.name not in DATASETS:
+            raise ValueError(f"task.name={task_cfg.name!r}; allowed for classification: {', '.join(DATASETS)}")
+        return ClassificationTask(task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download)
+    raise ValueError(f"task.kind={kind!r} is not implemented")

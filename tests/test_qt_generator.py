@@ -1,0 +1,89 @@
+"""The Quantum-Train generator: parameter accounting, gradient flow, export."""
+
+import pytest
+import torch
+from torch.func import functional_call
+
+from diffqas_runner.qt import Generator, n_qubits_for
+from diffqas_runner.qt.generator import GeneratorOptions
+from diffqas_runner.tasks.classification import mlp
+
+
+def _shapes(model):
+    return {k: v.shape for k, v in model.named_parameters()}
+
+
+@pytest.mark.parametrize(
+    "n_params,depth,qubits,diffqas,fixed",
+    [
+        (108_866, 15, 17, 286, 274),  # classification MLP 784-128-64-2 (SPEC section 5)
+        (1_781, 10, 11, 135, 123),  # time-series LSTM
+        (6_023, 10, 13, 157, 145),  # MiniGrid actor
+        (5_825, 10, 13, 157, 145),  # MiniGrid critic
+    ],
+)
+def test_parameter_accounting_matches_spec(n_params, depth, qubits, diffqas, fixed):
+    assert n_qubits_for(n_params) == qubits
+    shapes = {"w": torch.Size([n_params])}
+    assert Generator(shapes, depth).trainable_parameters() == diffqas == qubits * depth + 12 + qubits + 2
+    gen = Generator(shapes, depth, GeneratorOptions(mode="fixed", arch=8))
+    assert gen.trainable_parameters() == fixed == qubits * depth + qubits + 2
+
+
+def test_mnist_mlp_has_the_paper_size():
+    assert sum(p.numel() for p in mlp([784, 128, 64, 2]).parameters()) == 108_866
+
+
+@pytest.mark.parametrize("postprocess", ["toolkit", "scale", "none"])
+@pytest.mark.parametrize("tensor_scale", ["standardize", "fan_in", "none"])
+def test_gradients_reach_angles_structural_weights_and_mapping(postprocess, tensor_scale):
+    torch.manual_seed(0)
+    model = mlp([20, 8, 2])
+    gen = Generator(_shapes(model), 3, GeneratorOptions(postprocess=postprocess, tensor_scale=tensor_scale))
+    x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
+    loss = torch.nn.functional.cross_entropy(functional_call(model, gen(), (x,)), y)
+    loss.backward()
+    for name, param in gen.named_parameters():
+        assert param.grad is not None and torch.isfinite(param.grad).all(), name
+        assert param.grad.abs().max() > 0, f"no gradient reaches {name}"
+    # The target's own parameters are never touched: the weights come only from the generator.
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_fixed_candidate_has_no_structural_weights_and_ranking():
+    gen = Generator({"w": torch.Size([100])}, 2, GeneratorOptions(mode="fixed", arch=5))
+    assert gen.structural_weights() is None and gen.ranking() is None
+    with pytest.raises(ValueError, match="1..12"):
+        Generator({"w": torch.Size([100])}, 2, GeneratorOptions(mode="fixed", arch=13))
+
+
+def test_ranking_orders_candidates_by_structural_weight():
+    gen = Generator({"w": torch.Size([100])}, 2)
+    with torch.no_grad():
+        gen.structural.copy_(torch.arange(12, dtype=torch.float64))
+    assert gen.ranking() == list(range(12, 0, -1))
+
+
+def test_generated_weights_export_to_a_plain_module():
+    torch.manual_seed(1)
+    model = mlp([10, 6, 2])
+    gen = Generator(_shapes(model), 2)
+    params = gen()
+    x = torch.randn(5, 10)
+    expected = functional_call(model, params, (x,))
+    plain = mlp([10, 6, 2])
+    plain.load_state_dict({k: v.detach() for k, v in params.items()})
+    torch.testing.assert_close(plain(x), expected)
+    # Weights are laid out in named_parameters() order: the first tensor holds kappa[0:60].
+    flat = gen.flat_weights().float()
+    torch.testing.assert_close(params["0.weight"].flatten(), flat[:60])
+
+
+def test_fixed_theta_independent_candidates_give_identical_weights():
+    """SPEC fingerprint at the generator level: 9 and 12 both generate from |0..0>."""
+    shapes = {"w": torch.Size([200])}
+    out = []
+    for arch in (9, 12):
+        torch.manual_seed(3)
+        out.append(Generator(shapes, 4, GeneratorOptions(mode="fixed", arch=arch))()["w"])
+    torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
