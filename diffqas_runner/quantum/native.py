@@ -62,9 +62,11 @@ def _single_qubit(kind: Rotation, angles: torch.Tensor) -> torch.Tensor:
 
 
 def _kron(mats: torch.Tensor) -> torch.Tensor:
-    out = mats[0]
-    for m in mats[1:]:
-        out = torch.kron(out, m)
+    """Kronecker product along dim 1, batched over dim 0: (B, k, a, b) -> (B, a**k, b**k)."""
+    out = mats[:, 0]
+    for q in range(1, mats.shape[1]):
+        m = mats[:, q]
+        out = (out[:, :, None, :, None] * m[:, None, :, None, :]).flatten(3, 4).flatten(1, 2)
     return out
 
 
@@ -148,38 +150,30 @@ def _plan(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype, device: str)
     )
 
 
-def _rotate(flat: torch.Tensor, mats: torch.Tensor, plan: _Plan) -> torch.Tensor:
-    """Apply the rotation layer to a flat state in layout A; the result is in layout C."""
+def _rotate(flat: torch.Tensor, u: list[torch.Tensor], plan: _Plan) -> torch.Tensor:
+    """Apply one rotation layer (its Kronecker blocks u) to a flat state in layout A; returns layout C."""
     blocks = plan.blocks
-    u = [_kron(mats[a : a + w]) for a, w in blocks]
-    first, last = 2 ** blocks[0][1], 2 ** blocks[-1][1]
-    state = u[0] @ flat.view(first, -1)
-    state = state.view(-1, last) @ u[-1].T
+    state = u[0] @ flat.view(u[0].shape[0], -1)
+    state = state.view(-1, u[-1].shape[0]) @ u[-1].T
     if len(blocks) == 2:
         return state.reshape(-1)
     right = 2 ** (blocks[2][1] + blocks[3][1])
     state = state.view(-1, right).T.contiguous()  # layout C: [B3 B4 B1 rows B2]
-    state = u[2] @ state.view(2 ** blocks[2][1], -1)
-    state = state.view(-1, 2 ** blocks[1][1]) @ u[1].T
+    state = u[2] @ state.view(u[2].shape[0], -1)
+    state = state.view(-1, u[1].shape[0]) @ u[1].T
     return state.reshape(-1)
 
 
 def _first_layer(cands: Sequence[Candidate], mats: torch.Tensor, is_rx: bool) -> torch.Tensor:
-    """State after layer 0 in the standard layout: a Kronecker product per row."""
-    n = mats.shape[0]
+    """State after layer 0 in the standard layout: a Kronecker product of 2-vectors per row."""
     plus = torch.full((2,), 2**-0.5, dtype=mats.dtype, device=mats.device)
     zero = torch.tensor([1.0, 0.0], dtype=mats.dtype, device=mats.device)
-    rows = []
-    for cand in cands:
-        start = plus if cand.hadamard else zero
-        vecs = mats @ start  # (n, 2): the rotated single-qubit states
-        state = vecs[0]
-        for q in range(1, n):
-            state = torch.outer(state, vecs[q]).reshape(-1)
-        rows.append(state)
-        if is_rx:
-            rows.append(torch.zeros_like(state))
-    return torch.cat(rows)
+    starts = torch.stack([plus if c.hadamard else zero for c in cands])  # (k, 2)
+    vecs = torch.einsum("qab,kb->kqa", mats, starts)[..., None]  # (k, n, 2, 1): rotated 1-qubit states
+    state = _kron(vecs).squeeze(-1)  # (k, 2**n)
+    if is_rx:  # (real, imaginary) row pairs; the imaginary part starts at zero
+        state = torch.stack([state, torch.zeros_like(state)], 1)
+    return state.reshape(-1)
 
 
 def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
@@ -188,12 +182,13 @@ def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.
     kind = cands[0].rotation
     is_rx = kind is Rotation.RX
     plan = _plan(cands, n, theta.dtype, str(theta.device))
-    mats = _single_qubit(kind, theta)
+    mats = _single_qubit(kind, theta)  # (L, n, 2, 2)
     flat = _first_layer(cands, mats[0], is_rx)
+    blocks = [_kron(mats[1:, a : a + w]) for a, w in plan.blocks]  # each (L-1, 2**w, 2**w)
     final_plan = None  # the state is still in the standard layout
     for layer in range(1, n_layers):
         flat = _gather(flat, plan.first_to_a if layer == 1 else plan.c_to_a)
-        flat = _rotate(flat, mats[layer], plan)
+        flat = _rotate(flat, [u[layer - 1] for u in blocks], plan)
         final_plan = plan.to_standard
     probs = flat.square()
     if final_plan is not None:
