@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -55,9 +56,8 @@ def main() -> None:
     parser.add_argument("--sizes", default="8x10,12x10,14x15,17x15")
     parser.add_argument("--backends", default=",".join(BACKENDS))
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument(
-        "--budget", type=float, default=60.0, help="seconds per config; slower backends skip larger sizes"
-    )
+    parser.add_argument("--budget", type=float, default=60.0, help="seconds per config; slower backends skip larger sizes")
+    parser.add_argument("--memory-mb", type=float, default=16000, help="projected peak RSS above which larger sizes are skipped")
     parser.add_argument("--json", help="write the rows as a JSON list to this path")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: n,L,backend in a subprocess
     args = parser.parse_args()
@@ -68,21 +68,18 @@ def main() -> None:
 
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     rows, too_slow = [], set()
-    print(
-        f"# {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, Python {platform.python_version()}"
-    )
+    machine = platform.processor() or platform.machine()
+    print(f"# {machine}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"{'n':>3} {'L':>3} {'backend':>16} {'step_s':>10} {'peak_mb':>9} {'x native':>9}")
     for n, layers in sizes:
         native_s = None
         for backend in args.backends.split(","):
             if backend in too_slow:
-                print(f"{n:>3} {layers:>3} {backend:>16} {'skipped: a smaller size took over the budget':>30}")
+                print(f"{n:>3} {layers:>3} {backend:>16}  skipped: a smaller size projects over the time or memory budget")
                 continue
             cmd = [sys.executable, __file__, "--one", f"{n},{layers},{backend}", "--repeats", str(args.repeats),
                    "--budget", str(args.budget)]  # fmt: skip
-            row = json.loads(
-                subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
-            )
+            row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
             rows.append(row)
             if backend == "native":
                 native_s = row["step_s"]
@@ -90,9 +87,6 @@ def main() -> None:
             print(f"{n:>3} {layers:>3} {backend:>16} {row['step_s']:>10.4f} {row['peak_mb']:>9.0f} {ratio}", flush=True)
             if row["step_s"] * 2**3 > args.budget:  # the next size would be roughly 8x slower
                 too_slow.add(backend)
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(rows, fh, indent=1)
 
 
 if __name__ == "__main__":
