@@ -172,9 +172,7 @@ def validate(cfg) -> None:
             "two different class labels in 0..9",
         )
     _check(cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, "an integer >= 1")
-    _check(
-        cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps, "null or >= 1"
-    )
+    _check(cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps, "null or >= 1")
     _check(cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, "an integer >= 1")
     _check(cfg.train.lr > 0, "train.lr", cfg.train.lr, "a number > 0")
     _check(

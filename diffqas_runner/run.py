@@ -94,9 +94,7 @@ def run(
 
     recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name))
     try:
-        result = train_supervised(
-            task, model, generator, optimizer, cfg.train, recorder, _progress(cfg, interactive), cfg.seed
-        )
+        result = train_supervised(task, model, generator, optimizer, cfg.train, recorder, _progress(cfg, interactive), cfg.seed)
         with torch.no_grad():
             state = model.state_dict()
             state.update(generator())

@@ -36,8 +36,8 @@ def test_every_option_composes(group, option):
         assert cfg.depth == int(option)
 
 
-def _run(args, cwd, timeout=300):
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+def _run(args, cwd, timeout=300, wandb_mode="disabled"):
+    env = {**os.environ, "WANDB_MODE": wandb_mode, "HYDRA_FULL_ERROR": "0"}
     return subprocess.run(
         [sys.executable, "-m", "diffqas_runner", *args],
         cwd=cwd,
@@ -57,6 +57,7 @@ def _run(args, cwd, timeout=300):
         (["depth=0"], "depth"),
         (["search.mode=greedy"], "greedy"),
         (["task.classes=[3,3]"], "task.classes"),
+        (["task.name=cifar"], "task.name='cifar'"),
         (["train.lr=-1"], "train.lr"),
         (["data_dir=/nonexistent/data"], "/nonexistent/data"),
     ],
@@ -115,3 +116,15 @@ def test_smoke_multirun_fixed_9_and_12_agree(tmp_path, data_dir):
     assert [s["arch_name"] for s in summaries] == ["Ent-Rz", "Cyc-Rz"]
     assert summaries[0]["qt_params"] == 17 * 15 + 17 + 2
     assert summaries[0]["metrics"] == summaries[1]["metrics"]  # both generate from |0..0>
+
+
+def test_wandb_offline_run_is_written_inside_the_run_dir(tmp_path, data_dir):
+    out = tmp_path / "run"
+    proc = _run(
+        ["debug=smoke", "search=fixed", "search.arch=9", "logger=wandb", "logger.mode=offline", f"data_dir={data_dir}",
+         f"hydra.run.dir={out}"], tmp_path, wandb_mode="offline",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert (out / "summary.json").exists()

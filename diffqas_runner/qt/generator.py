@@ -136,9 +136,7 @@ class Generator(nn.Module):
         if self.options.center_output:
             kappa = kappa - kappa.mean()
         if self.options.tensor_scale == "standardize":
-            kappa = torch.cat(
-                [(t - t.mean()) / (t.std() + 1e-12) for t in kappa.split([s.numel() for s in self.shapes])]
-            )
+            kappa = torch.cat([(t - t.mean()) / (t.std() + 1e-12) for t in kappa.split([s.numel() for s in self.shapes])])
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:

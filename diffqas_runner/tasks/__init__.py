@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..config import ConfigError
+
 
 def build(task_cfg, data_dir: str | Path, download: bool = False):
     kind = task_cfg.kind.value if hasattr(task_cfg.kind, "value") else str(task_cfg.kind)
@@ -11,6 +13,6 @@ def build(task_cfg, data_dir: str | Path, download: bool = False):
         from .classification import DATASETS, ClassificationTask
 
         if task_cfg.name not in DATASETS:
-            raise ValueError(f"task.name={task_cfg.name!r}; allowed for classification: {', '.join(DATASETS)}")
+            raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for classification: {', '.join(DATASETS)}")
         return ClassificationTask(task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download)
-    raise ValueError(f"task.kind={kind!r} is not implemented")
+    raise ConfigError(f"task.kind={kind!r} is not implemented; allowed: classification")

@@ -46,9 +46,7 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
             "or pass download=true on a machine with internet."
         ) from err
     except Exception as err:  # corrupt or truncated files
-        raise DataError(
-            f"data_dir={str(root)!r}: cannot read {DATASETS[dataset]} ({type(err).__name__}: {err})"
-        ) from err
+        raise DataError(f"data_dir={str(root)!r}: cannot read {DATASETS[dataset]} ({type(err).__name__}: {err})") from err
     targets = ds.targets
     keep = (targets == classes[0]) | (targets == classes[1])
     x = ds.data[keep].reshape(int(keep.sum()), -1).float().div(255).sub(0.5).div(0.5)
