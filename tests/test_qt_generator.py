@@ -4,9 +4,9 @@ import pytest
 import torch
 from torch.func import functional_call
 
+from diffqas_runner.nets import mlp
 from diffqas_runner.qt import Generator, n_qubits_for
 from diffqas_runner.qt.generator import GeneratorOptions
-from diffqas_runner.tasks.classification import mlp
 
 
 def _shapes(model):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..nets import mlp
 from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 
 POSTPROCESS = ("toolkit", "scale", "none")
@@ -83,13 +84,7 @@ class Generator(nn.Module):
         index = torch.arange(self.n_params)
         bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype) * 2 - 1
         self.register_buffer("bits", bits, persistent=False)
-        widths = [n + 1, *opts.mapping_hidden, 1]
-        layers: list[nn.Module] = []
-        for i, (a, b) in enumerate(zip(widths, widths[1:])):
-            layers.append(nn.Linear(a, b, dtype=dtype))
-            if i < len(widths) - 2:
-                layers.append(nn.ReLU())
-        self.mapping = nn.Sequential(*layers)
+        self.mapping = mlp([n + 1, *opts.mapping_hidden, 1], dtype=dtype)
         if opts.mapping_bits_init == "zero":
             with torch.no_grad():
                 self.mapping[0].weight[:, :n].zero_()

@@ -8,21 +8,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..nets import mlp
+
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
 
 
 class DataError(RuntimeError):
     """The dataset is missing or unreadable; the message names the path and the fix."""
-
-
-def mlp(widths: list[int]) -> nn.Sequential:
-    """Linear layers with ReLU between them: MLP 784-128-64-2 is mlp([784, 128, 64, 2])."""
-    layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        layers.append(nn.Linear(a, b))
-        if i < len(widths) - 2:
-            layers.append(nn.ReLU())
-    return nn.Sequential(*layers)
 
 
 @dataclass
