@@ -87,3 +87,8 @@ def test_fixed_theta_independent_candidates_give_identical_weights():
         torch.manual_seed(3)
         out.append(Generator(shapes, 4, GeneratorOptions(mode="fixed", arch=arch))()["w"])
     torch.testing.assert_close(out[0], out[1], rtol=0, atol=0)
+
+
+def test_unknown_generator_option_is_rejected_not_silently_replaced():
+    with pytest.raises(ValueError, match="qt.postprocess='tanh'"):
+        Generator({"w": torch.Size([100])}, 2, GeneratorOptions(postprocess="tanh"))

@@ -56,6 +56,13 @@ class Generator(nn.Module):
     def __init__(self, shapes: Mapping[str, torch.Size], depth: int, options: GeneratorOptions | None = None):
         super().__init__()
         opts = options or GeneratorOptions()
+        for key, value, allowed in (
+            ("qt.postprocess", opts.postprocess, POSTPROCESS),
+            ("search.structural", opts.structural, STRUCTURAL),
+            ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
+        ):
+            if value not in allowed:  # the CLI's schema catches these first; this guards Python callers
+                raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
         self.options = opts
         self.names = list(shapes)
         self.shapes = [torch.Size(s) for s in shapes.values()]
