@@ -23,6 +23,7 @@ register()
 def main(cfg) -> float | None:
     from .run import run
     from .tasks.classification import DataError
+    from .train.checkpoint import Interrupted
     from .train.supervised import NonFiniteLoss
 
     hc = HydraConfig.get()
@@ -41,6 +42,10 @@ def main(cfg) -> float | None:
         log.error("%s", err)
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted as err:  # SIGTERM / SIGINT: checkpoint saved, exit as the signal would
+        log.warning("stopped: %s", err)
+        print(f"Stopped: {err}", file=sys.stderr)
+        sys.exit(128 + err.signum)
     metrics = summary["metrics"]
     return next(iter(metrics.values()), None)  # the value a sweeper would optimise
 

@@ -10,11 +10,12 @@ from dataclasses import dataclass, field
 from enum import Enum
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 
 class TaskKind(Enum):
     classification = "classification"
+    timeseries = "timeseries"
 
 
 class SearchMode(Enum):
@@ -70,6 +71,16 @@ class WandbMode(Enum):
     disabled = "disabled"
 
 
+class OptimizerName(Enum):
+    adam = "adam"
+    rmsprop = "rmsprop"
+
+
+class LrSchedule(Enum):
+    constant = "constant"
+    cosine = "cosine"
+
+
 class Progress(Enum):
     auto = "auto"
     on = "on"
@@ -81,8 +92,12 @@ class TaskConfig:
     name: str = MISSING
     kind: TaskKind = TaskKind.classification
     classes: list[int] = field(default_factory=lambda: [1, 5])
-    hidden: list[int] = field(default_factory=lambda: [128, 64])
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP widths, or [LSTM hidden size]
     depth: int = 15  # the paper's depth for this task; the top-level `depth` key overrides it
+    # time series
+    window: int = 4  # inputs per window: x = s[i:i+window], y = s[i+window]
+    train_fraction: float = 0.67  # the first windows train, the rest test (no shuffling across)
+    length: int | None = None  # series length where the task lets you choose it (NARMA)
 
 
 @dataclass
@@ -126,9 +141,15 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None  # cap on optimisation steps (null = no cap)
     batch_size: int = 100
+    optimizer: OptimizerName = OptimizerName.adam
     lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
+    alpha: float = 0.99  # rmsprop smoothing constant
+    eps: float = 1e-8
+    lr_schedule: LrSchedule = LrSchedule.constant  # cosine: decay to 0 over the run (not the paper's)
     eval_every: int | None = None  # steps between evaluations (null = once per epoch)
     threads: int | None = None  # torch intra-op threads (null = torch's default)
+    checkpoint_every: int | None = 100  # steps between checkpoints (null: only on SIGTERM/SIGINT and at the end)
 
 
 @dataclass
@@ -144,6 +165,7 @@ class RunConfig:
     data_dir: str = "data"
     download: bool = False
     progress: Progress = Progress.auto
+    resume: str | None = None  # a checkpoint.pt (or a run dir holding one) to continue from
 
 
 class ConfigError(ValueError):
@@ -171,8 +193,24 @@ def validate(cfg) -> None:
             classes,
             "two different class labels in 0..9",
         )
+    if cfg.task.kind == TaskKind.timeseries:
+        _check(
+            len(cfg.task.hidden) == 1 and cfg.task.hidden[0] >= 1,
+            "task.hidden",
+            list(cfg.task.hidden),
+            "[H]: one LSTM hidden size >= 1",
+        )
+        _check(cfg.task.window >= 1, "task.window", cfg.task.window, "an integer >= 1")
+        _check(0 < cfg.task.train_fraction < 1, "task.train_fraction", cfg.task.train_fraction, "a number in (0, 1)")
+        _check(cfg.task.length is None or cfg.task.length >= 20, "task.length", cfg.task.length, "null or an integer >= 20")
     _check(cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, "an integer >= 1")
     _check(cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps, "null or >= 1")
+    _check(
+        cfg.train.checkpoint_every is None or cfg.train.checkpoint_every >= 1,
+        "train.checkpoint_every",
+        cfg.train.checkpoint_every,
+        "null or >= 1",
+    )
     _check(cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, "an integer >= 1")
     _check(cfg.train.lr > 0, "train.lr", cfg.train.lr, "a number > 0")
     _check(
@@ -181,6 +219,10 @@ def validate(cfg) -> None:
         cfg.train.eval_every,
         "null or >= 1",
     )
+    betas = list(cfg.train.betas)
+    _check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "train.betas", betas, "two numbers in [0, 1)")
+    _check(0 <= cfg.train.alpha < 1, "train.alpha", cfg.train.alpha, "a number in [0, 1)")
+    _check(cfg.train.eps > 0, "train.eps", cfg.train.eps, "a number > 0")
     _check(len(cfg.qt.toolkit) == 3, "qt.toolkit", list(cfg.qt.toolkit), "three numbers [gamma, beta, alpha]")
     if cfg.backend.name == BackendName.native:
         _check(
@@ -198,5 +240,12 @@ def validate(cfg) -> None:
         )
 
 
+def qas_mode(arch) -> str:
+    """`search=auto`: DiffQAS when no candidate is named, else that fixed candidate."""
+    return SearchMode.diffqas.value if arch is None else SearchMode.fixed.value
+
+
 def register() -> None:
     ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    if not OmegaConf.has_resolver("qas_mode"):
+        OmegaConf.register_new_resolver("qas_mode", qas_mode)

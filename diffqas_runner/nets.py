@@ -14,3 +14,35 @@ def mlp(widths: list[int], dtype: torch.dtype | None = None) -> nn.Sequential:
         if i < len(widths) - 2:
             layers.append(nn.ReLU())
     return nn.Sequential(*layers)
+
+
+class LSTMRegressor(nn.Module):
+    """One-layer LSTM with one bias per gate, then Linear(hidden -> 1) on the last hidden state.
+
+    The paper's time-series target: hidden 20 gives 4*20*(1+20) + 4*20 + 21 = 1,781 parameters.
+    Gate order is torch.nn.LSTM's (input, forget, cell, output), so `weight_ih`/`weight_hh`/`bias`
+    load into nn.LSTM as weight_ih_l0/weight_hh_l0/bias_ih_l0 with bias_hh_l0 = 0.
+    Written as plain tensor math so `torch.func.functional_call` can run it on generated weights.
+    """
+
+    def __init__(self, input_size: int = 1, hidden: int = 20):
+        super().__init__()
+        self.hidden = hidden
+        self.weight_ih = nn.Parameter(torch.empty(4 * hidden, input_size))
+        self.weight_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
+        self.bias = nn.Parameter(torch.empty(4 * hidden))
+        self.head = nn.Linear(hidden, 1)
+        bound = hidden**-0.5  # nn.LSTM's initialisation, for use without a generator
+        for p in (self.weight_ih, self.weight_hh, self.bias):
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x (batch, time, input_size) -> prediction (batch, 1)."""
+        h = x.new_zeros(x.shape[0], self.hidden)
+        c = torch.zeros_like(h)
+        inputs = x @ self.weight_ih.T + self.bias  # all time steps at once: (batch, time, 4H)
+        for t in range(x.shape[1]):
+            i, f, g, o = (inputs[:, t] + h @ self.weight_hh.T).chunk(4, dim=1)
+            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+        return self.head(h)

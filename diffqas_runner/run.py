@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import random
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -12,14 +14,17 @@ from typing import Any
 import numpy as np
 import torch
 from omegaconf import OmegaConf
+from torch.func import functional_call
 
 from . import tasks
-from .config import BackendName, Progress, SearchMode, validate
+from .config import BackendName, ConfigError, Progress, SearchMode, validate
 from .qt import Generator
 from .qt.generator import GeneratorOptions
 from .quantum import candidate
 from .record import Recorder
-from .train.supervised import train_supervised
+from .train import checkpoint
+from .train.checkpoint import CHECKPOINT, Checkpointer, differing_keys, fingerprint
+from .train.supervised import LoopState, total_steps, train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +55,23 @@ def generator_options(cfg) -> GeneratorOptions:
     )
 
 
+def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
+    """The task's optimiser over the QT parameters (the task config sets the paper's choice)."""
+    name = train_cfg.optimizer.value if hasattr(train_cfg.optimizer, "value") else str(train_cfg.optimizer)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.eps)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=train_cfg.lr, alpha=train_cfg.alpha, eps=train_cfg.eps)
+    raise ConfigError(f"train.optimizer={name!r} is not allowed; allowed: adam, rmsprop")
+
+
+def build_scheduler(optimizer, train_cfg, total: int):
+    name = train_cfg.lr_schedule.value if hasattr(train_cfg.lr_schedule, "value") else str(train_cfg.lr_schedule)
+    if name == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
+    return None
+
+
 def _progress(cfg, interactive: bool):
     on = cfg.progress == Progress.on or (cfg.progress == Progress.auto and interactive and sys.stderr.isatty())
     if not on:
@@ -59,13 +81,55 @@ def _progress(cfg, interactive: bool):
     return lambda total: tqdm(total=total, desc="train", unit="step", leave=False)
 
 
-def _sinks(cfg, run_dir: Path, group: str | None, name: str | None):
+def _plain(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+
+
+def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str | None = None):
     if cfg.logger.name.value != "wandb" or cfg.logger.mode.value == "disabled":
         return []
     from .record.wandb_sink import WandbSink
 
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    return [WandbSink(cfg.logger, run_dir, config, group, name)]
+    return [WandbSink(cfg.logger, run_dir, _plain(cfg), group, name, run_id)]
+
+
+# Keys that do not change a run's numbers: a checkpoint written under other values still resumes.
+FINGERPRINT_IGNORES = ("logger", "progress", "resume", "data_dir", "download", "train.threads", "train.checkpoint_every")
+
+
+def _carry_over_metrics(source: Path, run_dir: Path) -> None:
+    """resume=PATH into a new directory: start its metrics.jsonl from the source run's rows."""
+    source = (source if source.is_dir() else source.parent) / "metrics.jsonl"
+    target = run_dir / "metrics.jsonl"
+    if source.is_file() and source.resolve() != target.resolve() and not target.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def _find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
+    """The checkpoint to resume: `resume=PATH` (a file or a run dir), else one already in run_dir."""
+    if cfg.resume:
+        path = Path(cfg.resume)
+        path = path / CHECKPOINT if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(
+                f"resume={cfg.resume!r}: no checkpoint there; allowed: a {CHECKPOINT} file or a run dir holding one"
+            )
+    else:
+        path = run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+    try:
+        ckpt = checkpoint.load(path)
+    except Exception as err:
+        raise ConfigError(f"resume={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
+    if ckpt["meta"]["fingerprint"] != fp:
+        keys = differing_keys(ckpt["meta"]["fingerprint"], fp)
+        raise ConfigError(
+            f"{path} was written by a run with other settings ({', '.join(keys)}); "
+            "allowed: the same config to resume, or a new hydra.run.dir for a new run"
+        )
+    return ckpt
 
 
 def run(
@@ -90,14 +154,47 @@ def run(
         cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "",
         cfg.depth, cfg.backend.name.value, f"{classical:,}", generator.n_qubits, generator.trainable_parameters(),
     )  # fmt: skip
-    optimizer = torch.optim.Adam(generator.parameters(), lr=cfg.train.lr)
+    optimizer = build_optimizer(generator.parameters(), cfg.train)
 
-    recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name))
+    scheduler = build_scheduler(optimizer, cfg.train, total_steps(len(task.train.y), cfg.train))
+    objects = {"generator": generator, "optimizer": optimizer}
+    if scheduler is not None:
+        objects["scheduler"] = scheduler
+    meta = {"fingerprint": fingerprint(_plain(cfg), FINGERPRINT_IGNORES), "wandb_id": None}
+    ckpt = _find_checkpoint(cfg, run_dir, meta["fingerprint"])
+    if ckpt is not None and ckpt["finished"] and (run_dir / "summary.json").exists():
+        log.info("%s already holds this finished run: nothing to do (delete it or pick another hydra.run.dir to rerun)", run_dir)
+        return json.loads((run_dir / "summary.json").read_text())
+    checkpointer = Checkpointer(run_dir / CHECKPOINT, cfg.train.checkpoint_every, objects, meta)
+    resumed = None
+    if ckpt is not None:
+        resumed = LoopState(**checkpointer.restore(ckpt))
+        meta["wandb_id"] = ckpt["meta"].get("wandb_id")
+        log.info("resuming from %s at step %d (epoch %d)", cfg.resume or run_dir / CHECKPOINT, resumed.step, resumed.epoch)
+
+    resumed_step, prior_seconds = (resumed.step, resumed.seconds) if resumed else (None, 0.0)
+    if resumed is not None and cfg.resume:
+        _carry_over_metrics(Path(cfg.resume), run_dir)
+    recorder = Recorder(
+        run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step
+    )
+    meta["wandb_id"] = recorder.run_id()
     try:
-        result = train_supervised(task, model, generator, optimizer, cfg.train, recorder, _progress(cfg, interactive), cfg.seed)
+        with checkpointer.signals:
+            result = train_supervised(
+                task, model, generator, optimizer, cfg.train, recorder, _progress(cfg, interactive), cfg.seed, scheduler,
+                checkpointer, resumed,
+            )  # fmt: skip
+        checkpointer.save(
+            LoopState(step=result.steps, epoch=result.epochs, metrics=result.metrics, seconds=result.seconds).to_dict(),
+            finished=True,
+        )
         with torch.no_grad():
+            generated = generator()
             state = model.state_dict()
-            state.update(generator())
+            state.update(generated)
+            for name, figure in task.figures(lambda x: functional_call(model, generated, (x,))).items():
+                recorder.save_figure(name, figure)
         recorder.save_model(state)
         arch = cfg.search.arch if cfg.search.mode == SearchMode.fixed else None
         weights = generator.structural_weights()
@@ -115,8 +212,9 @@ def run(
             "structural_weights": None if weights is None else weights.detach().tolist(),
             "ranking": generator.ranking(),
             "metrics": result.metrics,
-            "wall_seconds": time.perf_counter() - started,
+            "wall_seconds": time.perf_counter() - started + prior_seconds,
             "steps": result.steps,
+            "resumed_from_step": resumed_step,
         }
         recorder.write_summary(summary)
         log.info("done in %.1f s: %s", summary["wall_seconds"], result.metrics)

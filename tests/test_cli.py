@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -14,7 +15,7 @@ from omegaconf import OmegaConf
 from diffqas_runner.cli import CONFIG_DIR
 
 GROUP_OPTIONS = {
-    "task": ["mnist", "fashion_mnist"],
+    "task": ["mnist", "fashion_mnist", "bessel", "damped_shm", "delayed_qc", "narma5", "narma10"],
     "search": ["diffqas", "fixed"],
     "backend": ["native", "pennylane"],
     "logger": ["wandb", "none"],
@@ -59,6 +60,9 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["task.classes=[3,3]"], "task.classes"),
         (["task.name=cifar"], "task.name='cifar'"),
         (["train.lr=-1"], "train.lr"),
+        (["train.optimizer=sgd"], "sgd"),
+        (["task=bessel", "task.train_fraction=1.5"], "task.train_fraction"),
+        (["task=bessel", "task.hidden=[20,20]"], "task.hidden"),
         (["data_dir=/nonexistent/data"], "/nonexistent/data"),
     ],
 )
@@ -128,3 +132,26 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tmp_path, data_dir):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("task", ["bessel", "damped_shm", "delayed_qc", "narma5", "narma10"])
+def test_timeseries_smoke_run(tmp_path, task):
+    out = tmp_path / "run"
+    proc = _run([f"task={task}", "debug=smoke", "logger=none", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"], summary["depth"]) == (11, 1781, 135, 10)
+    assert summary["steps"] == 3 and 0 < summary["metrics"]["test_mse"] < 4  # scaled to [-1, 1]
+    assert (out / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task
+    assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.train.epochs) == ("rmsprop", 0.01, 10, 1)
+    # model.pt loads into the plain LSTM target and reproduces the test MSE
+    from diffqas_runner.nets import LSTMRegressor
+    from diffqas_runner.tasks.timeseries import TimeSeriesTask
+
+    net = LSTMRegressor(1, 20)
+    net.load_state_dict(torch.load(out / "model.pt", weights_only=True))
+    data = TimeSeriesTask(task)
+    with torch.no_grad():
+        mse = torch.nn.functional.mse_loss(net(data.test.x), data.test.y).item()
+    assert mse == pytest.approx(summary["metrics"]["test_mse"], rel=1e-6)

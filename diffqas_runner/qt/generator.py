@@ -66,7 +66,8 @@ class Generator(nn.Module):
         self.options = opts
         self.names = list(shapes)
         self.shapes = [torch.Size(s) for s in shapes.values()]
-        self.n_params = sum(s.numel() for s in self.shapes)
+        self.sizes = [s.numel() for s in self.shapes]
+        self.n_params = sum(self.sizes)
         self.n_qubits = n = n_qubits_for(self.n_params)
         self.depth = depth
         if opts.mode == "diffqas":
@@ -138,17 +139,14 @@ class Generator(nn.Module):
         if self.options.center_output:
             kappa = kappa - kappa.mean()
         if self.options.tensor_scale == "standardize":
-            kappa = torch.cat([(t - t.mean()) / (t.std() + 1e-12) for t in kappa.split([s.numel() for s in self.shapes])])
+            # a one-element tensor (a lone output bias) has no spread to standardise: it stays as mapped
+            kappa = torch.cat([t if t.numel() == 1 else (t - t.mean()) / (t.std() + 1e-12) for t in kappa.split(self.sizes)])
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The generated weights as {name: tensor}, in the target's named_parameters() order."""
         flat = self.flat_weights().to(self.options.out_dtype)
-        out, start = {}, 0
-        for name, shape in zip(self.names, self.shapes):
-            out[name] = flat[start : start + shape.numel()].view(shape)
-            start += shape.numel()
-        return out
+        return {name: t.view(shape) for name, t, shape in zip(self.names, flat.split(self.sizes), self.shapes)}
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -26,13 +26,30 @@ def _jsonable(value: Any) -> Any:
 
 
 class Recorder:
-    def __init__(self, run_dir: str | Path, sinks=()):
+    def __init__(self, run_dir: str | Path, sinks=(), resume_step: int | None = None):
+        """`resume_step`: continuing from a checkpoint at that step, so rows logged after it are dropped
+        (they will be logged again); None starts metrics.jsonl afresh."""
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.sinks = list(sinks)  # objects with log(dict, step) and close()
+        self.sinks = list(sinks)  # objects with log(dict, step), summary(dict), close() and run_id
         self.summary_path = self.dir / "summary.json"
         self.summary_path.unlink(missing_ok=True)  # a summary means "finished": never a stale one
-        self._metrics = (self.dir / "metrics.jsonl").open("a")
+        path = self.dir / "metrics.jsonl"
+        keep = []
+        if resume_step is not None and path.exists():
+            for line in path.read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:  # a line cut short by the kill
+                    continue
+                if row.get("step", 0) <= resume_step:
+                    keep.append(line + "\n")
+        _atomic(path, lambda p: p.write_text("".join(keep)))
+        self._metrics = path.open("a")
+
+    def run_id(self) -> str | None:
+        """The wandb run id (kept in checkpoints so a resumed run continues the same wandb run)."""
+        return next((sink.run_id for sink in self.sinks if getattr(sink, "run_id", None)), None)
 
     def log(self, row: dict[str, Any]) -> None:
         row = {k: _jsonable(v) for k, v in row.items()}
@@ -44,6 +61,9 @@ class Recorder:
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         plain = {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
         _atomic(self.dir / "model.pt", lambda p: torch.save(plain, p))
+
+    def save_figure(self, name: str, figure) -> None:
+        _atomic(self.dir / name, lambda p: figure.savefig(p, format=Path(name).suffix[1:], dpi=120))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2)

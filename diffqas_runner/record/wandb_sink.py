@@ -10,22 +10,37 @@ log = logging.getLogger(__name__)
 
 
 class WandbSink:
-    def __init__(self, cfg, run_dir: Path, config: dict, group: str | None, name: str | None):
+    def __init__(self, cfg, run_dir: Path, config: dict, group: str | None, name: str | None, run_id: str | None = None):
         import wandb
 
         self._wandb = wandb
-        self.run = wandb.init(
+        kwargs = dict(
             project=cfg.project,
             entity=cfg.entity,
             group=cfg.group or group,
             name=name,
             tags=list(cfg.tags),
-            mode=cfg.mode.value,
             dir=str(run_dir),
             config=config,
             reinit="finish_previous",
+            id=run_id,  # a resumed run continues its wandb run
+            resume="allow" if run_id else None,
         )
-        log.info("wandb run %s (%s mode)", self.run.id, cfg.mode.value)
+        mode = cfg.mode.value
+        try:
+            self.run = wandb.init(mode=mode, **kwargs)
+        except Exception as err:  # no network, no login, server down: the experiment must still run
+            if mode != "online":
+                raise
+            log.warning(
+                "wandb online is unavailable (%s: %s); falling back to offline mode: upload later with `wandb sync %s`",
+                type(err).__name__, str(err).splitlines()[0] if str(err) else "", run_dir / "wandb",
+            )  # fmt: skip
+            mode = "offline"
+            self.run = wandb.init(mode=mode, **kwargs)
+        self.mode = mode
+        self.run_id = self.run.id
+        log.info("wandb run %s (%s mode)", self.run.id, mode)
 
     def log(self, row: dict[str, Any], step: int | None = None) -> None:
         flat = {k: v for k, v in row.items() if isinstance(v, int | float)}

@@ -15,4 +15,10 @@ def build(task_cfg, data_dir: str | Path, download: bool = False):
         if task_cfg.name not in DATASETS:
             raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for classification: {', '.join(DATASETS)}")
         return ClassificationTask(task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download)
-    raise ConfigError(f"task.kind={kind!r} is not implemented; allowed: classification")
+    if kind == "timeseries":
+        from .timeseries import SERIES, TimeSeriesTask
+
+        if task_cfg.name not in SERIES:
+            raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for timeseries: {', '.join(SERIES)}")
+        return TimeSeriesTask(task_cfg.name, task_cfg.hidden[0], task_cfg.window, task_cfg.train_fraction, task_cfg.length)
+    raise ConfigError(f"task.kind={kind!r} is not implemented; allowed: classification, timeseries")

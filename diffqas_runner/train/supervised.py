@@ -2,13 +2,15 @@
 
 The generator runs once per optimisation step (not per sample); the target runs through
 `torch.func.functional_call` on the generated weights so every gradient reaches the circuit.
+The loop's whole state (counters, the epoch's data order, the shuffling RNG) lives in `LoopState`
+so that a checkpoint taken after any step resumes to the same numbers as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.func import functional_call
@@ -23,64 +25,100 @@ class LoopResult:
     metrics: dict[str, float]
     steps: int
     epochs: int
+    seconds: float  # training time, summed over resumed pieces
 
 
-def train_supervised(task, model, generator, optimizer, train_cfg, recorder, progress=None, seed: int = 0):
+@dataclass
+class LoopState:
+    step: int = 0
+    epoch: int = 0
+    pos: int = 0  # index in `perm` of the next batch
+    perm: torch.Tensor | None = None  # this epoch's data order (None: draw one at the next step)
+    order: torch.Tensor | None = None  # state of the shuffling RNG
+    running: float = 0.0  # loss summed since the last logged row
+    count: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def total_steps(n_train: int, train_cfg) -> int:
+    """Optimisation steps of the run: epochs of ceil(n / batch) steps, capped by train.max_steps."""
+    steps = train_cfg.epochs * math.ceil(n_train / train_cfg.batch_size)
+    return min(steps, train_cfg.max_steps or steps)
+
+
+def train_supervised(
+    task, model, generator, optimizer, train_cfg, recorder, progress=None, seed: int = 0, scheduler=None,
+    checkpointer=None, state: LoopState | None = None,
+) -> LoopResult:  # fmt: skip
     x_train, y_train = task.train.x, task.train.y
     n = len(y_train)
     batch = train_cfg.batch_size
-    steps_per_epoch = math.ceil(n / batch)
-    max_steps = train_cfg.max_steps or train_cfg.epochs * steps_per_epoch
-    total = min(max_steps, train_cfg.epochs * steps_per_epoch)
+    total = total_steps(n, train_cfg)
     eval_every = train_cfg.eval_every
+    s = state or LoopState()
     order = torch.Generator().manual_seed(seed)
+    if s.order is not None:
+        order.set_state(s.order)
 
     def evaluate() -> dict[str, float]:
         with torch.no_grad():
             params = generator()
             return task.evaluate(lambda x: functional_call(model, params, (x,)))
 
-    step, epoch, running, count = 0, 0, 0.0, 0
-    metrics: dict[str, float] = {}
-    start = time.perf_counter()
+    def snapshot() -> dict:
+        s.order = order.get_state()
+        s.seconds = seconds + time.perf_counter() - start
+        return s.to_dict()
+
+    seconds, start = s.seconds, time.perf_counter()
     bar = progress(total=total) if progress else None
+    if bar:
+        bar.update(s.step)
     try:
-        while step < total:
-            perm = torch.randperm(n, generator=order)
-            for i in range(0, n, batch):
-                idx = perm[i : i + batch]
-                output = functional_call(model, generator(), (x_train[idx],))
-                loss = task.loss(output, y_train[idx])
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(f"loss became {loss.item()} at step {step} (epoch {epoch})")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                step += 1
-                running += loss.item()
-                count += 1
-                if bar:
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss.item():.4f}")
-                epoch_done = i + batch >= n
-                if step >= total or (eval_every and step % eval_every == 0) or (not eval_every and epoch_done):
-                    metrics = evaluate()
-                    weights = generator.structural_weights()
-                    row = {
-                        "step": step,
-                        "epoch": epoch + (1 if epoch_done else (i + batch) / n),
-                        "loss": running / count,
-                    }
-                    row.update(metrics)
-                    if weights is not None:
-                        row["structural_weights"] = weights.detach().tolist()
-                    row["wall_seconds"] = time.perf_counter() - start
-                    recorder.log(row)
-                    running, count = 0.0, 0
-                if step >= total:
-                    break
-            epoch += 1
+        while s.step < total:
+            if s.perm is None:
+                s.perm, s.pos = torch.randperm(n, generator=order), 0
+            idx = s.perm[s.pos : s.pos + batch]
+            output = functional_call(model, generator(), (x_train[idx],))
+            loss = task.loss(output, y_train[idx])
+            if not torch.isfinite(loss):
+                raise NonFiniteLoss(
+                    f"loss became {loss.item()} at step {s.step + 1} (epoch {s.epoch}); parameters left at step {s.step}"
+                    + (f", the last checkpoint is {checkpointer.path}" if checkpointer and checkpointer.path.exists() else "")
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            s.step += 1
+            s.pos += batch
+            s.running += loss.item()
+            s.count += 1
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}")
+            epoch_done = s.pos >= n
+            if s.step >= total or (eval_every and s.step % eval_every == 0) or (not eval_every and epoch_done):
+                s.metrics = evaluate()
+                weights = generator.structural_weights()
+                row = {"step": s.step, "epoch": s.epoch + (1 if epoch_done else s.pos / n), "loss": s.running / s.count}
+                row.update(s.metrics)
+                if weights is not None:
+                    row["structural_weights"] = weights.detach().tolist()
+                row["wall_seconds"] = seconds + time.perf_counter() - start
+                recorder.log(row)
+                s.running, s.count = 0.0, 0
+            if epoch_done:
+                s.epoch, s.perm, s.pos = s.epoch + 1, None, 0
+            if checkpointer is not None:
+                checkpointer.after_step(s.step, snapshot)
     finally:
         if bar:
             bar.close()
-    return LoopResult(metrics=metrics, steps=step, epochs=epoch)
+    snapshot()
+    return LoopResult(metrics=s.metrics, steps=s.step, epochs=s.epoch, seconds=s.seconds)
