@@ -9,6 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from .config import ConfigError, register
@@ -17,6 +18,26 @@ CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 log = logging.getLogger("diffqas_runner")
 
 register()
+
+
+def _check_writable(key: str, path: str) -> None:
+    """Exit with a clear message if `path` cannot be created or written (before Hydra tries)."""
+    target = Path(path).absolute()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        why = "is not a directory" if not existing.is_dir() else "is not writable"
+        print(f"Error: {key}={path!r} cannot be created: {existing} {why}; allowed: a writable directory", file=sys.stderr)
+        sys.exit(2)
+
+
+class OutputDirCheck(Callback):
+    """Hydra callback: refuse an unwritable run or sweep directory with a message, not a traceback."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        _check_writable("hydra.run.dir", config.hydra.run.dir)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        _check_writable("hydra.sweep.dir", config.hydra.sweep.dir)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")

@@ -175,9 +175,7 @@ def run(
     resumed_step, prior_seconds = (resumed.step, resumed.seconds) if resumed else (None, 0.0)
     if resumed is not None and cfg.resume:
         _carry_over_metrics(Path(cfg.resume), run_dir)
-    recorder = Recorder(
-        run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step
-    )
+    recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step)
     meta["wandb_id"] = recorder.run_id()
     try:
         with checkpointer.signals:

@@ -61,6 +61,13 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["task.name=cifar"], "task.name='cifar'"),
         (["train.lr=-1"], "train.lr"),
         (["train.optimizer=sgd"], "sgd"),
+        (["train.epochs=0"], "train.epochs=0"),
+        (["train.epochs=abc"], "train.epochs"),
+        (["seed=x"], "seed"),
+        (["task.classes=[3,12]"], "task.classes"),
+        (["train.batch_size=0"], "train.batch_size"),
+        (["train.checkpoint_every=0"], "train.checkpoint_every"),
+        (["backend.device=tpu"], "backend.device"),
         (["task=bessel", "task.train_fraction=1.5"], "task.train_fraction"),
         (["task=bessel", "task.hidden=[20,20]"], "task.hidden"),
         (["data_dir=/nonexistent/data"], "/nonexistent/data"),
@@ -74,6 +81,23 @@ def test_bad_input_exits_nonzero_with_a_message_and_no_summary(tmp_path, overrid
     assert needle in message, message
     assert "Traceback" not in message
     assert not (out / "summary.json").exists()
+
+
+def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
+    corrupt = tmp_path / "data"
+    (corrupt / "MNIST" / "raw").mkdir(parents=True)
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (corrupt / "MNIST" / "raw" / name).write_bytes(b"not an idx file")
+    out = tmp_path / "run"
+    proc = _run(["debug=smoke", "logger=none", f"data_dir={corrupt}", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and f"data_dir={str(corrupt)!r}" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "summary.json").exists()
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    for flag, key in (("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")):
+        proc = _run([*filter(None, [flag]), "debug=smoke", "logger=none", f"{key}={blocker / 'run'}"], tmp_path, timeout=120)
+        assert proc.returncode == 2 and f"{key}=" in proc.stderr and "not a directory" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 def test_smoke_run_writes_the_contract_files(tmp_path, data_dir):

@@ -32,7 +32,10 @@ def _command(overrides, out):
 
 
 def _rows(out):
-    return [{k: v for k, v in json.loads(line).items() if k != "wall_seconds"} for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [
+        {k: v for k, v in json.loads(line).items() if k != "wall_seconds"}
+        for line in (out / "metrics.jsonl").read_text().splitlines()
+    ]
 
 
 def _final(out):
