@@ -1,0 +1,273 @@
+"""Gather a finished (or partly finished) sweep into tables and plots.
+
+Reads only files inside the sweep directory (every `summary.json`, its `.hydra/config.yaml` and
+`metrics.jsonl`), so a sweep copied back from a cluster aggregates the same way. One row per
+configuration: jobs that differ only in `seed` (and in keys that do not change numbers) are one
+configuration; the table shows mean and std over seeds and the paper's value where SPEC has one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .paper import paper_value
+
+# Keys that never distinguish configurations (bookkeeping, or the seed we average over).
+IGNORED = {"seed", "logger", "progress", "resume", "data_dir", "download", "train.threads", "train.checkpoint_every"}
+LOWER_IS_BETTER = ("mse", "loss")
+
+
+@dataclass
+class Job:
+    path: Path
+    summary: dict[str, Any]
+    config: dict[str, Any]  # flattened dotted keys
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class Group:
+    key: tuple
+    jobs: list[Job] = field(default_factory=list)
+
+    @property
+    def first(self) -> dict[str, Any]:
+        return self.jobs[0].summary
+
+    @property
+    def label(self) -> str:
+        s = self.first
+        return "DiffQAS" if s["search"] == "diffqas" else f"{s['arch']} {s['arch_name']}"
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(node, dict):
+        out: dict[str, Any] = {}
+        for k, v in node.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
+
+
+def load_jobs(sweep_dir: Path) -> list[Job]:
+    jobs = []
+    for summary_path in sorted(sweep_dir.rglob("summary.json")):
+        run = summary_path.parent
+        summary = json.loads(summary_path.read_text())
+        config_path = run / ".hydra" / "config.yaml"
+        if config_path.exists():
+            raw = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+            raw["search"] = {**raw.get("search", {}), "mode": summary["search"], "arch": summary["arch"]}
+            config = _flatten(raw)
+        else:  # a bare run directory: the summary's own fields identify it
+            config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}
+        metrics_path = run / "metrics.jsonl"
+        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
+        jobs.append(Job(run, summary, config, rows))
+    return jobs
+
+
+def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str]]:
+    """Configurations (sorted: task, DiffQAS first, then candidates 1..12) and the keys that vary among them."""
+    keys = sorted({k for j in jobs for k in j.config} - IGNORED)
+    varying = [k for k in keys if len({json.dumps(j.config.get(k), default=str) for j in jobs}) > 1]
+    groups: dict[tuple, Group] = {}
+    for job in jobs:
+        key = tuple(json.dumps(job.config.get(k), default=str) for k in varying)
+        groups.setdefault(key, Group(key)).jobs.append(job)
+
+    def order(g: Group):
+        s = g.first
+        return (s["task"], s["search"] != "diffqas", s["arch"] or 0, g.key)
+
+    for g in groups.values():
+        g.jobs.sort(key=lambda j: j.summary["seed"])
+    return sorted(groups.values(), key=order), varying
+
+
+def _std(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    metric_names = sorted({m for g in groups for j in g.jobs for m in j.summary["metrics"]})
+    shown = [k for k in varying if k not in ("search.mode", "search.arch", "task.name")]
+    columns = ["task", "model", *shown, "n_seeds", "seeds"]
+    rows = []
+    for g in groups:
+        s = g.first
+        row: dict[str, Any] = {"task": s["task"], "model": g.label}
+        row.update({k: g.jobs[0].config.get(k) for k in shown})
+        row["n_seeds"] = len(g.jobs)
+        row["seeds"] = " ".join(str(j.summary["seed"]) for j in g.jobs)
+        for m in metric_names:
+            values = [j.summary["metrics"][m] for j in g.jobs if m in j.summary["metrics"]]
+            low = any(t in m for t in LOWER_IS_BETTER)
+            row[f"{m}_mean"] = statistics.fmean(values) if values else float("nan")
+            row[f"{m}_std"] = _std(values)
+            row[f"{m}_best"] = (min if low else max)(values) if values else float("nan")
+            row[f"{m}_paper"] = paper_value(s["task"], s["search"], s["arch"], m)
+        row["qt_params"] = s["qt_params"]
+        row["wall_seconds_mean"] = statistics.fmean(j.summary["wall_seconds"] for j in g.jobs)
+        rows.append(row)
+    for m in metric_names:
+        columns += [f"{m}_mean", f"{m}_std", f"{m}_best"]
+        if any(row[f"{m}_paper"] is not None for row in rows):
+            columns.append(f"{m}_paper")
+    columns += ["qt_params", "wall_seconds_mean"]
+    return columns, rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
+    return str(value)
+
+
+def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in columns})
+    _write_text(path, buffer.getvalue())
+
+
+def write_markdown(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_fmt(row.get(k)) for k in columns) + " |" for row in rows]
+    _write_text(path, "\n".join(lines) + "\n")
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _save(fig, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    fig.savefig(tmp, format="png", dpi=110)
+    tmp.replace(path)
+
+
+def _main_metric(groups: list[Group]) -> str:
+    names = {m for g in groups for j in g.jobs for m in j.summary["metrics"]}
+    for m in ("test_accuracy", "test_mse", "mean_return"):
+        if m in names:
+            return m
+    return sorted(names)[0]
+
+
+def _mean_curve(jobs: list[Job], metric: str) -> tuple[list[float], list[float]]:
+    by_step: dict[int, list[float]] = defaultdict(list)
+    for job in jobs:
+        for row in job.rows:
+            if metric in row and isinstance(row[metric], int | float):
+                by_step[row["step"]].append(row[metric])
+    steps = sorted(s for s, v in by_step.items() if len(v) == len(jobs)) or sorted(by_step)
+    return [float(s) for s in steps], [statistics.fmean(by_step[s]) for s in steps]
+
+
+def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
+    from matplotlib.figure import Figure
+
+    metric = _main_metric(groups)
+    log_scale = any(t in metric for t in LOWER_IS_BETTER)
+    written = []
+
+    from matplotlib import colormaps
+
+    colors = colormaps["tab20"].colors
+    fig = Figure(figsize=(8, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i, g in enumerate(groups):
+        x, y = _mean_curve(g.jobs, metric)
+        if x:
+            wide = g.first["search"] == "diffqas"
+            ax.plot(x, y, lw=2.2 if wide else 1.0, color=colors[i % 20], label=f"{g.first['task']}: {g.label}")
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"{metric} (mean over seeds)")
+    if log_scale:
+        ax.set_yscale("log")
+    ax.legend(fontsize=6, ncol=2)
+    _save(fig, sweep_dir / "learning_curves.png")
+    written.append(sweep_dir / "learning_curves.png")
+
+    diffqas = [g for g in groups if g.first["search"] == "diffqas"]
+    if diffqas:
+        fig = Figure(figsize=(8, 3.2 * len(diffqas)), layout="constrained")
+        axes = fig.subplots(len(diffqas), 1, squeeze=False)[:, 0]
+        for ax, g in zip(axes, diffqas):
+            job = g.jobs[0]  # one seed: weights of different seeds are not comparable step by step
+            series = [(r["step"], r["structural_weights"]) for r in job.rows if r.get("structural_weights")]
+            if series:
+                steps = [s for s, _ in series]
+                for i in range(len(series[0][1])):
+                    ax.plot(steps, [w[i] for _, w in series], label=str(i + 1))
+            ax.set_title(f"{g.first['task']} DiffQAS structural weights (seed {job.summary['seed']})", fontsize=9)
+            ax.set_xlabel("step")
+            ax.legend(fontsize=6, ncol=6, title="candidate", title_fontsize=6)
+        _save(fig, sweep_dir / "structural_weights.png")
+        written.append(sweep_dir / "structural_weights.png")
+
+    fig = Figure(figsize=(max(6, 0.55 * len(groups) + 2), 4), layout="constrained")
+    ax = fig.subplots()
+    means, stds, papers = [], [], []
+    for g in groups:
+        values = [j.summary["metrics"].get(metric, float("nan")) for j in g.jobs]
+        means.append(statistics.fmean(values))
+        stds.append(0.0 if len(values) < 2 else statistics.stdev(values))
+        papers.append(paper_value(g.first["task"], g.first["search"], g.first["arch"], metric))
+    xs = list(range(len(groups)))
+    ax.bar(xs, means, yerr=stds, color=["tab:red" if g.first["search"] == "diffqas" else "tab:blue" for g in groups], capsize=2)
+    marked = [(x, p) for x, p in zip(xs, papers) if p is not None]
+    if marked:
+        ax.scatter(*zip(*marked), marker="_", s=300, color="k", zorder=3, label="paper")
+        ax.legend(fontsize=8)
+    ax.set_xticks(xs, [g.label for g in groups], rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel(f"final {metric} (mean ± std over seeds)")
+    if log_scale:
+        ax.set_yscale("log")
+    _save(fig, sweep_dir / "final_metric.png")
+    written.append(sweep_dir / "final_metric.png")
+    return written
+
+
+def aggregate(sweep_dir: str | Path, plots: bool = True) -> list[dict[str, Any]]:
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise SystemExit(f"Error: SWEEP_DIR={str(sweep_dir)!r} is not a directory")
+    jobs = load_jobs(sweep_dir)
+    if not jobs:
+        raise SystemExit(f"Error: no finished job (summary.json) under {sweep_dir}")
+    groups, varying = group_jobs(jobs)
+    columns, rows = table(groups, varying)
+    write_csv(sweep_dir / "results.csv", columns, rows)
+    write_markdown(sweep_dir / "results.md", columns, rows)
+    if plots:
+        plot_all(sweep_dir, groups)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Aggregate a diffqas-run multirun directory into tables and plots.")
+    parser.add_argument("sweep_dir", help="a multirun directory (or any directory holding run dirs)")
+    parser.add_argument("--no-plots", action="store_true", help="write only results.csv and results.md")
+    args = parser.parse_args(argv)
+    rows = aggregate(args.sweep_dir, plots=not args.no_plots)
+    print((Path(args.sweep_dir) / "results.md").read_text())
+    print(f"{len(rows)} configurations -> {Path(args.sweep_dir) / 'results.csv'}")

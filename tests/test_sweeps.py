@@ -1,0 +1,75 @@
+"""Sweeps: presets compose, launchers run jobs, aggregate.py turns a sweep into tables and plots."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from diffqas_runner.cli import CONFIG_DIR
+
+REPO = Path(__file__).resolve().parents[1]
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def _sweep(tmp_path, launcher_args):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "diffqas_runner", "-m", "task=bessel", "debug=smoke", "logger=none", "search=auto",
+           "search.arch=null,8", "seed=0,1", "train.threads=1", *launcher_args, f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return sweep
+
+
+def _check_aggregate(sweep):
+    summaries = [json.loads(p.read_text()) for p in sweep.rglob("summary.json")]
+    assert len(summaries) == 4 and {(s["search"], s["arch"], s["seed"]) for s in summaries} == {
+        ("diffqas", None, 0), ("diffqas", None, 1), ("fixed", 8, 0), ("fixed", 8, 1)}  # fmt: skip
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "aggregate.py"), str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with (sweep / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["model"] for r in rows] == ["DiffQAS", "8 Ent-Ry"]
+    for row in rows:
+        mine = [s for s in summaries if (s["search"] == "diffqas") == (row["model"] == "DiffQAS")]
+        values = sorted(s["metrics"]["test_mse"] for s in mine)
+        assert row["n_seeds"] == "2" and row["seeds"] == "0 1"
+        assert float(row["test_mse_mean"]) == pytest.approx(sum(values) / 2, rel=1e-15)
+        assert float(row["test_mse_best"]) == values[0]
+        assert float(row["test_mse_std"]) == pytest.approx(abs(values[1] - values[0]) / 2**0.5, rel=1e-12)
+    assert float(rows[0]["test_mse_paper"]) == 4.0e-5 and float(rows[1]["test_mse_paper"]) == 1.41e-4  # SPEC Table II
+    assert "| DiffQAS |" in (sweep / "results.md").read_text()
+    for name in ("learning_curves.png", "structural_weights.png", "final_metric.png"):
+        assert (sweep / name).read_bytes()[:8] == PNG, name
+        from matplotlib.image import imread
+
+        assert imread(sweep / name).shape[0] > 100
+
+
+def test_joblib_sweep_then_aggregate(tmp_path):
+    _check_aggregate(_sweep(tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]))
+
+
+@pytest.mark.slow
+def test_submitit_local_sweep_then_aggregate(tmp_path):
+    sweep = _sweep(tmp_path, ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1"])
+    _check_aggregate(sweep)
+
+
+def test_aggregate_refuses_an_empty_dir(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "aggregate.py"), str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode != 0 and "no finished job" in proc.stderr
+
+
+@pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_preset_composes(preset):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params, "a preset is a sweep: it sets hydra.sweeper.params"
