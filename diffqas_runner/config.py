@@ -16,6 +16,7 @@ from omegaconf import MISSING, OmegaConf
 class TaskKind(Enum):
     classification = "classification"
     timeseries = "timeseries"
+    rl = "rl"
 
 
 class SearchMode(Enum):
@@ -98,6 +99,8 @@ class TaskConfig:
     window: int = 4  # inputs per window: x = s[i:i+window], y = s[i+window]
     train_fraction: float = 0.67  # the first windows train, the rest test (no shuffling across)
     length: int | None = None  # series length where the task lets you choose it (NARMA)
+    # reinforcement learning
+    env_id: str = "MiniGrid-Empty-5x5-v0"
 
 
 @dataclass
@@ -147,6 +150,14 @@ class TrainConfig:
     alpha: float = 0.99  # rmsprop smoothing constant
     eps: float = 1e-8
     lr_schedule: LrSchedule = LrSchedule.constant  # cosine: decay to 0 over the run (not the paper's)
+    # reinforcement learning (A2C)
+    episodes: int = 50_000  # stop after this many finished episodes
+    workers: int = 16  # environment copies stepped in lockstep
+    n_steps: int = 5  # environment steps per update (n-step returns)
+    gamma: float = 0.9
+    value_coef: float = 1.0
+    entropy_coef: float = 0.0
+    log_every: int = 20  # updates between metric rows
     eval_every: int | None = None  # steps between evaluations (null = once per epoch)
     threads: int | None = None  # torch intra-op threads (null = torch's default)
     checkpoint_every: int | None = 100  # steps between checkpoints (null: only on SIGTERM/SIGINT and at the end)
@@ -203,6 +214,12 @@ def validate(cfg) -> None:
         _check(cfg.task.window >= 1, "task.window", cfg.task.window, "an integer >= 1")
         _check(0 < cfg.task.train_fraction < 1, "task.train_fraction", cfg.task.train_fraction, "a number in (0, 1)")
         _check(cfg.task.length is None or cfg.task.length >= 20, "task.length", cfg.task.length, "null or an integer >= 20")
+    if cfg.task.kind == TaskKind.rl:
+        _check(cfg.task.env_id.startswith("MiniGrid-"), "task.env_id", cfg.task.env_id, "a MiniGrid-* environment id")
+        for key in ("episodes", "workers", "n_steps", "log_every"):
+            value = cfg.train[key]
+            _check(value >= 1, f"train.{key}", value, "an integer >= 1")
+        _check(0 <= cfg.train.gamma <= 1, "train.gamma", cfg.train.gamma, "a number in [0, 1]")
     _check(cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, "an integer >= 1")
     _check(cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps, "null or >= 1")
     _check(

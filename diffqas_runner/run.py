@@ -18,11 +18,12 @@ from torch.func import functional_call
 
 from . import tasks
 from .config import BackendName, ConfigError, Progress, SearchMode, validate
-from .qt import Generator
+from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
 from .quantum import candidate
 from .record import Recorder
 from .train import checkpoint
+from .train.a2c import learning_curve, train_a2c
 from .train.checkpoint import CHECKPOINT, Checkpointer, differing_keys, fingerprint
 from .train.supervised import LoopState, total_steps, train_supervised
 
@@ -146,17 +147,19 @@ def run(
     task = tasks.build(cfg.task, cfg.data_dir, cfg.download)
     model = task.build_model()
     shapes = {k: v.shape for k, v in model.named_parameters()}
+    groups = task.parameter_groups(model) if hasattr(task, "parameter_groups") else {"target": shapes}
     device = cfg.backend.device if cfg.backend.name == BackendName.native else "cpu"
-    generator = Generator(shapes, cfg.depth, generator_options(cfg)).to(device)
+    generator = GeneratorSet(groups, cfg.depth, generator_options(cfg)).to(device)
     classical = sum(s.numel() for s in shapes.values())
     log.info(
-        "task=%s search=%s%s depth=%d backend=%s: classical params %s -> %d qubits -> QT trainable %d",
+        "task=%s search=%s%s depth=%d backend=%s: classical params %s -> %d qubits -> QT trainable %d%s",
         cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "",
         cfg.depth, cfg.backend.name.value, f"{classical:,}", generator.n_qubits, generator.trainable_parameters(),
+        "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
     )  # fmt: skip
     optimizer = build_optimizer(generator.parameters(), cfg.train)
-
-    scheduler = build_scheduler(optimizer, cfg.train, total_steps(len(task.train.y), cfg.train))
+    rl = task.kind == "rl"
+    scheduler = None if rl else build_scheduler(optimizer, cfg.train, total_steps(len(task.train.y), cfg.train))
     objects = {"generator": generator, "optimizer": optimizer}
     if scheduler is not None:
         objects["scheduler"] = scheduler
@@ -167,7 +170,9 @@ def run(
         return json.loads((run_dir / "summary.json").read_text())
     checkpointer = Checkpointer(run_dir / CHECKPOINT, cfg.train.checkpoint_every, objects, meta)
     resumed = None
-    if ckpt is not None:
+    if ckpt is not None and rl:
+        log.warning("RL runs do not resume mid-run (the environments' state is not saved): starting over")
+    elif ckpt is not None:
         resumed = LoopState(**checkpointer.restore(ckpt))
         meta["wandb_id"] = ckpt["meta"].get("wandb_id")
         log.info("resuming from %s at step %d (epoch %d)", cfg.resume or run_dir / CHECKPOINT, resumed.step, resumed.epoch)
@@ -178,21 +183,27 @@ def run(
     recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step)
     meta["wandb_id"] = recorder.run_id()
     try:
-        with checkpointer.signals:
-            result = train_supervised(
-                task, model, generator, optimizer, cfg.train, recorder, _progress(cfg, interactive), cfg.seed, scheduler,
-                checkpointer, resumed,
-            )  # fmt: skip
-        checkpointer.save(
-            LoopState(step=result.steps, epoch=result.epochs, metrics=result.metrics, seconds=result.seconds).to_dict(),
-            finished=True,
-        )
+        progress = _progress(cfg, interactive)
+        if rl:
+            result = train_a2c(task, model, generator, optimizer, cfg.train, recorder, progress, cfg.seed)
+            figures = {"learning_curve.png": learning_curve(result.returns, f"{task.env_id}: episode returns")}
+            loop = LoopState(step=result.steps, epoch=result.episodes, seconds=result.seconds)
+        else:
+            with checkpointer.signals:
+                result = train_supervised(
+                    task, model, generator, optimizer, cfg.train, recorder, progress, cfg.seed, scheduler, checkpointer, resumed
+                )
+            figures = {}
+            loop = LoopState(step=result.steps, epoch=result.epochs, metrics=result.metrics, seconds=result.seconds)
+        checkpointer.save(loop.to_dict(), finished=True)
         with torch.no_grad():
             generated = generator()
             state = model.state_dict()
             state.update(generated)
-            for name, figure in task.figures(lambda x: functional_call(model, generated, (x,))).items():
-                recorder.save_figure(name, figure)
+            if not rl:
+                figures = task.figures(lambda x: functional_call(model, generated, (x,)))
+        for fig_name, figure in figures.items():
+            recorder.save_figure(fig_name, figure)
         recorder.save_model(state)
         arch = cfg.search.arch if cfg.search.mode == SearchMode.fixed else None
         weights = generator.structural_weights()
@@ -214,6 +225,17 @@ def run(
             "steps": result.steps,
             "resumed_from_step": resumed_step,
         }
+        if len(groups) > 1:  # RL: the first group (actor) is reported above; every group here
+            summary["generators"] = {
+                k: {
+                    "n_qubits": g.n_qubits,
+                    "classical_params": g.n_params,
+                    "qt_params": g.trainable_parameters(),
+                    "structural_weights": None if g.structural_weights() is None else g.structural_weights().detach().tolist(),
+                    "ranking": g.ranking(),
+                }
+                for k, g in generator.parts.items()
+            }
         recorder.write_summary(summary)
         log.info("done in %.1f s: %s", summary["wall_seconds"], result.metrics)
         return summary

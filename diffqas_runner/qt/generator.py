@@ -150,3 +150,36 @@ class Generator(nn.Module):
 
     def trainable_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+class GeneratorSet(nn.Module):
+    """One generator per parameter group of the target (RL: actor and critic), called as one.
+
+    Calling it returns every generated tensor, merged; the structural weights and ranking reported
+    are the first group's (the whole target for supervised tasks, the actor for RL).
+    """
+
+    def __init__(self, groups: Mapping[str, Mapping[str, torch.Size]], depth: int, options: GeneratorOptions | None = None):
+        super().__init__()
+        self.parts = nn.ModuleDict({name: Generator(shapes, depth, options) for name, shapes in groups.items()})
+        self._first = next(iter(groups))
+
+    @property
+    def first(self) -> Generator:
+        return self.parts[self._first]
+
+    @property
+    def n_qubits(self) -> int:
+        return max(g.n_qubits for g in self.parts.values())
+
+    def forward(self) -> dict[str, torch.Tensor]:
+        return {k: v for g in self.parts.values() for k, v in g().items()}
+
+    def structural_weights(self) -> torch.Tensor | None:
+        return self.first.structural_weights()
+
+    def ranking(self) -> list[int] | None:
+        return self.first.ranking()
+
+    def trainable_parameters(self) -> int:
+        return sum(g.trainable_parameters() for g in self.parts.values())

@@ -21,4 +21,11 @@ def build(task_cfg, data_dir: str | Path, download: bool = False):
         if task_cfg.name not in SERIES:
             raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for timeseries: {', '.join(SERIES)}")
         return TimeSeriesTask(task_cfg.name, task_cfg.hidden[0], task_cfg.window, task_cfg.train_fraction, task_cfg.length)
-    raise ConfigError(f"task.kind={kind!r} is not implemented; allowed: classification, timeseries")
+    if kind == "rl":
+        from .minigrid import MiniGridTask
+
+        try:
+            return MiniGridTask(task_cfg.env_id, task_cfg.hidden)
+        except Exception as err:  # gymnasium: NameNotFound / Error for an unknown id
+            raise ConfigError(f"task.env_id={task_cfg.env_id!r} cannot be made ({type(err).__name__}: {err})") from err
+    raise ConfigError(f"task.kind={kind!r} is not implemented; allowed: classification, timeseries, rl")
