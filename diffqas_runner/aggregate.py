@@ -64,6 +64,8 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for summary_path in sorted(sweep_dir.rglob("summary.json")):
         run = summary_path.parent
+        if "retrain" in run.relative_to(sweep_dir).parts:  # a DiffQAS run's own retraining: reported in its row
+            continue
         summary = json.loads(summary_path.read_text())
         config_path = run / ".hydra" / "config.yaml"
         if config_path.exists():
@@ -118,6 +120,13 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
             row[f"{m}_std"] = _std(values)
             row[f"{m}_best"] = (min if low else max)(values) if values else float("nan")
             row[f"{m}_paper"] = paper_value(s["task"], s["search"], s["arch"], m)
+        retrains = [j.summary["retrain"] for j in g.jobs if j.summary.get("retrain")]
+        if retrains:
+            best = [r["best"] for r in retrains if r["best"] is not None]
+            gaps = [r["gap"] for r in retrains if r["gap"] is not None]
+            row["retrain_top_k"] = len(retrains[0]["candidates"])
+            row[f"retrain_best_{retrains[0]['metric']}_mean"] = statistics.fmean(best) if best else None
+            row["discrete_gap_mean"] = statistics.fmean(gaps) if gaps else None
         row["qt_params"] = s["qt_params"]
         row["wall_seconds_mean"] = statistics.fmean(j.summary["wall_seconds"] for j in g.jobs)
         rows.append(row)
@@ -125,7 +134,8 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
         columns += [f"{m}_mean", f"{m}_std", f"{m}_best"]
         if any(row[f"{m}_paper"] is not None for row in rows):
             columns.append(f"{m}_paper")
-    columns += ["qt_params", "wall_seconds_mean"]
+    extra = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith(("retrain_", "discrete_gap"))]
+    columns += [*extra, "qt_params", "wall_seconds_mean"]
     return columns, rows
 
 

@@ -108,6 +108,7 @@ class SearchConfig:
     mode: SearchMode = SearchMode.diffqas
     arch: int | None = None  # fixed mode: candidate 1..12 (SPEC.md section 2)
     structural: Structural = Structural.raw
+    retrain_top_k: int = 0  # after DiffQAS: train its K top-ranked candidates alone (run_dir/retrain/arch_N)
 
 
 @dataclass
@@ -196,6 +197,12 @@ def validate(cfg) -> None:
         _check(arch is not None and 1 <= arch <= 12, "search.arch", arch, "an integer 1..12 with search=fixed")
     else:
         _check(cfg.search.arch is None, "search.arch", cfg.search.arch, "null with search=diffqas (use search=fixed)")
+    _check(
+        cfg.search.retrain_top_k >= 0 and cfg.search.retrain_top_k <= 12,
+        "search.retrain_top_k",
+        cfg.search.retrain_top_k,
+        "0..12",
+    )
     classes = list(cfg.task.classes)
     if cfg.task.kind == TaskKind.classification:
         _check(

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks
@@ -21,6 +21,7 @@ from .config import BackendName, ConfigError, Progress, SearchMode, validate
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
 from .quantum import candidate
+from .quantum.draw import draw_candidate
 from .record import Recorder
 from .train import checkpoint
 from .train.a2c import learning_curve, train_a2c
@@ -96,6 +97,43 @@ def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str 
 
 # Keys that do not change a run's numbers: a checkpoint written under other values still resumes.
 FINGERPRINT_IGNORES = ("logger", "progress", "resume", "data_dir", "download", "train.threads", "train.checkpoint_every")
+
+
+def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
+    """Discretise: train the top-k ranked candidates alone (same config and seed) in run_dir/retrain/arch_N."""
+    higher_is_better = metric in ("test_accuracy", "mean_return")
+    results = []
+    for arch in summary["ranking"][: cfg.search.retrain_top_k]:
+        sub = cfg.copy()
+        with open_dict(sub):
+            sub.search.mode = SearchMode.fixed.value
+            sub.search.arch = arch
+            sub.search.retrain_top_k = 0
+            sub.logger.name = "none"  # the parent's wandb run gets the results in its summary
+        log.info("retraining candidate %d (%s) alone", arch, candidate(arch).name)
+        child = run(sub, run_dir / "retrain" / f"arch_{arch}", interactive=False)
+        results.append({"arch": arch, "arch_name": candidate(arch).name, "metrics": child["metrics"]})
+    values = [r["metrics"][metric] for r in results if r["metrics"].get(metric) is not None]
+    best = (max if higher_is_better else min)(values) if values else None
+    own = summary["metrics"].get(metric)
+    return {
+        "metric": metric,
+        "candidates": results,
+        "best": best,
+        # discrete minus ensemble, signed so that > 0 means the discrete circuit is better
+        "gap": None if best is None or own is None else (best - own if higher_is_better else own - best),
+    }
+
+
+def _circuit_figure(cfg, generator: GeneratorSet):
+    """The fixed candidate, or DiffQAS's top-ranked one, drawn for circuit.png."""
+    if cfg.search.mode == SearchMode.fixed:
+        number, note = cfg.search.arch, "fixed candidate"
+    else:
+        number = generator.ranking()[0]
+        note = f"DiffQAS top-ranked (w = {generator.structural_weights()[number - 1].item():.3f})"
+    cand = candidate(number)
+    return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
 
 
 def _carry_over_metrics(source: Path, run_dir: Path) -> None:
@@ -202,6 +240,7 @@ def run(
             state.update(generated)
             if not rl:
                 figures = task.figures(lambda x: functional_call(model, generated, (x,)))
+        figures["circuit.png"] = _circuit_figure(cfg, generator)
         for fig_name, figure in figures.items():
             recorder.save_figure(fig_name, figure)
         recorder.save_model(state)
@@ -236,6 +275,8 @@ def run(
                 }
                 for k, g in generator.parts.items()
             }
+        if cfg.search.mode == SearchMode.diffqas and cfg.search.retrain_top_k:
+            summary["retrain"] = _retrain_top_k(cfg, run_dir, summary, task.metric)
         recorder.write_summary(summary)
         log.info("done in %.1f s: %s", summary["wall_seconds"], result.metrics)
         return summary

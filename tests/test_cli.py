@@ -113,6 +113,7 @@ def test_smoke_run_writes_the_contract_files(tmp_path, data_dir):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and {"step", "epoch", "loss", "test_accuracy", "structural_weights"} <= rows[-1].keys()
     assert (out / ".hydra" / "config.yaml").exists()
+    assert (out / "circuit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # the top-ranked candidate
     # The exported network is a plain MLP: it reproduces the accuracy with no quantum code loaded.
     check = f"""
 import sys, torch

@@ -110,3 +110,19 @@ def test_native_backend_does_not_import_pennylane():
         "candidate_probabilities(8, torch.rand(2, 4)); assert 'pennylane' not in sys.modules, 'imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("arch,n", [(2, 6), (12, 5)])
+def test_circuit_drawing_has_every_gate_of_one_layer(arch, n):
+    from matplotlib.patches import Circle, Rectangle
+
+    from diffqas_runner.quantum.candidates import cnot_pairs
+    from diffqas_runner.quantum.draw import draw_candidate
+
+    cand = candidate(arch)
+    ax = draw_candidate(cand, n, 10).axes[0]
+    boxes = [p for p in ax.patches if isinstance(p, Rectangle)]
+    dots = [p for p in ax.patches if isinstance(p, Circle)]
+    assert len(boxes) == n * (2 if cand.hadamard else 1)  # H column + one rotation per wire
+    assert len(dots) == 2 * len(cnot_pairs(cand.entangler, n))  # control dot + target circle per CNOT
+    assert any("x 10 layers" in t.get_text() for t in ax.texts)

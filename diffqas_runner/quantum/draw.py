@@ -1,0 +1,58 @@
+"""circuit.png: one candidate drawn as its Hadamard column and one layer (entangler, rotations) x L."""
+
+from __future__ import annotations
+
+from .candidates import Candidate, cnot_pairs
+
+
+def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None = None):
+    """A matplotlib Figure of candidate `cand` on n_qubits wires; the repeated layer is bracketed 'x depth'."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle, Rectangle
+
+    pairs = cnot_pairs(cand.entangler, n_qubits)
+    # CNOT columns: pairs that share no wire go in one column (the brick's two halves; the ring is sequential)
+    columns: list[list[tuple[int, int]]] = []
+    for c, t in pairs:
+        span = set(range(min(c, t), max(c, t) + 1))
+        if columns and not any(span & set(range(min(a, b), max(a, b) + 1)) for a, b in columns[-1]):
+            columns[-1].append((c, t))
+        else:
+            columns.append([(c, t)])
+    x = 0.5
+    width = 1.2 + (1 if cand.hadamard else 0) + len(columns) + 1.5
+    fig = Figure(figsize=(max(4.0, 0.55 * width + 1), 0.38 * n_qubits + 1.0), layout="constrained")
+    ax = fig.subplots()
+    ax.set_xlim(0, width)
+    ax.set_ylim(n_qubits, -1.2)
+    ax.axis("off")
+    for q in range(n_qubits):
+        ax.plot([0.2, width - 0.2], [q, q], color="k", lw=0.8, zorder=0)
+        ax.text(0.05, q, f"{q}", ha="right", va="center", fontsize=7)
+
+    def box(xc: float, q: int, label: str) -> None:
+        ax.add_patch(Rectangle((xc - 0.3, q - 0.3), 0.6, 0.6, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
+        ax.text(xc, q, label, ha="center", va="center", fontsize=6, zorder=3)
+
+    if cand.hadamard:
+        x += 0.5
+        for q in range(n_qubits):
+            box(x, q, "H")
+        x += 0.5
+    start = x + 0.2
+    for column in columns:
+        x += 1
+        for c, t in column:
+            ax.plot([x, x], [c, t], color="k", lw=0.8, zorder=1)
+            ax.add_patch(Circle((x, c), 0.08, color="k", zorder=2))
+            ax.add_patch(Circle((x, t), 0.18, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
+            ax.plot([x - 0.18, x + 0.18], [t, t], color="k", lw=0.8, zorder=3)
+            ax.plot([x, x], [t - 0.18, t + 0.18], color="k", lw=0.8, zorder=3)
+    x += 1
+    for q in range(n_qubits):
+        box(x, q, cand.rotation.value)
+    end = x + 0.5
+    ax.plot([start, start, end, end], [-0.6, -0.8, -0.8, -0.6], color="tab:blue", lw=1)
+    ax.text((start + end) / 2, -0.95, f"x {depth} layers", ha="center", va="bottom", fontsize=8, color="tab:blue")
+    ax.set_title(title or f"candidate {cand.number}: {cand.name}", fontsize=9)
+    return fig
