@@ -22,10 +22,10 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .paper import paper_value
+from .tasks import higher_is_better
 
 # Keys that never distinguish configurations (bookkeeping, or the seed we average over).
 IGNORED = {"seed", "logger", "progress", "resume", "data_dir", "download", "train.threads", "train.checkpoint_every"}
-LOWER_IS_BETTER = ("mse", "loss")
 
 
 @dataclass
@@ -115,10 +115,9 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
         row["seeds"] = " ".join(str(j.summary["seed"]) for j in g.jobs)
         for m in metric_names:
             values = [j.summary["metrics"][m] for j in g.jobs if m in j.summary["metrics"]]
-            low = any(t in m for t in LOWER_IS_BETTER)
             row[f"{m}_mean"] = statistics.fmean(values) if values else float("nan")
             row[f"{m}_std"] = _std(values)
-            row[f"{m}_best"] = (min if low else max)(values) if values else float("nan")
+            row[f"{m}_best"] = (max if higher_is_better(m) else min)(values) if values else float("nan")
             row[f"{m}_paper"] = paper_value(s["task"], s["search"], s["arch"], m)
         retrains = [j.summary["retrain"] for j in g.jobs if j.summary.get("retrain")]
         if retrains:
@@ -196,7 +195,7 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
     from matplotlib.figure import Figure
 
     metric = _main_metric(groups)
-    log_scale = any(t in metric for t in LOWER_IS_BETTER)
+    log_scale = not higher_is_better(metric)
     written = []
 
     from matplotlib import colormaps

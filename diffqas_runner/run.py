@@ -24,7 +24,6 @@ from .quantum import candidate
 from .quantum.draw import draw_candidate
 from .record import Recorder
 from .train import checkpoint
-from .train.a2c import learning_curve, train_a2c
 from .train.checkpoint import CHECKPOINT, Checkpointer, differing_keys, fingerprint
 from .train.supervised import LoopState, total_steps, train_supervised
 
@@ -101,7 +100,7 @@ FINGERPRINT_IGNORES = ("logger", "progress", "resume", "data_dir", "download", "
 
 def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
     """Discretise: train the top-k ranked candidates alone (same config and seed) in run_dir/retrain/arch_N."""
-    higher_is_better = metric in ("test_accuracy", "mean_return")
+    up = tasks.higher_is_better(metric)
     results = []
     for arch in summary["ranking"][: cfg.search.retrain_top_k]:
         sub = cfg.copy()
@@ -109,19 +108,20 @@ def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
             sub.search.mode = SearchMode.fixed.value
             sub.search.arch = arch
             sub.search.retrain_top_k = 0
+            sub.resume = None
             sub.logger.name = "none"  # the parent's wandb run gets the results in its summary
         log.info("retraining candidate %d (%s) alone", arch, candidate(arch).name)
         child = run(sub, run_dir / "retrain" / f"arch_{arch}", interactive=False)
         results.append({"arch": arch, "arch_name": candidate(arch).name, "metrics": child["metrics"]})
     values = [r["metrics"][metric] for r in results if r["metrics"].get(metric) is not None]
-    best = (max if higher_is_better else min)(values) if values else None
+    best = (max if up else min)(values) if values else None
     own = summary["metrics"].get(metric)
     return {
         "metric": metric,
         "candidates": results,
         "best": best,
         # discrete minus ensemble, signed so that > 0 means the discrete circuit is better
-        "gap": None if best is None or own is None else (best - own if higher_is_better else own - best),
+        "gap": None if best is None or own is None else (best - own if up else own - best),
     }
 
 
@@ -223,6 +223,8 @@ def run(
     try:
         progress = _progress(cfg, interactive)
         if rl:
+            from .train.a2c import learning_curve, train_a2c  # gymnasium and MiniGrid only when needed
+
             result = train_a2c(task, model, generator, optimizer, cfg.train, recorder, progress, cfg.seed)
             figures = {"learning_curve.png": learning_curve(result.returns, f"{task.env_id}: episode returns")}
             loop = LoopState(step=result.steps, epoch=result.episodes, seconds=result.seconds)

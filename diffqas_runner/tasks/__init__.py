@@ -7,6 +7,11 @@ from pathlib import Path
 from ..config import ConfigError
 
 
+def higher_is_better(metric: str) -> bool:
+    """Direction of a metric: errors and losses go down, accuracy and return go up."""
+    return not any(word in metric for word in ("mse", "loss"))
+
+
 def build(task_cfg, data_dir: str | Path, download: bool = False):
     kind = task_cfg.kind.value if hasattr(task_cfg.kind, "value") else str(task_cfg.kind)
     if kind == "classification":
