@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from omegaconf import OmegaConf
 
 from diffqas_runner.aggregate import aggregate
 from diffqas_runner.cli import CONFIG_DIR
@@ -92,3 +93,15 @@ def test_retrain_top_k_reports_the_discretisation_gap(tmp_path):
     assert retrain["best"] == best and retrain["gap"] == summary["metrics"]["test_mse"] - best
     rows = aggregate(out.parent, plots=False)
     assert len(rows) == 1 and rows[0]["discrete_gap_mean"] == retrain["gap"]  # the children are not rows of their own
+
+
+def test_optuna_preset_runs_and_reports_the_best_trial(tmp_path):
+    sweep = tmp_path / "opt"
+    cmd = [sys.executable, "-m", "diffqas_runner", "-m", "hparams_search=bessel_optuna", "debug=smoke", "logger=none",
+           "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    proc = subprocess.run(cmd, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    values = [json.loads(p.read_text())["metrics"]["test_mse"] for p in sweep.glob("*/summary.json")]
+    assert len(values) == 2
+    best = OmegaConf.load(sweep / "optimization_results.yaml").best_value
+    assert best == pytest.approx(min(values), rel=1e-12)  # the objective is the run's test_mse
