@@ -51,7 +51,7 @@ def test_series_values():
 
 
 def test_narma_recurrence_by_hand():
-    y = narma(5, 12).s
+    y = narma(5, 12, washout=0).s
     u = 0.1 * (np.sin(2 * np.pi * 2.11 * np.arange(12) / 100) * np.sin(2 * np.pi * 3.73 * np.arange(12) / 100)
                * np.sin(2 * np.pi * 4.11 * np.arange(12) / 100) + 1)  # fmt: skip
     assert (y[:5] == 0).all()
@@ -59,6 +59,9 @@ def test_narma_recurrence_by_hand():
     expect6 = 0.3 * y[5] + 0.05 * y[5] * y[1:6].sum() + 1.5 * u[1] * u[5] + 0.1
     assert y[6] == pytest.approx(expect6, rel=1e-14)
     assert narma(10, 300).s.shape == (300,) and np.isfinite(narma(10, 300).s).all()
+    # the default drops the start-up transient from y = 0: the kept series is the tail of a longer run
+    np.testing.assert_array_equal(narma(5, 50).s, narma(5, 150, washout=0).s[100:])
+    assert narma(5, 300).s.min() > 0.1
 
 
 def test_lstm_target_has_the_paper_size():

@@ -19,6 +19,7 @@ from ..nets import LSTMRegressor
 from .classification import Split
 
 NARMA_LENGTH = 300  # our choice (the paper does not state one): 295 windows, 197 train / 98 test
+NARMA_WASHOUT = 100  # steps dropped first: y starts at 0, and that transient would set the min-max scale
 
 
 @dataclass
@@ -60,14 +61,15 @@ def narma_input(length: int) -> np.ndarray:
     return 0.1 * (np.sin(2 * np.pi * 2.11 * t) * np.sin(2 * np.pi * 3.73 * t) * np.sin(2 * np.pi * 4.11 * t) + 1)
 
 
-def narma(order: int, length: int | None = None) -> Series:
-    """NARMA-n: y[t+1] = 0.3 y[t] + 0.05 y[t] sum_{j<n} y[t-j] + 1.5 u[t-n+1] u[t] + 0.1, y = 0 before t = n-1."""
-    length = length or NARMA_LENGTH
-    u = narma_input(length)
-    y = np.zeros(length)
-    for t in range(order - 1, length - 1):
+def narma(order: int, length: int | None = None, washout: int = NARMA_WASHOUT) -> Series:
+    """NARMA-n: y[t+1] = 0.3 y[t] + 0.05 y[t] sum_{j<n} y[t-j] + 1.5 u[t-n+1] u[t] + 0.1 from y = 0,
+    driven by the standard u[t]; the first `washout` steps are simulated and dropped."""
+    total = (length or NARMA_LENGTH) + washout
+    u = narma_input(total)
+    y = np.zeros(total)
+    for t in range(order - 1, total - 1):
         y[t + 1] = 0.3 * y[t] + 0.05 * y[t] * y[t - order + 1 : t + 1].sum() + 1.5 * u[t - order + 1] * u[t] + 0.1
-    return Series(np.arange(length, dtype=float), y, "t")
+    return Series(np.arange(washout, total, dtype=float), y[washout:], "t")
 
 
 SERIES: dict[str, Callable[[int | None], Series]] = {
