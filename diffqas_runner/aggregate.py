@@ -21,7 +21,9 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from .config import flatten
 from .paper import paper_value
+from .record import atomic_write
 from .tasks import higher_is_better
 
 # Keys that never distinguish configurations (bookkeeping, or the seed we average over).
@@ -51,15 +53,6 @@ class Group:
         return "DiffQAS" if s["search"] == "diffqas" else f"{s['arch']} {s['arch_name']}"
 
 
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(node, dict):
-        out: dict[str, Any] = {}
-        for k, v in node.items():
-            out.update(_flatten(v, f"{prefix}{k}."))
-        return out
-    return {prefix[:-1]: json.dumps(node) if isinstance(node, list) else node}
-
-
 def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for summary_path in sorted(sweep_dir.rglob("summary.json")):
@@ -71,7 +64,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         if config_path.exists():
             raw = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
             raw["search"] = {**raw.get("search", {}), "mode": summary["search"], "arch": summary["arch"]}
-            config = _flatten(raw)
+            config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(raw).items()}
         else:  # a bare run directory: the summary's own fields identify it
             config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}
         metrics_path = run / "metrics.jsonl"
@@ -162,15 +155,11 @@ def write_markdown(path: Path, columns: list[str], rows: list[dict[str, Any]]) -
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _save(fig, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    fig.savefig(tmp, format="png", dpi=110)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def _main_metric(groups: list[Group]) -> str:

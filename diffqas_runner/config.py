@@ -264,6 +264,16 @@ def validate(cfg) -> None:
         )
 
 
+def flatten(node, prefix: str = "") -> dict:
+    """A nested config dict as {dotted key: leaf value}."""
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    out: dict = {}
+    for key, value in node.items():
+        out.update(flatten(value, f"{prefix}{key}."))
+    return out
+
+
 def qas_mode(arch) -> str:
     """`search=auto`: DiffQAS when no candidate is named, else that fixed candidate."""
     return SearchMode.diffqas.value if arch is None else SearchMode.fixed.value

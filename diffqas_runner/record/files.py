@@ -11,7 +11,8 @@ from typing import Any
 import torch
 
 
-def _atomic(path: Path, write) -> None:
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp)` then rename over `path`: readers see the old file or the whole new one, never half."""
     tmp = path.with_name(path.name + ".tmp")
     write(tmp)
     os.replace(tmp, path)
@@ -44,7 +45,7 @@ class Recorder:
                     continue
                 if row.get("step", 0) <= resume_step:
                     keep.append(line + "\n")
-        _atomic(path, lambda p: p.write_text("".join(keep)))
+        atomic_write(path, lambda p: p.write_text("".join(keep)))
         self._metrics = path.open("a")
 
     def run_id(self) -> str | None:
@@ -60,14 +61,14 @@ class Recorder:
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         plain = {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
-        _atomic(self.dir / "model.pt", lambda p: torch.save(plain, p))
+        atomic_write(self.dir / "model.pt", lambda p: torch.save(plain, p))
 
     def save_figure(self, name: str, figure) -> None:
-        _atomic(self.dir / name, lambda p: figure.savefig(p, format=Path(name).suffix[1:], dpi=120))
+        atomic_write(self.dir / name, lambda p: figure.savefig(p, format=Path(name).suffix[1:], dpi=120))
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2)
-        _atomic(self.summary_path, lambda p: p.write_text(text + "\n"))
+        atomic_write(self.summary_path, lambda p: p.write_text(text + "\n"))
         for sink in self.sinks:
             sink.summary(summary)
 

@@ -9,7 +9,6 @@ SIGTERM (SLURM pre-emption, submitit) and SIGINT ask the loop to save one and st
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import threading
@@ -18,6 +17,9 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from ..config import flatten
+from ..record import atomic_write
 
 CHECKPOINT = "checkpoint.pt"
 VERSION = 1
@@ -52,9 +54,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load(path: str | Path) -> dict[str, Any]:
@@ -142,14 +142,5 @@ def fingerprint(config: dict[str, Any], ignore: tuple[str, ...]) -> str:
 
 
 def differing_keys(a: str, b: str) -> list[str]:
-    def flat(d, prefix=""):
-        out = {}
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out.update(flat(v, f"{prefix}{k}."))
-            else:
-                out[f"{prefix}{k}"] = v
-        return out
-
-    fa, fb = flat(json.loads(a)), flat(json.loads(b))
+    fa, fb = flatten(json.loads(a)), flatten(json.loads(b))
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
