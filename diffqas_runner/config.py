@@ -264,6 +264,11 @@ def validate(cfg) -> None:
         )
 
 
+def choice(value) -> str:
+    """An option as its name, whether it arrives as the schema's Enum or as a plain string."""
+    return value.value if isinstance(value, Enum) else str(value)
+
+
 def flatten(node, prefix: str = "") -> dict:
     """A nested config dict as {dotted key: leaf value}."""
     if not isinstance(node, dict):

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks
-from .config import BackendName, ConfigError, Progress, SearchMode, validate
+from .config import BackendName, ConfigError, Progress, SearchMode, choice, validate
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
 from .quantum import candidate
@@ -58,7 +58,7 @@ def generator_options(cfg) -> GeneratorOptions:
 
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
     """The task's optimiser over the QT parameters (the task config sets the paper's choice)."""
-    name = train_cfg.optimizer.value if hasattr(train_cfg.optimizer, "value") else str(train_cfg.optimizer)
+    name = choice(train_cfg.optimizer)
     if name == "adam":
         return torch.optim.Adam(params, lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.eps)
     if name == "rmsprop":
@@ -67,8 +67,7 @@ def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
 
 
 def build_scheduler(optimizer, train_cfg, total: int):
-    name = train_cfg.lr_schedule.value if hasattr(train_cfg.lr_schedule, "value") else str(train_cfg.lr_schedule)
-    if name == "cosine":
+    if choice(train_cfg.lr_schedule) == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     return None
 
@@ -158,10 +157,14 @@ def _find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
         path = run_dir / CHECKPOINT
         if not path.is_file():
             return None
+    key = "resume" if cfg.resume else "checkpoint"
     try:
         ckpt = checkpoint.load(path)
     except Exception as err:
-        raise ConfigError(f"resume={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err})") from err
+        raise ConfigError(
+            f"{key}={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err}); "
+            "allowed: a checkpoint written by diffqas-run (delete a damaged one to start over)"
+        ) from err
     if ckpt["meta"]["fingerprint"] != fp:
         keys = differing_keys(ckpt["meta"]["fingerprint"], fp)
         raise ConfigError(

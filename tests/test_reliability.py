@@ -197,3 +197,12 @@ def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
     summaries = sorted(tmp_path.glob("outputs/multirun/*/*/*/summary.json"))
     assert len(summaries) == 4 and len({p.parent for p in summaries}) == 4
     assert len({p.parent.parent for p in summaries}) == 2  # one sweep dir each (microseconds in the name)
+
+
+def test_a_damaged_checkpoint_is_named_not_traced(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"cut short")
+    proc = subprocess.run(_command(TIMESERIES, out), env=_env(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2 and "checkpoint=" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "summary.json").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import ConfigError
+from ..config import ConfigError, choice
 
 
 def higher_is_better(metric: str) -> bool:
@@ -13,7 +13,7 @@ def higher_is_better(metric: str) -> bool:
 
 
 def build(task_cfg, data_dir: str | Path, download: bool = False):
-    kind = task_cfg.kind.value if hasattr(task_cfg.kind, "value") else str(task_cfg.kind)
+    kind = choice(task_cfg.kind)
     if kind == "classification":
         from .classification import DATASETS, ClassificationTask
 
