@@ -41,6 +41,11 @@ class TensorScale(Enum):
     none = "none"
 
 
+class InputNorm(Enum):
+    standardize = "standardize"
+    none = "none"
+
+
 class ThetaInit(Enum):
     uniform = "uniform"
     normal = "normal"
@@ -118,6 +123,7 @@ class QTConfig:
     center_output: bool = True
     mapping_hidden: list[int] = field(default_factory=list)
     mapping_bits_init: BitsInit = BitsInit.zero
+    input_norm: InputNorm = InputNorm.standardize
     theta_init: ThetaInit = ThetaInit.uniform
     theta_std: float = 0.01
     tensor_scale: TensorScale = TensorScale.standardize

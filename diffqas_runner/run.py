@@ -47,6 +47,7 @@ def generator_options(cfg) -> GeneratorOptions:
         center_output=cfg.qt.center_output,
         mapping_hidden=tuple(cfg.qt.mapping_hidden),
         mapping_bits_init=cfg.qt.mapping_bits_init.value,
+        input_norm=cfg.qt.input_norm.value,
         theta_init=cfg.qt.theta_init.value,
         theta_std=cfg.qt.theta_std,
         tensor_scale=cfg.qt.tensor_scale.value,

@@ -36,10 +36,12 @@ def test_mnist_mlp_has_the_paper_size():
 
 @pytest.mark.parametrize("postprocess", ["toolkit", "scale", "none"])
 @pytest.mark.parametrize("tensor_scale", ["standardize", "fan_in", "none"])
-def test_gradients_reach_angles_structural_weights_and_mapping(postprocess, tensor_scale):
+@pytest.mark.parametrize("input_norm", ["standardize", "none"])
+def test_gradients_reach_angles_structural_weights_and_mapping(postprocess, tensor_scale, input_norm):
     torch.manual_seed(0)
     model = mlp([20, 8, 2])
-    gen = Generator(_shapes(model), 3, GeneratorOptions(postprocess=postprocess, tensor_scale=tensor_scale))
+    opts = GeneratorOptions(postprocess=postprocess, tensor_scale=tensor_scale, input_norm=input_norm)
+    gen = Generator(_shapes(model), 3, opts)
     x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
     loss = torch.nn.functional.cross_entropy(functional_call(model, gen(), (x,)), y)
     loss.backward()
@@ -92,3 +94,30 @@ def test_fixed_theta_independent_candidates_give_identical_weights():
 def test_unknown_generator_option_is_rejected_not_silently_replaced():
     with pytest.raises(ValueError, match="qt.postprocess='tanh'"):
         Generator({"w": torch.Size([100])}, 2, GeneratorOptions(postprocess="tanh"))
+
+
+@pytest.mark.parametrize("postprocess", ["toolkit", "scale", "none"])
+def test_input_norm_feeds_the_mapping_unit_spread_probabilities(postprocess):
+    """qt.input_norm=standardize: the mapping sees x with mean 0 and std 1 whatever the
+    post-processing and the ensemble average did to its scale, and gradients still flow."""
+    torch.manual_seed(0)
+    model = mlp([20, 8, 2])
+    seen = {}
+    gen = Generator(_shapes(model), 3, GeneratorOptions(postprocess=postprocess))  # the default
+    assert gen.options.input_norm == "standardize"
+    gen.mapping.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0][:, -1].detach()))
+    x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
+    torch.nn.functional.cross_entropy(functional_call(model, gen(), (x,)), y).backward()
+    assert abs(seen["x"].mean().item()) < 1e-9 and seen["x"].std().item() == pytest.approx(1.0, abs=1e-9)
+    for name, param in gen.named_parameters():
+        assert param.grad is not None and param.grad.abs().max() > 0, f"no gradient reaches {name}"
+
+
+@pytest.mark.parametrize("arch", [1, 9])
+def test_input_norm_leaves_constant_inputs_finite(arch):
+    """Candidate 1 gives a flat distribution, so x has no spread to divide by (0/0 would be
+    NaN), and candidate 9 a single spike; both must give finite, bounded weights."""
+    torch.manual_seed(0)
+    gen = Generator({"w": torch.Size([6, 50])}, 2, GeneratorOptions(mode="fixed", arch=arch, input_norm="standardize"))
+    w = gen()["w"]
+    assert torch.isfinite(w).all() and w.abs().max() < 10

@@ -20,6 +20,7 @@ from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 POSTPROCESS = ("toolkit", "scale", "none")
 STRUCTURAL = ("raw", "softmax")
 TENSOR_SCALES = ("standardize", "fan_in", "none")
+INPUT_NORMS = ("standardize", "none")
 
 
 def n_qubits_for(n_params: int) -> int:
@@ -39,6 +40,7 @@ class GeneratorOptions:
     center_output: bool = True
     mapping_hidden: tuple[int, ...] = ()  # () = the paper's Linear(n+1 -> 1)
     mapping_bits_init: str = "zero"  # zero | default: initial weights on the +-1 bit inputs
+    input_norm: str = "standardize"  # x -> (x - mean) / std before the mapping | none
     theta_init: str = "uniform"  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
     theta_std: float = 0.01
     tensor_scale: str = "fan_in"  # fixed per-tensor factor 1/sqrt(fan_in) | none
@@ -46,6 +48,15 @@ class GeneratorOptions:
     device: str = "default.qubit"  # PennyLane device when backend=pennylane
     dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit std; a constant vector (an angle-independent candidate) is only centred,
+    so float rounding is never blown up into weights."""
+    centred = x - x.mean()
+    std = centred.std()
+    spread = std > 1e-6 * x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)
+    return centred / torch.where(spread, std, torch.ones_like(std))
 
 
 def _fan_in(shape: torch.Size) -> int:
@@ -60,6 +71,7 @@ class Generator(nn.Module):
             ("qt.postprocess", opts.postprocess, POSTPROCESS),
             ("search.structural", opts.structural, STRUCTURAL),
             ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
+            ("qt.input_norm", opts.input_norm, INPUT_NORMS),
         ):
             if value not in allowed:  # the CLI's schema catches these first; this guards Python callers
                 raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -135,12 +147,14 @@ class Generator(nn.Module):
 
     def flat_weights(self) -> torch.Tensor:
         x = self._postprocess(self.probabilities()[: self.n_params])
+        if self.options.input_norm == "standardize":
+            x = _standardize(x)
         kappa = self.mapping(torch.cat([self.bits, x[:, None]], 1)).squeeze(1)
         if self.options.center_output:
             kappa = kappa - kappa.mean()
         if self.options.tensor_scale == "standardize":
             # a one-element tensor (a lone output bias) has no spread to standardise: it stays as mapped
-            kappa = torch.cat([t if t.numel() == 1 else (t - t.mean()) / (t.std() + 1e-12) for t in kappa.split(self.sizes)])
+            kappa = torch.cat([t if t.numel() == 1 else _standardize(t) for t in kappa.split(self.sizes)])
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:
