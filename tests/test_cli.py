@@ -181,3 +181,11 @@ def test_timeseries_smoke_run(tmp_path, task):
     with torch.no_grad():
         mse = torch.nn.functional.mse_loss(net(data.test.x), data.test.y).item()
     assert mse == pytest.approx(summary["metrics"]["test_mse"], rel=1e-6)
+
+
+def test_library_defaults_are_the_cli_defaults():
+    """`Generator(shapes, depth)` from Python builds what `diffqas-run` builds with no `qt.*` override."""
+    from diffqas_runner.qt.generator import GeneratorOptions
+    from diffqas_runner.run import generator_options
+
+    assert generator_options(_compose([])) == GeneratorOptions()

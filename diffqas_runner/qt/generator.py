@@ -30,7 +30,7 @@ def n_qubits_for(n_params: int) -> int:
 
 @dataclass
 class GeneratorOptions:
-    """How the circuit output becomes weights; defaults are SPEC's, tuned as the README says."""
+    """How the circuit output becomes weights; the defaults are the CLI's (`qt.*`, README)."""
 
     mode: str = "diffqas"  # diffqas | fixed
     arch: int | None = None  # fixed mode: candidate 1..12
@@ -43,7 +43,7 @@ class GeneratorOptions:
     input_norm: str = "standardize"  # x -> (x - mean) / std before the mapping | none
     theta_init: str = "uniform"  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
     theta_std: float = 0.01
-    tensor_scale: str = "fan_in"  # fixed per-tensor factor 1/sqrt(fan_in) | none
+    tensor_scale: str = "standardize"  # each tensor to mean 0, std 1, times 1/sqrt(fan_in) | fan_in | none
     backend: str = "native"
     device: str = "default.qubit"  # PennyLane device when backend=pennylane
     dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters
