@@ -37,6 +37,7 @@ class Postprocess(Enum):
 
 class TensorScale(Enum):
     standardize = "standardize"
+    init = "init"
     fan_in = "fan_in"
     none = "none"
 

@@ -35,7 +35,7 @@ def test_mnist_mlp_has_the_paper_size():
 
 
 @pytest.mark.parametrize("postprocess", ["toolkit", "scale", "none"])
-@pytest.mark.parametrize("tensor_scale", ["standardize", "fan_in", "none"])
+@pytest.mark.parametrize("tensor_scale", ["standardize", "init", "fan_in", "none"])
 @pytest.mark.parametrize("input_norm", ["standardize", "none"])
 def test_gradients_reach_angles_structural_weights_and_mapping(postprocess, tensor_scale, input_norm):
     torch.manual_seed(0)
@@ -121,3 +121,30 @@ def test_input_norm_leaves_constant_inputs_finite(arch):
     gen = Generator({"w": torch.Size([6, 50])}, 2, GeneratorOptions(mode="fixed", arch=arch, input_norm="standardize"))
     w = gen()["w"]
     assert torch.isfinite(w).all() and w.abs().max() < 10
+
+
+def test_tensor_scale_init_starts_as_standardize_then_lets_the_mapping_set_the_scale():
+    """qt.tensor_scale=init: the same weights as `standardize` at initialisation, but the shift and
+    divisor are fixed there, so doubling the mapping doubles the spread of every (non-lone) tensor,
+    where `standardize` would undo it; the fixed statistics travel with the state_dict."""
+    model = mlp([20, 8, 2])
+    gens = {}
+    for mode in ("standardize", "init"):
+        torch.manual_seed(0)
+        gens[mode] = Generator(_shapes(model), 3, GeneratorOptions(tensor_scale=mode))
+    before = {mode: g() for mode, g in gens.items()}
+    for name in before["init"]:
+        torch.testing.assert_close(before["init"][name], before["standardize"][name])
+    for g in gens.values():
+        with torch.no_grad():
+            g.mapping[0].weight.mul_(2.0)
+            g.mapping[0].bias.mul_(2.0)
+    after = {mode: g() for mode, g in gens.items()}
+    for name, w in before["init"].items():
+        if w.numel() > 1:
+            assert (after["init"][name].std() / w.std()).item() == pytest.approx(2.0, rel=1e-5)
+            torch.testing.assert_close(after["standardize"][name], w)
+    torch.manual_seed(1)  # another initialisation: only the loaded state_dict can make it equal
+    clone = Generator(_shapes(model), 3, GeneratorOptions(tensor_scale="init"))
+    clone.load_state_dict(gens["init"].state_dict())
+    torch.testing.assert_close(clone()["0.weight"], after["init"]["0.weight"])

@@ -19,7 +19,7 @@ from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 
 POSTPROCESS = ("toolkit", "scale", "none")
 STRUCTURAL = ("raw", "softmax")
-TENSOR_SCALES = ("standardize", "fan_in", "none")
+TENSOR_SCALES = ("standardize", "init", "fan_in", "none")
 INPUT_NORMS = ("standardize", "none")
 
 
@@ -43,20 +43,31 @@ class GeneratorOptions:
     input_norm: str = "standardize"  # x -> (x - mean) / std before the mapping | none
     theta_init: str = "uniform"  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
     theta_std: float = 0.01
-    tensor_scale: str = "standardize"  # each tensor to mean 0, std 1, times 1/sqrt(fan_in) | fan_in | none
+    # standardize: each tensor to mean 0, std 1 at every step, times 1/sqrt(fan_in); init: the same
+    # shift and divisor, measured once at initialisation and then fixed; fan_in: the factor only; none
+    tensor_scale: str = "standardize"
     backend: str = "native"
     device: str = "default.qubit"  # PennyLane device when backend=pennylane
     dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
 
 
-def _standardize(x: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit std; a constant vector (an angle-independent candidate) is only centred,
-    so float rounding is never blown up into weights."""
-    centred = x - x.mean()
-    std = centred.std()
+def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shift and divisor that standardise x. A constant vector (an angle-independent
+    candidate) gets divisor 1, so float rounding is never blown up into weights; a one-element
+    tensor (a lone output bias) gets (0, 1): it has no spread and stays as mapped."""
+    if x.numel() == 1:
+        return torch.zeros_like(x[0]), torch.ones_like(x[0])
+    mean = x.mean()
+    std = (x - mean).std()
     spread = std > 1e-6 * x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)
-    return centred / torch.where(spread, std, torch.ones_like(std))
+    return mean, torch.where(spread, std, torch.ones_like(std))
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """Zero mean, unit std (see `_mean_std` for constant and one-element inputs)."""
+    mean, std = _mean_std(x)
+    return (x - mean) / std
 
 
 def _fan_in(shape: torch.Size) -> int:
@@ -114,6 +125,13 @@ class Generator(nn.Module):
             torch.cat([torch.full((s.numel(),), c, dtype=dtype) for s, c in zip(self.shapes, scales)]),
             persistent=False,
         )
+        if opts.tensor_scale == "init":
+            # Each tensor's mean and std at initialisation, fixed from then on (and checkpointed), so
+            # training can still change the scale of the weights through the mapping.
+            with torch.no_grad():
+                stats = [_mean_std(t) for t in self._mapped().split(self.sizes)]
+            self.register_buffer("init_mean", torch.stack([m for m, _ in stats]))
+            self.register_buffer("init_std", torch.stack([sd for _, sd in stats]))
 
     # --- the quantum part -------------------------------------------------------------
     def structural_weights(self) -> torch.Tensor | None:
@@ -145,16 +163,21 @@ class Generator(nn.Module):
         x = (beta * torch.tanh(gamma * 2 ** (n - 1) * probs)).clamp_min(1e-12) ** alpha
         return x - x.mean()
 
-    def flat_weights(self) -> torch.Tensor:
+    def _mapped(self) -> torch.Tensor:
+        """kappa = M_beta(bits, x) for the p used basis states, before any per-tensor scaling."""
         x = self._postprocess(self.probabilities()[: self.n_params])
         if self.options.input_norm == "standardize":
             x = _standardize(x)
         kappa = self.mapping(torch.cat([self.bits, x[:, None]], 1)).squeeze(1)
-        if self.options.center_output:
-            kappa = kappa - kappa.mean()
+        return kappa - kappa.mean() if self.options.center_output else kappa
+
+    def flat_weights(self) -> torch.Tensor:
+        kappa = self._mapped()
         if self.options.tensor_scale == "standardize":
-            # a one-element tensor (a lone output bias) has no spread to standardise: it stays as mapped
-            kappa = torch.cat([t if t.numel() == 1 else _standardize(t) for t in kappa.split(self.sizes)])
+            kappa = torch.cat([_standardize(t) for t in kappa.split(self.sizes)])
+        elif self.options.tensor_scale == "init":
+            sizes = torch.tensor(self.sizes, device=kappa.device)
+            kappa = (kappa - self.init_mean.repeat_interleave(sizes)) / self.init_std.repeat_interleave(sizes)
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:
