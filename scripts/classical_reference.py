@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""The classical reference for a time-series task: its LSTM trained directly, no Quantum-Train.
+
+Same data, split, optimiser, batch, epochs and lr schedule as `diffqas-run task=TASK` (read from
+the task's config), but the 1,781 weights are trained as ordinary parameters. Prints the final
+test and train MSE per seed, and each trained tensor's spread as std * sqrt(fan_in): under
+`qt.tensor_scale=standardize` every generated tensor has that figure fixed at 1.0, so this shows
+which tensors a free fit wants larger or smaller.
+
+    python scripts/classical_reference.py [--task damped_shm] [--seeds 0,1,2] [overrides ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+from hydra import compose, initialize_config_dir
+
+from diffqas_runner.cli import CONFIG_DIR
+from diffqas_runner.config import choice
+from diffqas_runner.run import build_optimizer, build_scheduler
+from diffqas_runner.tasks.timeseries import TimeSeriesTask
+
+
+def spread(p: torch.Tensor) -> float:
+    """std * sqrt(fan_in), the figure `qt.tensor_scale=standardize` fixes at 1 (0 for one element)."""
+    if p.numel() == 1:
+        return 0.0
+    fan_in = p.shape[1:].numel() if p.dim() > 1 else p.shape[0]
+    return p.detach().std().item() * math.sqrt(fan_in)
+
+
+def train_one(cfg, seed: int) -> tuple[dict, dict, float]:
+    torch.manual_seed(seed)
+    task = TimeSeriesTask(
+        cfg.task.name,
+        hidden=cfg.task.hidden[0],
+        window=cfg.task.window,
+        train_fraction=cfg.task.train_fraction,
+        length=cfg.task.length,
+    )
+    model = task.build_model()
+    optimizer = build_optimizer(model.parameters(), cfg.train)
+    batch = cfg.train.batch_size
+    n = len(task.train.y)
+    scheduler = build_scheduler(optimizer, cfg.train, cfg.train.epochs * math.ceil(n / batch))
+    start = time.perf_counter()
+    for _ in range(cfg.train.epochs):
+        order = torch.randperm(n)
+        for i in range(0, n, batch):
+            idx = order[i : i + batch]
+            loss = task.loss(model(task.train.x[idx]), task.train.y[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+    spreads = {name: spread(p) for name, p in model.named_parameters()}
+    return task.evaluate(model), spreads, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--task", default="damped_shm", help="a time-series task: bessel, damped_shm, ...")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.lr_schedule=constant")
+    args = parser.parse_args()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"task={args.task}", *args.overrides])
+    if choice(cfg.task.kind) != "timeseries":
+        allowed = "bessel, damped_shm, delayed_qc, narma5, narma10"
+        raise SystemExit(f"--task={args.task!r} is not a time-series task; allowed: {allowed}")
+    torch.set_num_threads(1)
+    print(
+        f"task={args.task}: classical LSTM, {choice(cfg.train.optimizer)} lr {cfg.train.lr} ({choice(cfg.train.lr_schedule)}), "
+        f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs"
+    )
+    for seed in (int(s) for s in args.seeds.split(",")):
+        metrics, spreads, seconds = train_one(cfg, seed)
+        gains = ", ".join(f"{k} {v:.2f}" for k, v in spreads.items() if v)
+        print(
+            f"seed {seed}: test_mse {metrics['test_mse']:.2e}  train_mse {metrics['train_mse']:.2e}  "
+            f"({seconds:.1f} s)  std*sqrt(fan_in): {gains}"
+        )
+
+
+if __name__ == "__main__":
+    main()
