@@ -5,9 +5,12 @@ Same data, split, optimiser, batch, epochs and lr schedule as `diffqas-run task=
 the task's config), but the 1,781 weights are trained as ordinary parameters. Prints the final
 test and train MSE per seed, and each trained tensor's spread as std * sqrt(fan_in): under
 `qt.tensor_scale=standardize` every generated tensor has that figure fixed at 1.0, so this shows
-which tensors a free fit wants larger or smaller.
+which tensors a free fit wants larger or smaller. `--constrain` trains the same LSTM with each
+tensor re-parametrised as standardize(v) / sqrt(fan_in) (torch.nn.utils.parametrize), the
+constraint the QT generator's default puts on its output, but with no circuit: it separates what
+the constraint costs from what the circuit costs.
 
-    python scripts/classical_reference.py [--task damped_shm] [--seeds 0,1,2] [overrides ...]
+    python scripts/classical_reference.py [--task damped_shm] [--seeds 0,1,2] [--constrain] [overrides ...]
 """
 
 from __future__ import annotations
@@ -33,7 +36,18 @@ def spread(p: torch.Tensor) -> float:
     return p.detach().std().item() * math.sqrt(fan_in)
 
 
-def train_one(cfg, seed: int) -> tuple[dict, dict, float]:
+class Standardized(torch.nn.Module):
+    """v -> (v - mean) / std / sqrt(fan_in): `qt.tensor_scale=standardize` on a free tensor."""
+
+    def __init__(self, fan_in: int):
+        super().__init__()
+        self.factor = 1.0 / math.sqrt(fan_in)
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        return (v - v.mean()) / v.std() * self.factor
+
+
+def train_one(cfg, seed: int, constrain: bool = False) -> tuple[dict, dict, float]:
     torch.manual_seed(seed)
     task = TimeSeriesTask(
         cfg.task.name,
@@ -43,6 +57,14 @@ def train_one(cfg, seed: int) -> tuple[dict, dict, float]:
         length=cfg.task.length,
     )
     model = task.build_model()
+    if constrain:
+        from torch.nn.utils import parametrize
+
+        for name, p in list(model.named_parameters()):
+            if p.numel() > 1:  # a lone output bias stays free, as in the generator
+                module_name, _, attr = name.rpartition(".")
+                fan_in = p.shape[1:].numel() if p.dim() > 1 else p.shape[0]
+                parametrize.register_parametrization(model.get_submodule(module_name), attr, Standardized(fan_in))
     optimizer = build_optimizer(model.parameters(), cfg.train)
     batch = cfg.train.batch_size
     n = len(task.train.y)
@@ -58,7 +80,10 @@ def train_one(cfg, seed: int) -> tuple[dict, dict, float]:
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-    spreads = {name: spread(p) for name, p in model.named_parameters()}
+    with torch.no_grad():
+        # the effective tensors (through any parametrisation), in named_parameters() order
+        names = [n.replace("parametrizations.", "").replace(".original", "") for n, _ in model.named_parameters()]
+        spreads = {n: spread(getattr(model.get_submodule(n.rpartition(".")[0]), n.rpartition(".")[2])) for n in names}
     return task.evaluate(model), spreads, time.perf_counter() - start
 
 
@@ -66,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="damped_shm", help="a time-series task: bessel, damped_shm, ...")
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--constrain", action="store_true", help="each tensor standardised, as the QT default")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. train.lr_schedule=constant")
     args = parser.parse_args()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
@@ -74,12 +100,14 @@ def main() -> None:
         allowed = "bessel, damped_shm, delayed_qc, narma5, narma10"
         raise SystemExit(f"--task={args.task!r} is not a time-series task; allowed: {allowed}")
     torch.set_num_threads(1)
+    what = "standardised per tensor" if args.constrain else "free"
     print(
-        f"task={args.task}: classical LSTM, {choice(cfg.train.optimizer)} lr {cfg.train.lr} ({choice(cfg.train.lr_schedule)}), "
+        f"task={args.task}: classical LSTM ({what}), {choice(cfg.train.optimizer)} lr {cfg.train.lr} "
+        f"({choice(cfg.train.lr_schedule)}), "
         f"batch {cfg.train.batch_size}, {cfg.train.epochs} epochs"
     )
     for seed in (int(s) for s in args.seeds.split(",")):
-        metrics, spreads, seconds = train_one(cfg, seed)
+        metrics, spreads, seconds = train_one(cfg, seed, args.constrain)
         gains = ", ".join(f"{k} {v:.2f}" for k, v in spreads.items() if v)
         print(
             f"seed {seed}: test_mse {metrics['test_mse']:.2e}  train_mse {metrics['train_mse']:.2e}  "
