@@ -24,6 +24,7 @@ from hydra import compose, initialize_config_dir
 
 from diffqas_runner.cli import CONFIG_DIR
 from diffqas_runner.config import choice
+from diffqas_runner.qt.generator import fan_in, standardize
 from diffqas_runner.run import build_optimizer, build_scheduler
 from diffqas_runner.tasks.timeseries import TimeSeriesTask
 
@@ -32,19 +33,18 @@ def spread(p: torch.Tensor) -> float:
     """std * sqrt(fan_in), the figure `qt.tensor_scale=standardize` fixes at 1 (0 for one element)."""
     if p.numel() == 1:
         return 0.0
-    fan_in = p.shape[1:].numel() if p.dim() > 1 else p.shape[0]
-    return p.detach().std().item() * math.sqrt(fan_in)
+    return p.detach().std().item() * math.sqrt(fan_in(p.shape))
 
 
 class Standardized(torch.nn.Module):
-    """v -> (v - mean) / std / sqrt(fan_in): `qt.tensor_scale=standardize` on a free tensor."""
+    """v -> standardize(v) / sqrt(fan_in): `qt.tensor_scale=standardize` on a free tensor."""
 
-    def __init__(self, fan_in: int):
+    def __init__(self, shape: torch.Size):
         super().__init__()
-        self.factor = 1.0 / math.sqrt(fan_in)
+        self.factor = 1.0 / math.sqrt(fan_in(shape))
 
     def forward(self, v: torch.Tensor) -> torch.Tensor:
-        return (v - v.mean()) / v.std() * self.factor
+        return standardize(v) * self.factor
 
 
 def train_one(cfg, seed: int, constrain: bool = False) -> tuple[dict, dict, float]:
@@ -63,8 +63,7 @@ def train_one(cfg, seed: int, constrain: bool = False) -> tuple[dict, dict, floa
         for name, p in list(model.named_parameters()):
             if p.numel() > 1:  # a lone output bias stays free, as in the generator
                 module_name, _, attr = name.rpartition(".")
-                fan_in = p.shape[1:].numel() if p.dim() > 1 else p.shape[0]
-                parametrize.register_parametrization(model.get_submodule(module_name), attr, Standardized(fan_in))
+                parametrize.register_parametrization(model.get_submodule(module_name), attr, Standardized(p.shape))
     optimizer = build_optimizer(model.parameters(), cfg.train)
     batch = cfg.train.batch_size
     n = len(task.train.y)

@@ -64,13 +64,14 @@ def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.where(spread, std, torch.ones_like(std))
 
 
-def _standardize(x: torch.Tensor) -> torch.Tensor:
+def standardize(x: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit std (see `_mean_std` for constant and one-element inputs)."""
     mean, std = _mean_std(x)
     return (x - mean) / std
 
 
-def _fan_in(shape: torch.Size) -> int:
+def fan_in(shape: torch.Size) -> int:
+    """The fan-in `qt.tensor_scale` divides by: the trailing dimensions, or the length of a vector."""
     return int(shape[1:].numel()) if len(shape) > 1 else int(shape[0])
 
 
@@ -119,7 +120,7 @@ class Generator(nn.Module):
         if opts.mapping_bits_init == "zero":
             with torch.no_grad():
                 self.mapping[0].weight[:, :n].zero_()
-        scales = [1.0 / math.sqrt(_fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
+        scales = [1.0 / math.sqrt(fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
         self.register_buffer(
             "scale",
             torch.cat([torch.full((s.numel(),), c, dtype=dtype) for s, c in zip(self.shapes, scales)]),
@@ -132,6 +133,9 @@ class Generator(nn.Module):
                 stats = [_mean_std(t) for t in self._mapped().split(self.sizes)]
             self.register_buffer("init_mean", torch.stack([m for m, _ in stats]))
             self.register_buffer("init_std", torch.stack([sd for _, sd in stats]))
+            # which tensor each of the p weights belongs to, to spread those statistics over them
+            index = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+            self.register_buffer("tensor_index", index, persistent=False)
 
     # --- the quantum part -------------------------------------------------------------
     def structural_weights(self) -> torch.Tensor | None:
@@ -167,17 +171,16 @@ class Generator(nn.Module):
         """kappa = M_beta(bits, x) for the p used basis states, before any per-tensor scaling."""
         x = self._postprocess(self.probabilities()[: self.n_params])
         if self.options.input_norm == "standardize":
-            x = _standardize(x)
+            x = standardize(x)
         kappa = self.mapping(torch.cat([self.bits, x[:, None]], 1)).squeeze(1)
         return kappa - kappa.mean() if self.options.center_output else kappa
 
     def flat_weights(self) -> torch.Tensor:
         kappa = self._mapped()
         if self.options.tensor_scale == "standardize":
-            kappa = torch.cat([_standardize(t) for t in kappa.split(self.sizes)])
+            kappa = torch.cat([standardize(t) for t in kappa.split(self.sizes)])
         elif self.options.tensor_scale == "init":
-            sizes = torch.tensor(self.sizes, device=kappa.device)
-            kappa = (kappa - self.init_mean.repeat_interleave(sizes)) / self.init_std.repeat_interleave(sizes)
+            kappa = (kappa - self.init_mean[self.tensor_index]) / self.init_std[self.tensor_index]
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:
