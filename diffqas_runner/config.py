@@ -29,6 +29,11 @@ class Structural(Enum):
     softmax = "softmax"
 
 
+class Angles(Enum):
+    shared = "shared"
+    per_candidate = "per_candidate"
+
+
 class Postprocess(Enum):
     toolkit = "toolkit"
     scale = "scale"
@@ -114,6 +119,7 @@ class SearchConfig:
     mode: SearchMode = SearchMode.diffqas
     arch: int | None = None  # fixed mode: candidate 1..12 (SPEC.md section 2)
     structural: Structural = Structural.raw
+    angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all 12 (the paper's) | one each
     retrain_top_k: int = 0  # after DiffQAS: train its K top-ranked candidates alone (run_dir/retrain/arch_N)
 
 

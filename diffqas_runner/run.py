@@ -42,6 +42,7 @@ def generator_options(cfg) -> GeneratorOptions:
         mode=cfg.search.mode.value,
         arch=cfg.search.arch,
         structural=cfg.search.structural.value,
+        angles=cfg.search.angles.value,
         postprocess=cfg.qt.postprocess.value,
         toolkit=tuple(cfg.qt.toolkit),
         center_output=cfg.qt.center_output,

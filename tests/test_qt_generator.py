@@ -148,3 +148,26 @@ def test_tensor_scale_init_starts_as_standardize_then_lets_the_mapping_set_the_s
     clone = Generator(_shapes(model), 3, GeneratorOptions(tensor_scale="init"))
     clone.load_state_dict(gens["init"].state_dict())
     torch.testing.assert_close(clone()["0.weight"], after["init"]["0.weight"])
+
+
+def test_per_candidate_angles_generalise_the_shared_ones():
+    """search.angles=per_candidate (SPEC section 3's open question): 12 angle tensors, counted in the
+    accounting; with all 12 set to the shared tensor it gives the shared ensemble's weights, and
+    gradients reach exactly the angles of the six candidates whose output depends on them."""
+    model = mlp([20, 8, 2])
+    torch.manual_seed(0)
+    shared = Generator(_shapes(model), 3, GeneratorOptions())
+    torch.manual_seed(0)
+    per = Generator(_shapes(model), 3, GeneratorOptions(angles="per_candidate"))
+    n = per.n_qubits
+    assert per.theta.shape == (12, 3, n)
+    assert per.trainable_parameters() == 12 * n * 3 + 12 + n + 2 == shared.trainable_parameters() + 11 * n * 3
+    per.load_state_dict({**shared.state_dict(), "theta": shared.theta.detach().expand(12, -1, -1).clone()})
+    for name, w in shared().items():
+        torch.testing.assert_close(per()[name], w)
+    x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
+    torch.nn.functional.cross_entropy(functional_call(model, per(), (x,)), y).backward()
+    moved = [j + 1 for j in range(12) if per.theta.grad[j].abs().max() > 0]
+    assert moved == [2, 5, 7, 8, 10, 11]  # SPEC section 2: only these can learn
+    fixed = Generator(_shapes(model), 3, GeneratorOptions(mode="fixed", arch=8, angles="per_candidate"))
+    assert fixed.theta.shape == (3, n)  # one candidate has one tensor: the option changes nothing

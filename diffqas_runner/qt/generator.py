@@ -19,6 +19,7 @@ from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 
 POSTPROCESS = ("toolkit", "scale", "none")
 STRUCTURAL = ("raw", "softmax")
+ANGLES = ("shared", "per_candidate")
 TENSOR_SCALES = ("standardize", "init", "fan_in", "none")
 INPUT_NORMS = ("standardize", "none")
 
@@ -35,6 +36,7 @@ class GeneratorOptions:
     mode: str = "diffqas"  # diffqas | fixed
     arch: int | None = None  # fixed mode: candidate 1..12
     structural: str = "raw"  # raw | softmax
+    angles: str = "shared"  # DiffQAS: one (L, n) angle tensor for all candidates | per_candidate
     postprocess: str = "toolkit"  # toolkit | scale | none
     toolkit: tuple[float, float, float] = (0.1, 0.8, 0.3)  # (gamma, beta, alpha)
     center_output: bool = True
@@ -82,6 +84,7 @@ class Generator(nn.Module):
         for key, value, allowed in (
             ("qt.postprocess", opts.postprocess, POSTPROCESS),
             ("search.structural", opts.structural, STRUCTURAL),
+            ("search.angles", opts.angles, ANGLES),
             ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
             ("qt.input_norm", opts.input_norm, INPUT_NORMS),
         ):
@@ -102,10 +105,13 @@ class Generator(nn.Module):
             raise ValueError(f"search.mode={opts.mode!r}; allowed: diffqas, fixed")
 
         dtype = opts.dtype
+        # per_candidate: one (L, n) tensor per candidate, stacked (SPEC section 3's open question)
+        self.per_candidate = opts.mode == "diffqas" and opts.angles == "per_candidate"
+        shape = (len(self.candidates), depth, n) if self.per_candidate else (depth, n)
         if opts.theta_init == "uniform":
-            theta = torch.rand(depth, n, dtype=dtype) * 2 * math.pi
+            theta = torch.rand(shape, dtype=dtype) * 2 * math.pi
         else:
-            theta = opts.theta_std * torch.randn(depth, n, dtype=dtype)
+            theta = opts.theta_std * torch.randn(shape, dtype=dtype)
         self.theta = nn.Parameter(theta)
         if opts.mode == "diffqas":
             self.structural = nn.Parameter(torch.full((N_CANDIDATES,), 1.0 / N_CANDIDATES, dtype=dtype))
@@ -146,7 +152,12 @@ class Generator(nn.Module):
     def probabilities(self) -> torch.Tensor:
         """Ensemble probabilities P (2**n,): sum_j w_j P_j, or the fixed candidate's P."""
         opts = self.options
-        probs = probabilities(self.theta, self.candidates, backend=opts.backend, device=opts.device)
+        if self.per_candidate:
+            probs = torch.cat(
+                [probabilities(t, [c], backend=opts.backend, device=opts.device) for t, c in zip(self.theta, self.candidates)]
+            )
+        else:
+            probs = probabilities(self.theta, self.candidates, backend=opts.backend, device=opts.device)
         weights = self.structural_weights()
         return probs[0] if weights is None else weights @ probs
 
