@@ -14,14 +14,21 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..config import Angles, InputNorm, Postprocess, Structural, TensorScale
 from ..nets import mlp
 from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 
-POSTPROCESS = ("toolkit", "scale", "none")
-STRUCTURAL = ("raw", "softmax")
-ANGLES = ("shared", "per_candidate")
-TENSOR_SCALES = ("standardize", "init", "fan_in", "none")
-INPUT_NORMS = ("standardize", "none")
+
+def _values(enum) -> tuple[str, ...]:
+    return tuple(member.value for member in enum)
+
+
+# The allowed values are the CLI schema's (config.py), so a Python caller meets the same choices.
+POSTPROCESS = _values(Postprocess)
+STRUCTURAL = _values(Structural)
+ANGLES = _values(Angles)
+TENSOR_SCALES = _values(TensorScale)
+INPUT_NORMS = _values(InputNorm)
 
 
 def n_qubits_for(n_params: int) -> int:
