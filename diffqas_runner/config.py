@@ -110,6 +110,9 @@ class TaskConfig:
     window: int = 4  # inputs per window: x = s[i:i+window], y = s[i+window]
     train_fraction: float = 0.67  # the first windows train, the rest test (no shuffling across)
     length: int | None = None  # series length where the task lets you choose it (NARMA)
+    # the last fraction of the training windows, held out (not trained on) as a validation split:
+    # `val_mse` is what to choose settings by, so the test split stays unseen (0: no validation)
+    validation: float = 0.0
     # reinforcement learning
     env_id: str = "MiniGrid-Empty-5x5-v0"
 
@@ -234,6 +237,7 @@ def validate(cfg) -> None:
         _check(cfg.task.window >= 1, "task.window", cfg.task.window, "an integer >= 1")
         _check(0 < cfg.task.train_fraction < 1, "task.train_fraction", cfg.task.train_fraction, "a number in (0, 1)")
         _check(cfg.task.length is None or cfg.task.length >= 20, "task.length", cfg.task.length, "null or an integer >= 20")
+        _check(0 <= cfg.task.validation < 1, "task.validation", cfg.task.validation, "a number in [0, 1)")
     if cfg.task.kind == TaskKind.rl:
         _check(cfg.task.env_id.startswith("MiniGrid-"), "task.env_id", cfg.task.env_id, "a MiniGrid-* environment id")
         for key in ("episodes", "workers", "n_steps", "log_every"):

@@ -71,6 +71,8 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["train.checkpoint_every=0"], "train.checkpoint_every"),
         (["backend.device=tpu"], "backend.device"),
         (["task=bessel", "task.train_fraction=1.5"], "task.train_fraction"),
+        (["task=bessel", "task.validation=1"], "task.validation=1"),
+        (["task=bessel", "task.validation=0.001"], "task.validation=0.001"),
         (["task=bessel", "task.hidden=[20,20]"], "task.hidden"),
         (["data_dir=/nonexistent/data"], "/nonexistent/data"),
     ],

@@ -36,6 +36,19 @@ def test_windows_follow_the_series_in_order():
         assert torch.equal(x[i], s[i : i + 4]) and y[i] == s[i + 4]
 
 
+def test_validation_holds_out_the_last_training_windows():
+    full, task = TimeSeriesTask("bessel"), TimeSeriesTask("bessel", validation=0.2)
+    # 168 training windows: the last round(0.2 * 168) = 34 validate, the first 134 train
+    assert (len(task.train.y), len(task.val.y), len(task.test.y)) == (134, 34, 83)
+    assert torch.equal(torch.cat([task.train.x, task.val.x]), full.train.x)
+    assert torch.equal(task.test.y, full.test.y)  # the test split does not move
+    metrics = task.evaluate(lambda x: x[:, -1])  # predict "the last value again"
+    assert set(metrics) == {"train_mse", "val_mse", "test_mse"}
+    expected = torch.mean((task.val.x[:, -1] - task.val.y) ** 2).item()
+    assert metrics["val_mse"] == pytest.approx(expected) and metrics["val_mse"] > 0
+    assert full.val is None and "val_mse" not in full.evaluate(lambda x: x[:, -1])
+
+
 def test_series_values():
     x = np.linspace(2, 100, 256)
     np.testing.assert_allclose(SERIES["bessel"](None).s, jv(2, x))

@@ -25,7 +25,14 @@ def build(task_cfg, data_dir: str | Path, download: bool = False):
 
         if task_cfg.name not in SERIES:
             raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for timeseries: {', '.join(SERIES)}")
-        return TimeSeriesTask(task_cfg.name, task_cfg.hidden[0], task_cfg.window, task_cfg.train_fraction, task_cfg.length)
+        return TimeSeriesTask(
+            task_cfg.name,
+            task_cfg.hidden[0],
+            task_cfg.window,
+            task_cfg.train_fraction,
+            task_cfg.length,
+            validation=task_cfg.validation,
+        )
     if kind == "rl":
         from .minigrid import MiniGridTask
 

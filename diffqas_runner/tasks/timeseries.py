@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..nets import LSTMRegressor
 from .classification import Split
 
@@ -100,7 +101,15 @@ class TimeSeriesTask:
     kind = "timeseries"
     metric = "test_mse"
 
-    def __init__(self, name: str, hidden: int = 20, window: int = 4, train_fraction: float = 0.67, length: int | None = None):
+    def __init__(
+        self,
+        name: str,
+        hidden: int = 20,
+        window: int = 4,
+        train_fraction: float = 0.67,
+        length: int | None = None,
+        validation: float = 0.0,
+    ):
         self.name = name
         self.hidden = hidden
         self.window = window
@@ -109,10 +118,20 @@ class TimeSeriesTask:
         x, y = windows(self.scaled, window)
         self.n_train = int(len(y) * train_fraction)
         if not 1 <= self.n_train < len(y):
-            raise ValueError(f"task.train_fraction={train_fraction} leaves an empty split of {len(y)} windows")
+            raise ConfigError(f"task.train_fraction={train_fraction} leaves an empty split of {len(y)} windows; allowed: a fraction leaving >= 1 window on each side")
         xt = torch.tensor(x, dtype=torch.float32)[:, :, None]  # (N, window, 1)
         yt = torch.tensor(y, dtype=torch.float32)[:, None]  # (N, 1)
-        self.train = Split(xt[: self.n_train], yt[: self.n_train])
+        # validation: the last windows of the training part are held out (not trained on), so
+        # settings can be chosen on them while the test split stays unseen
+        self.n_val = round(self.n_train * validation)
+        self.n_fit = self.n_train - self.n_val
+        if validation and not 1 <= self.n_val < self.n_train:
+            raise ConfigError(
+                f"task.validation={validation} leaves an empty split of {self.n_train} training windows; "
+                "allowed: 0, or a fraction leaving >= 1 window on each side"
+            )
+        self.train = Split(xt[: self.n_fit], yt[: self.n_fit])
+        self.val = Split(xt[self.n_fit : self.n_train], yt[self.n_fit : self.n_train]) if self.n_val else None
         self.test = Split(xt[self.n_train :], yt[self.n_train :])
 
     def build_model(self) -> nn.Module:
@@ -123,11 +142,10 @@ class TimeSeriesTask:
 
     @torch.no_grad()
     def evaluate(self, forward) -> dict[str, float]:
-        """Test MSE on the scaled series (and train MSE, for over-fitting at a glance)."""
-        return {
-            "test_mse": self.loss(forward(self.test.x), self.test.y).item(),
-            "train_mse": self.loss(forward(self.train.x), self.train.y).item(),
-        }
+        """Test MSE on the scaled series (and train MSE, for over-fitting at a glance; validation
+        MSE when `task.validation` holds windows out)."""
+        splits = {"test": self.test, "train": self.train, "val": self.val}
+        return {f"{k}_mse": self.loss(forward(v.x), v.y).item() for k, v in splits.items() if v is not None}
 
     @torch.no_grad()
     def figures(self, forward) -> dict:
@@ -137,12 +155,17 @@ class TimeSeriesTask:
         t = self.series.t
         start, split = self.window, self.window + self.n_train  # window i predicts s[i + window]
         train_pred = forward(self.train.x).squeeze(1).numpy()
+        fit_end = start + self.n_fit
         test_pred = forward(self.test.x).squeeze(1).numpy()
         mse = float(np.mean((test_pred - self.test.y.squeeze(1).numpy()) ** 2))
         fig = Figure(figsize=(8, 3.5), layout="constrained")
         ax = fig.subplots()
         ax.plot(t, self.scaled, color="0.6", lw=2.5, label="series (scaled)")
-        ax.plot(t[start:split], train_pred, color="tab:blue", lw=1.2, label="prediction (train)")
+        ax.plot(t[start:fit_end], train_pred, color="tab:blue", lw=1.2, label="prediction (train)")
+        if self.val is not None:
+            val_pred = forward(self.val.x).squeeze(1).numpy()
+            ax.plot(t[fit_end:split], val_pred, color="tab:green", lw=1.2, label="prediction (validation)")
+            ax.axvline(t[fit_end], color="k", ls=":", lw=0.8)
         ax.plot(t[split : split + len(test_pred)], test_pred, color="tab:red", lw=1.2, label="prediction (test)")
         ax.axvline(t[split], color="k", ls="--", lw=0.8)
         ax.set_xlabel(self.series.t_label)
