@@ -186,6 +186,15 @@ def test_timeseries_smoke_run(tmp_path, task):
     assert mse == pytest.approx(summary["metrics"]["test_mse"], rel=1e-6)
 
 
+@pytest.mark.parametrize("task", ["bessel", "damped_shm", "delayed_qc", "narma5", "narma10"])
+def test_timeseries_tasks_bring_their_validated_tensor_scale(task):
+    """The series set qt.tensor_scale=none (chosen on validation MSE, README); classification keeps
+    the library default, and a command-line override still wins over the task's value."""
+    assert _compose([f"task={task}"]).qt.tensor_scale.value == "none"
+    assert _compose([f"task={task}", "qt.tensor_scale=standardize"]).qt.tensor_scale.value == "standardize"
+    assert _compose(["task=mnist"]).qt.tensor_scale.value == "standardize"
+
+
 def test_library_defaults_are_the_cli_defaults():
     """`Generator(shapes, depth)` from Python builds what `diffqas-run` builds with no `qt.*` override."""
     from diffqas_runner.qt.generator import GeneratorOptions
