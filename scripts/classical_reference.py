@@ -7,8 +7,9 @@ test and train MSE per seed, and each trained tensor's spread as std * sqrt(fan_
 `qt.tensor_scale=standardize` every generated tensor has that figure fixed at 1.0, so this shows
 which tensors a free fit wants larger or smaller. `--constrain` trains the same LSTM with each
 tensor re-parametrised as standardize(v) / sqrt(fan_in) (torch.nn.utils.parametrize), the
-constraint the QT generator's default puts on its output, but with no circuit: it separates what
-the constraint costs from what the circuit costs.
+constraint `qt.tensor_scale=standardize` (the library default; the time-series tasks set `none`)
+puts on the generator's output, but with no circuit: it separates what the constraint costs from
+what the circuit costs.
 
     python scripts/classical_reference.py [--task damped_shm] [--seeds 0,1,2] [--constrain] [overrides ...]
 """

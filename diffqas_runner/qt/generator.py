@@ -182,7 +182,11 @@ class Generator(nn.Module):
         if opts.postprocess == "scale":
             return probs * 2**n
         gamma, beta, alpha = opts.toolkit
-        x = (beta * torch.tanh(gamma * 2 ** (n - 1) * probs)).clamp_min(1e-12) ** alpha
+        t = beta * torch.tanh(gamma * 2 ** (n - 1) * probs)
+        # The power is extended oddly below 0: raw structural weights can go negative and make
+        # entries of the ensemble P negative, and clamping those to ~0 would silently cut their
+        # gradient (a run could lose its circuit for good). For P >= 0 this is the toolkit's formula.
+        x = torch.where(t < 0, -((-t).clamp_min(1e-12) ** alpha), t.clamp_min(1e-12) ** alpha)
         return x - x.mean()
 
     def _mapped(self) -> torch.Tensor:
