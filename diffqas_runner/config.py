@@ -167,6 +167,7 @@ class TrainConfig:
     alpha: float = 0.99  # rmsprop smoothing constant
     eps: float = 1e-8
     lr_schedule: LrSchedule = LrSchedule.constant  # cosine: decay to 0 over the run (not the paper's)
+    warmup_steps: int = 0  # linear warm-up of the lr over the first steps, then the schedule (0: none)
     # reinforcement learning (A2C)
     episodes: int = 50_000  # stop after this many finished episodes
     workers: int = 16  # environment copies stepped in lockstep
@@ -254,6 +255,7 @@ def validate(cfg) -> None:
     )
     _check(cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, "an integer >= 1")
     _check(cfg.train.lr > 0, "train.lr", cfg.train.lr, "a number > 0")
+    _check(cfg.train.warmup_steps >= 0, "train.warmup_steps", cfg.train.warmup_steps, "an integer >= 0")
     _check(
         cfg.train.eval_every is None or cfg.train.eval_every >= 1,
         "train.eval_every",

@@ -69,9 +69,17 @@ def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
 
 
 def build_scheduler(optimizer, train_cfg, total: int):
+    """The per-step lr schedule: an optional linear warm-up over `train.warmup_steps`, then constant
+    or a cosine decay to 0 over the remaining steps (None when the lr never changes)."""
+    sched = torch.optim.lr_scheduler
+    warmup = min(train_cfg.warmup_steps, total)
+    after = None
     if choice(train_cfg.lr_schedule) == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return None
+        after = sched.CosineAnnealingLR(optimizer, T_max=max(total - warmup, 1))
+    if not warmup:
+        return after
+    ramp = sched.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0, total_iters=warmup)
+    return ramp if after is None else sched.SequentialLR(optimizer, [ramp, after], milestones=[warmup])
 
 
 def _progress(cfg, interactive: bool):
