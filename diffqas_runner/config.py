@@ -40,6 +40,11 @@ class Postprocess(Enum):
     none = "none"
 
 
+class ToolkitNegative(Enum):
+    clamp = "clamp"
+    odd = "odd"
+
+
 class TensorScale(Enum):
     standardize = "standardize"
     init = "init"
@@ -130,6 +135,8 @@ class SearchConfig:
 class QTConfig:
     postprocess: Postprocess = Postprocess.toolkit
     toolkit: list[float] = field(default_factory=lambda: [0.1, 0.8, 0.3])  # gamma, beta, alpha
+    # entries the raw DiffQAS ensemble makes negative: clamp (to ~0, no gradient) | odd (-(-t)^alpha)
+    toolkit_negative: ToolkitNegative = ToolkitNegative.clamp
     center_output: bool = True
     mapping_hidden: list[int] = field(default_factory=list)
     mapping_bits_init: BitsInit = BitsInit.zero

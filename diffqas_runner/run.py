@@ -45,6 +45,7 @@ def generator_options(cfg) -> GeneratorOptions:
         angles=cfg.search.angles.value,
         postprocess=cfg.qt.postprocess.value,
         toolkit=tuple(cfg.qt.toolkit),
+        toolkit_negative=cfg.qt.toolkit_negative.value,
         center_output=cfg.qt.center_output,
         mapping_hidden=tuple(cfg.qt.mapping_hidden),
         mapping_bits_init=cfg.qt.mapping_bits_init.value,

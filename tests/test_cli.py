@@ -62,6 +62,7 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["train.lr=-1"], "train.lr"),
         (["train.optimizer=sgd"], "sgd"),
         (["qt.input_norm=layer"], "qt.input_norm"),
+        (["qt.toolkit_negative=abs"], "qt.toolkit_negative"),
         (["search.angles=each"], "search.angles"),
         (["train.epochs=0"], "train.epochs=0"),
         (["train.epochs=abc"], "train.epochs"),

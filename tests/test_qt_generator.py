@@ -113,25 +113,33 @@ def test_input_norm_feeds_the_mapping_unit_spread_probabilities(postprocess):
         assert param.grad is not None and param.grad.abs().max() > 0, f"no gradient reaches {name}"
 
 
-def test_toolkit_keeps_the_gradient_of_a_negative_ensemble():
-    """Raw structural weights may go negative (SPEC: raw w) and with them entries of P. The toolkit
-    must still pass gradient there (a clamp at 0 left whole runs with frozen structural weights and
-    angles), be odd in P, and be exactly the toolkit formula for P >= 0."""
+@pytest.mark.parametrize("negative", ["clamp", "odd"])
+def test_toolkit_on_a_negative_ensemble(negative):
+    """Raw structural weights may go negative (SPEC: raw w) and with them entries of P. Both
+    `qt.toolkit_negative` modes are exactly the toolkit formula for P >= 0; `clamp` maps negative
+    entries to a constant, so no gradient passes there (a whole-negative ensemble freezes the
+    circuit), `odd` is odd in P and keeps the gradient."""
     torch.manual_seed(0)
-    gen = Generator({"w": torch.Size([200])}, 2)
+    gen = Generator({"w": torch.Size([200])}, 2, GeneratorOptions(toolkit_negative=negative))
     gamma, beta, alpha = gen.options.toolkit
     n = gen.n_qubits
     p = torch.rand(256, dtype=torch.float64) / 128
     x = gen._postprocess(p)
     expected = (beta * torch.tanh(gamma * 2 ** (n - 1) * p)) ** alpha
     torch.testing.assert_close(x, expected - expected.mean(), rtol=0, atol=1e-15)
-    torch.testing.assert_close(gen._postprocess(-p), -x)  # odd (x is already centred)
+    if negative == "odd":
+        torch.testing.assert_close(gen._postprocess(-p), -x)  # x is already centred
+    else:
+        assert (gen._postprocess(-p) == 0).all()  # a constant, centred away
     with torch.no_grad():
         gen.structural.fill_(-1.0 / 12)  # the whole ensemble negative
     flat = gen.flat_weights()
     (flat * torch.randn_like(flat)).sum().backward()
-    assert gen.theta.grad.abs().max() > 1e-6 and gen.structural.grad.abs().max() > 1e-6
     assert torch.isfinite(gen.theta.grad).all() and torch.isfinite(gen.structural.grad).all()
+    if negative == "odd":
+        assert gen.theta.grad.abs().max() > 1e-6 and gen.structural.grad.abs().max() > 1e-6
+    else:
+        assert gen.theta.grad.abs().max() == 0 and gen.structural.grad.abs().max() == 0
 
 
 @pytest.mark.parametrize("arch", [1, 9])

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..config import Angles, InputNorm, Postprocess, Structural, TensorScale
+from ..config import Angles, InputNorm, Postprocess, Structural, TensorScale, ToolkitNegative
 from ..nets import mlp
 from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 
@@ -29,6 +29,7 @@ STRUCTURAL = _values(Structural)
 ANGLES = _values(Angles)
 TENSOR_SCALES = _values(TensorScale)
 INPUT_NORMS = _values(InputNorm)
+TOOLKIT_NEGATIVE = _values(ToolkitNegative)
 
 
 def n_qubits_for(n_params: int) -> int:
@@ -46,6 +47,9 @@ class GeneratorOptions:
     angles: str = "shared"  # DiffQAS: one (L, n) angle tensor for all candidates | per_candidate
     postprocess: str = "toolkit"  # toolkit | scale | none
     toolkit: tuple[float, float, float] = (0.1, 0.8, 0.3)  # (gamma, beta, alpha)
+    # raw structural weights can make ensemble entries negative: clamp them to ~0 before the power
+    # (their gradient is then 0) | odd: -(-t)^alpha (gradient kept). Same result for P >= 0.
+    toolkit_negative: str = "clamp"
     center_output: bool = True
     mapping_hidden: tuple[int, ...] = ()  # () = the paper's Linear(n+1 -> 1)
     mapping_bits_init: str = "zero"  # zero | default: initial weights on the +-1 bit inputs
@@ -94,6 +98,7 @@ class Generator(nn.Module):
             ("search.angles", opts.angles, ANGLES),
             ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
             ("qt.input_norm", opts.input_norm, INPUT_NORMS),
+            ("qt.toolkit_negative", opts.toolkit_negative, TOOLKIT_NEGATIVE),
         ):
             if value not in allowed:  # the CLI's schema catches these first; this guards Python callers
                 raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -183,10 +188,9 @@ class Generator(nn.Module):
             return probs * 2**n
         gamma, beta, alpha = opts.toolkit
         t = beta * torch.tanh(gamma * 2 ** (n - 1) * probs)
-        # The power is extended oddly below 0: raw structural weights can go negative and make
-        # entries of the ensemble P negative, and clamping those to ~0 would silently cut their
-        # gradient (a run could lose its circuit for good). For P >= 0 this is the toolkit's formula.
-        x = torch.where(t < 0, -((-t).clamp_min(1e-12) ** alpha), t.clamp_min(1e-12) ** alpha)
+        x = t.clamp_min(1e-12) ** alpha
+        if opts.toolkit_negative == "odd":  # raw structural weights can make entries of P negative
+            x = torch.where(t < 0, -((-t).clamp_min(1e-12) ** alpha), x)
         return x - x.mean()
 
     def _mapped(self) -> torch.Tensor:
