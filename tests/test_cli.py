@@ -188,12 +188,14 @@ def test_timeseries_smoke_run(tmp_path, task):
 
 
 @pytest.mark.parametrize("task", ["bessel", "damped_shm", "delayed_qc", "narma5", "narma10"])
-def test_timeseries_tasks_bring_their_validated_tensor_scale(task):
-    """The series set qt.tensor_scale=none (chosen on validation MSE, README); classification keeps
-    the library default, and a command-line override still wins over the task's value."""
-    assert _compose([f"task={task}"]).qt.tensor_scale.value == "none"
+def test_timeseries_tasks_bring_their_validated_settings(task):
+    """The series set the settings chosen on validation MSE (README); classification keeps the
+    library defaults, and a command-line override still wins over the task's value."""
+    cfg = _compose([f"task={task}"])
+    assert (cfg.qt.tensor_scale.value, cfg.qt.toolkit_negative.value, cfg.train.warmup_steps) == ("none", "odd", 100)
     assert _compose([f"task={task}", "qt.tensor_scale=standardize"]).qt.tensor_scale.value == "standardize"
-    assert _compose(["task=mnist"]).qt.tensor_scale.value == "standardize"
+    mnist = _compose(["task=mnist"])
+    assert (mnist.qt.tensor_scale.value, mnist.qt.toolkit_negative.value, mnist.train.warmup_steps) == ("standardize", "clamp", 0)
 
 
 def test_library_defaults_are_the_cli_defaults():
