@@ -118,7 +118,10 @@ class TimeSeriesTask:
         x, y = windows(self.scaled, window)
         self.n_train = int(len(y) * train_fraction)
         if not 1 <= self.n_train < len(y):
-            raise ConfigError(f"task.train_fraction={train_fraction} leaves an empty split of {len(y)} windows; allowed: a fraction leaving >= 1 window on each side")
+            raise ConfigError(
+                f"task.train_fraction={train_fraction} leaves an empty split of {len(y)} windows; "
+                "allowed: a fraction leaving >= 1 window on each side"
+            )
         xt = torch.tensor(x, dtype=torch.float32)[:, :, None]  # (N, window, 1)
         yt = torch.tensor(y, dtype=torch.float32)[:, None]  # (N, 1)
         # validation: the last windows of the training part are held out (not trained on), so
