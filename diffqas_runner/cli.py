@@ -67,10 +67,9 @@ def main(cfg) -> float | None:
         log.warning("stopped: %s", err)
         print(f"Stopped: {err}", file=sys.stderr)
         sys.exit(128 + err.signum)
-    # the value a sweeper optimises: the validation metric when the task holds one out
-    # (task.validation > 0), else the task's first metric (test_mse, test_accuracy, ...)
-    metrics = summary["metrics"]
-    return metrics.get("val_mse", next(iter(metrics.values()), None))
+    # the value a sweeper optimises: the task's objective (val_mse when a series holds out a
+    # validation split, else its main metric: test_mse, test_accuracy, mean_return)
+    return summary["metrics"].get(summary["objective"])
 
 
 if __name__ == "__main__":

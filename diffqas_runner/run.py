@@ -276,6 +276,7 @@ def run(
             "structural_weights": None if weights is None else weights.detach().tolist(),
             "ranking": generator.ranking(),
             "metrics": result.metrics,
+            "objective": task.objective,
             "wall_seconds": time.perf_counter() - started + prior_seconds,
             "steps": result.steps,
             "resumed_from_step": resumed_step,

@@ -49,6 +49,7 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
 class ClassificationTask:
     kind = "classification"
     metric = "test_accuracy"
+    objective = metric  # what a sweeper optimises (summary.json "objective")
 
     def __init__(self, name: str, data_dir: str | Path, classes, hidden=(128, 64), download: bool = False):
         self.name = name

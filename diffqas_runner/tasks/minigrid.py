@@ -48,6 +48,7 @@ class ActorCritic(nn.Module):
 class MiniGridTask:
     kind = "rl"
     metric = "mean_return"
+    objective = metric  # what a sweeper optimises (summary.json "objective")
 
     def __init__(self, env_id: str, hidden=(32, 32)):
         make_env(env_id).close()  # an unknown id fails here, before any work

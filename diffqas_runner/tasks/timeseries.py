@@ -136,6 +136,9 @@ class TimeSeriesTask:
         self.train = Split(xt[: self.n_fit], yt[: self.n_fit])
         self.val = Split(xt[self.n_fit : self.n_train], yt[self.n_fit : self.n_train]) if self.n_val else None
         self.test = Split(xt[self.n_train :], yt[self.n_train :])
+        # what a sweeper optimises (summary.json "objective"): never the test split when a
+        # validation split exists
+        self.objective = "val_mse" if self.val is not None else self.metric
 
     def build_model(self) -> nn.Module:
         return LSTMRegressor(1, self.hidden)
