@@ -1,22 +1,23 @@
 PYTHON ?= python
-DATA_DIR ?= $(or $(DIFFQAS_DATA_DIR),../shared/data)
+# Image data for MNIST/FashionMNIST: DIFFQAS_DATA_DIR if set; the tests then fall back to
+# ../shared/data next to the checkout, the runner to ./data.
 
 .PHONY: install test test-fast smoke run bench lint clean
 
-install:  ## install the package and the dev tools (editable: configs/ is read from the checkout)
-	$(PYTHON) -m pip install -e ".[dev]"
+install:  ## install the package (editable) and the dev tools, at the versions CI tests (constraints.txt)
+	$(PYTHON) -m pip install -c constraints.txt -e ".[dev]"
 
 test:  ## the whole suite, slow checks included (CI runs this)
-	DIFFQAS_DATA_DIR=$(DATA_DIR) $(PYTHON) -m pytest
+	$(PYTHON) -m pytest
 
 test-fast:
-	DIFFQAS_DATA_DIR=$(DATA_DIR) $(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest -m "not slow"
 
-smoke:  ## a few steps of the default experiment, local files only
-	$(PYTHON) -m diffqas_runner debug=smoke logger=none data_dir=$(DATA_DIR)
+smoke:  ## three steps of the Bessel experiment, local files only (no data needed)
+	$(PYTHON) -m diffqas_runner task=bessel debug=smoke logger=none
 
-run:  ## the default experiment (MNIST 1 vs 5, DiffQAS, depth 15)
-	$(PYTHON) -m diffqas_runner data_dir=$(DATA_DIR)
+run:  ## the Table II Bessel DiffQAS run (no data needed; MNIST: diffqas-run task=mnist data_dir=...)
+	$(PYTHON) -m diffqas_runner task=bessel logger=none
 
 bench:
 	$(PYTHON) scripts/bench_backends.py --json outputs/bench_backends.json
@@ -26,4 +27,4 @@ lint:
 	$(PYTHON) -m ruff format --check diffqas_runner tests scripts
 
 clean:
-	rm -rf outputs multirun wandb .pytest_cache .ruff_cache .venv-ci
+	rm -rf outputs multirun wandb build *.egg-info .pytest_cache .ruff_cache .venv-ci

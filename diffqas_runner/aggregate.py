@@ -21,13 +21,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import flatten
+from .config import BOOKKEEPING_KEYS, flatten
 from .paper import paper_value
 from .record import atomic_write
+from .record.failures import FAILURE, failed_jobs
 from .tasks import higher_is_better
 
-# Keys that never distinguish configurations (bookkeeping, or the seed we average over).
-IGNORED = {"seed", "logger", "progress", "resume", "data_dir", "download", "train.threads", "train.checkpoint_every"}
+# Keys that never distinguish configurations: bookkeeping (the same keys a checkpoint ignores),
+# or the seed we average over.
+IGNORED = {"seed", *BOOKKEEPING_KEYS}
 
 
 @dataclass
@@ -196,7 +198,10 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
         x, y = _mean_curve(g.jobs, metric)
         if x:
             wide = g.first["search"] == "diffqas"
-            ax.plot(x, y, lw=2.2 if wide else 1.0, color=colors[i % 20], label=f"{g.first['task']}: {g.label}")
+            marker = "o" if len(x) < 30 else None  # a run with one evaluation point is a dot, not nothing
+            ax.plot(
+                x, y, lw=2.2 if wide else 1.0, marker=marker, ms=3, color=colors[i % 20], label=f"{g.first['task']}: {g.label}"
+            )
     ax.set_xlabel("step")
     ax.set_ylabel(f"{metric} (mean over seeds)")
     if log_scale:
@@ -245,18 +250,61 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
     return written
 
 
+@dataclass
+class Failure:
+    path: Path
+    overrides: list[str]
+    record: dict[str, Any]
+
+
+def load_failures(sweep_dir: Path) -> list[Failure]:
+    """Jobs that failed (failure.json, no summary.json), with their command-line overrides."""
+    out = []
+    for job in failed_jobs(sweep_dir):
+        if "retrain" in job.relative_to(sweep_dir).parts:
+            continue
+        overrides_path = job / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
+        out.append(Failure(job, [str(o) for o in overrides], json.loads((job / FAILURE).read_text())))
+    return out
+
+
+def failures_markdown(sweep_dir: Path, failures: list[Failure]) -> str:
+    lines = ["", f"## Failed jobs ({len(failures)})", "", "| job | overrides | error | step | message |", "|---|---|---|---|---|"]
+    for f in failures:
+        message = str(f.record.get("message", "")).replace("|", "\\|").replace("\n", " ")
+        lines.append(
+            f"| {f.path.relative_to(sweep_dir)} | {' '.join(f.overrides)} | {f.record.get('error', '')} | "
+            f"{'' if f.record.get('step') is None else f.record['step']} | {message} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def aggregate(sweep_dir: str | Path, plots: bool = True) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise SystemExit(f"Error: SWEEP_DIR={str(sweep_dir)!r} is not a directory")
     jobs = load_jobs(sweep_dir)
-    if not jobs:
-        raise SystemExit(f"Error: no finished job (summary.json) under {sweep_dir}")
-    groups, varying = group_jobs(jobs)
-    columns, rows = table(groups, varying)
+    failures = load_failures(sweep_dir)
+    if not jobs and not failures:
+        raise SystemExit(f"Error: no finished job (summary.json) and no failed job (failure.json) under {sweep_dir}")
+    rows: list[dict[str, Any]] = []
+    columns = ["task", "model"]
+    groups: list[Group] = []
+    if jobs:
+        groups, varying = group_jobs(jobs)
+        columns, rows = table(groups, varying)
     write_csv(sweep_dir / "results.csv", columns, rows)
     write_markdown(sweep_dir / "results.md", columns, rows)
-    if plots:
+    if failures:  # listed, never skipped silently
+        text = (sweep_dir / "results.md").read_text() + failures_markdown(sweep_dir, failures)
+        _write_text(sweep_dir / "results.md", text)
+        write_csv(
+            sweep_dir / "failures.csv",
+            ["job", "overrides", "error", "step", "message"],
+            [{**f.record, "job": str(f.path.relative_to(sweep_dir)), "overrides": " ".join(f.overrides)} for f in failures],
+        )
+    if plots and groups:
         plot_all(sweep_dir, groups)
     return rows
 
@@ -268,4 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     rows = aggregate(args.sweep_dir, plots=not args.no_plots)
     print((Path(args.sweep_dir) / "results.md").read_text())
-    print(f"{len(rows)} configurations -> {Path(args.sweep_dir) / 'results.csv'}")
+    failed = len(load_failures(Path(args.sweep_dir)))
+    print(
+        f"{len(rows)} configurations -> {Path(args.sweep_dir) / 'results.csv'}"
+        + (f"; {failed} failed job(s) listed" if failed else "")
+    )

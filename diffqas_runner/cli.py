@@ -1,10 +1,19 @@
-"""`diffqas-run` / `python -m diffqas_runner`: compose the config with Hydra and run it."""
+"""`diffqas-run` / `python -m diffqas_runner`: compose the config with Hydra and run it.
+
+Exit status of a single run: 0 done, 2 bad input (or a failure the run could name, such as a
+diverging loss), 128 + signal when stopped by SIGTERM/SIGINT after a checkpoint, 1 for anything
+unexpected (reported on one line, the traceback in the run's cli.log). In a multirun a failed job
+raises an ordinary exception, which Hydra's launchers and sweepers record as that job's failure
+while the other jobs run on; the sweep command then exits 1 and names the failed jobs.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import sys
+import traceback
+from importlib.resources import files
 from pathlib import Path
 
 import hydra
@@ -13,16 +22,34 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 
 from .config import ConfigError, register
+from .record.lock import DirectoryInUse, lock_directory
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+# The configs ship inside the package (diffqas_runner.configs, the checkout's top-level configs/).
+CONFIG_PACKAGE = "diffqas_runner.configs"
+CONFIG_DIR = str(files(CONFIG_PACKAGE))  # a real directory, for hydra.initialize_config_dir in scripts
 log = logging.getLogger("diffqas_runner")
 
 register()
 
 
+class JobFailed(RuntimeError):
+    """A multirun job failed; its directory holds failure.json. Raised so the launcher records it."""
+
+
+def _report(message: str) -> None:
+    """One line on stderr, and the same line in the run's log file (when logging is set up)."""
+    print(message, file=sys.stderr, flush=True)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
+
+
 def _check_writable(key: str, path: str) -> None:
     """Exit with a clear message if `path` cannot be created or written (before Hydra tries)."""
     target = Path(path).absolute()
+    if any(len(part.encode()) > 255 for part in target.parts) or len(str(target).encode()) > 4000:
+        print(f"Error: {key}={path!r} is too long for the filesystem; allowed: names up to 255 bytes", file=sys.stderr)
+        sys.exit(2)
     existing = next(p for p in (target, *target.parents) if p.exists())
     if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
         why = "is not a directory" if not existing.is_dir() else "is not writable"
@@ -31,17 +58,72 @@ def _check_writable(key: str, path: str) -> None:
 
 
 class OutputDirCheck(Callback):
-    """Hydra callback: refuse an unwritable run or sweep directory with a message, not a traceback."""
+    """Hydra callback, in the launching process: refuse an unwritable or busy run or sweep
+    directory with one line, before Hydra writes anything into it."""
+
+    def _claim(self, key: str, path: str) -> None:
+        _check_writable(key, path)
+        try:
+            lock_directory(Path(path))
+        except DirectoryInUse as err:
+            print(f"Error: {key}={path!r}: {err}", file=sys.stderr)
+            sys.exit(2)
 
     def on_run_start(self, config, **kwargs) -> None:
-        _check_writable("hydra.run.dir", config.hydra.run.dir)
+        self._claim("hydra.run.dir", config.hydra.run.dir)
+        from .run import DirectoryConflict, preflight
+
+        try:
+            preflight(config, Path(config.hydra.run.dir))
+        except DirectoryConflict as err:
+            print(f"Error: {err}", file=sys.stderr)
+            sys.exit(2)
+        except Exception:  # a value that does not even resolve: the run's own checks will name it
+            pass
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        _check_writable("hydra.sweep.dir", config.hydra.sweep.dir)
+        self._claim("hydra.sweep.dir", config.hydra.sweep.dir)
+        _SWEEP["dir"] = config.hydra.sweep.dir
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="config")
-def main(cfg) -> float | None:
+_SWEEP: dict[str, str] = {}
+
+
+def concurrent_jobs(hc) -> tuple[int, int | None]:
+    """(jobs running at once on this machine, cpus given to each job or None) under the launcher in use."""
+    launcher = hc.launcher or {}
+    target = str(launcher.get("_target_", ""))
+    cores = os.cpu_count() or 1
+    if "joblib" in target.lower():
+        n = launcher.get("n_jobs", -1) or 1
+        return (cores + 1 + n if n < 0 else n), None
+    if "submitit" in target.lower():
+        return 1, launcher.get("cpus_per_task")
+    return 1, None
+
+
+def default_threads(hc, cfg) -> int | None:
+    """train.threads when it was not given: max(1, cores // jobs) under a parallel launcher, the
+    cpus a submitit job was given, else None (torch's default). Warns once when threads x jobs
+    exceed the cores this process can see (each job would then slow the others down)."""
+    jobs, cpus = concurrent_jobs(hc) if hc.mode == RunMode.MULTIRUN else (1, None)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = cfg.train.threads
+    if threads is None:
+        if cpus:
+            threads = int(cpus)
+        elif jobs > 1:
+            threads = max(1, cores // jobs)
+    if threads is not None and threads * jobs > cores and hc.job.num in (0, None):
+        log.warning(
+            "train.threads=%d x %d concurrent jobs > %d cores: the jobs will slow each other down; "
+            "set train.threads=%d", threads, jobs, cores, max(1, cores // jobs),
+        )  # fmt: skip
+    return threads
+
+
+@hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
+def _main(cfg) -> float | None:
     from .run import run
     from .tasks.classification import DataError
     from .train.checkpoint import Interrupted
@@ -49,27 +131,64 @@ def main(cfg) -> float | None:
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
+    run_dir = Path(hc.runtime.output_dir)
     try:
+        threads = default_threads(hc, cfg)
+        if threads != cfg.train.threads:
+            cfg.train.threads = threads  # a bookkeeping key: checkpoints and aggregation ignore it
         summary = run(
             cfg,
-            hc.runtime.output_dir,
+            run_dir,
             group=Path(hc.sweep.dir).name if multirun else None,
             name=hc.job.override_dirname or None,
             interactive=not multirun,
         )
-    except (ConfigError, DataError, NonFiniteLoss) as err:
+    except Interrupted as err:  # SIGTERM / SIGINT: checkpoint saved (if a step had run), exit as the signal would
+        _report(f"Stopped: {err}")
+        sys.exit(128 + err.signum)
+    except (ConfigError, DataError, NonFiniteLoss, DirectoryInUse) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.error("%s", err)
-        print(f"Error: {err}", file=sys.stderr)
+        _report(f"Error: {err}")
+        if multirun:
+            raise JobFailed(f"job {hc.job.num} ({run_dir}): {err}") from None
         sys.exit(2)
-    except Interrupted as err:  # SIGTERM / SIGINT: checkpoint saved, exit as the signal would
-        log.warning("stopped: %s", err)
-        print(f"Stopped: {err}", file=sys.stderr)
-        sys.exit(128 + err.signum)
-    # the value a sweeper optimises: the task's objective (val_mse when a series holds out a
-    # validation split, else its main metric: test_mse, test_accuracy, mean_return)
+    except Exception as err:  # a bug or an environment problem: one line here, the traceback in cli.log
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.stream.write(traceback.format_exc())
+                handler.flush()
+        _report(f"Error: unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})")
+        if multirun:
+            raise JobFailed(f"job {hc.job.num} ({run_dir}): {type(err).__name__}: {err}") from None
+        sys.exit(1)
+    # the value a sweeper optimises: the task's objective (its validation metric when a split is held out)
     return summary["metrics"].get(summary["objective"])
+
+
+def _failed_jobs_line() -> str | None:
+    from .record.failures import failed_jobs
+
+    failed = failed_jobs(Path(_SWEEP["dir"])) if _SWEEP.get("dir") else []
+    if not failed:
+        return None
+    return f"Error: {len(failed)} job(s) of the sweep failed (failure.json in each): " + ", ".join(str(p) for p in failed)
+
+
+def main() -> None:
+    """The console entry point: Hydra's, then for a sweep a closing line naming its failed jobs
+    (and exit status 1 when any failed, even where the sweeper itself carried on, as Optuna does)."""
+    try:
+        _main()
+    except SystemExit as exit_:
+        if exit_.code not in (0, None) and (line := _failed_jobs_line()):
+            print(line, file=sys.stderr)
+        raise
+    if line := _failed_jobs_line():
+        print(line, file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -6,11 +6,13 @@ Enum fields make a bad choice fail with OmegaConf's own message listing the allo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import II, MISSING, OmegaConf
 
 
 class TaskKind(Enum):
@@ -104,29 +106,63 @@ class Progress(Enum):
     off = "off"
 
 
+class PennyLaneDevice(Enum):
+    default_qubit = "default.qubit"
+    lightning_qubit = "lightning.qubit"
+
+
+# --- task: one schema per kind, so a key that does not apply to a task is rejected -------------
 @dataclass
 class TaskConfig:
+    """What every task has. The kinds below add their own keys."""
+
     name: str = MISSING
+    kind: TaskKind = MISSING
+    hidden: list[int] = MISSING  # the target's hidden widths (MLP), or [LSTM hidden size]
+    depth: int = MISSING  # the paper's depth for this task; the top-level `depth` key overrides it
+
+
+@dataclass
+class ClassificationTaskConfig(TaskConfig):
     kind: TaskKind = TaskKind.classification
     classes: list[int] = field(default_factory=lambda: [1, 5])
-    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP widths, or [LSTM hidden size]
-    depth: int = 15  # the paper's depth for this task; the top-level `depth` key overrides it
-    # time series
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP 784-128-64-2
+    depth: int = 15
+
+
+@dataclass
+class TimeSeriesTaskConfig(TaskConfig):
+    kind: TaskKind = TaskKind.timeseries
+    hidden: list[int] = field(default_factory=lambda: [20])  # LSTM hidden size: 1,781 weights
+    depth: int = 10
     window: int = 4  # inputs per window: x = s[i:i+window], y = s[i+window]
     train_fraction: float = 0.67  # the first windows train, the rest test (no shuffling across)
     length: int | None = None  # series length where the task lets you choose it (NARMA)
     # the last fraction of the training windows, held out (not trained on) as a validation split:
     # `val_mse` is what to choose settings by, so the test split stays unseen (0: no validation)
     validation: float = 0.0
-    # reinforcement learning
+
+
+@dataclass
+class RLTaskConfig(TaskConfig):
+    kind: TaskKind = TaskKind.rl
     env_id: str = "MiniGrid-Empty-5x5-v0"
+    hidden: list[int] = field(default_factory=lambda: [32, 32])  # actor 147-32-32-7, critic 147-32-32-1
+    depth: int = 10
+
+
+TASK_SCHEMAS = {
+    TaskKind.classification: ClassificationTaskConfig,
+    TaskKind.timeseries: TimeSeriesTaskConfig,
+    TaskKind.rl: RLTaskConfig,
+}
 
 
 @dataclass
 class SearchConfig:
     mode: SearchMode = SearchMode.diffqas
     arch: int | None = None  # fixed mode: candidate 1..12 (SPEC.md section 2)
-    structural: Structural = Structural.raw
+    structural: Structural = Structural.raw  # raw (the paper's, initialised to 1/12) | softmax
     angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all 12 (the paper's) | one each
     retrain_top_k: int = 0  # after DiffQAS: train its K top-ranked candidates alone (run_dir/retrain/arch_N)
 
@@ -149,7 +185,8 @@ class QTConfig:
 @dataclass
 class BackendConfig:
     name: BackendName = BackendName.native
-    device: str = "cpu"  # native: cpu | cuda; pennylane: default.qubit | lightning.qubit
+    # native: the torch device, cpu | cuda | cuda:N; pennylane: its device, default.qubit | lightning.qubit
+    device: str = "cpu"
     precision: Precision = Precision.float64
 
 
@@ -159,23 +196,38 @@ class LoggerConfig:
     mode: WandbMode = WandbMode.offline
     project: str = "diffqas-qt"
     entity: str | None = None
-    group: str | None = None
+    group: str | None = None  # null: the sweep's directory name in multirun, none for single runs
     tags: list[str] = field(default_factory=list)
 
 
+# --- train: the keys every loop has, then the supervised and the actor-critic loop's own ---------
 @dataclass
 class TrainConfig:
-    epochs: int = 10
     max_steps: int | None = None  # cap on optimisation steps (null = no cap)
-    batch_size: int = 100
     optimizer: OptimizerName = OptimizerName.adam
     lr: float = 1e-3
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # adam
     alpha: float = 0.99  # rmsprop smoothing constant
     eps: float = 1e-8
+    threads: int | None = None  # torch intra-op threads (null = torch's default)
+    checkpoint_every: int | None = 100  # steps between checkpoints (null: only on SIGTERM/SIGINT and at the end)
+
+
+@dataclass
+class SupervisedTrainConfig(TrainConfig):
+    epochs: int = 10
+    batch_size: int = 100
     lr_schedule: LrSchedule = LrSchedule.constant  # cosine: decay to 0 over the run (not the paper's)
     warmup_steps: int = 0  # linear warm-up of the lr over the first steps, then the schedule (0: none)
-    # reinforcement learning (A2C)
+    eval_every: int | None = None  # steps between evaluations (null = once per epoch)
+
+
+@dataclass
+class RLTrainConfig(TrainConfig):
+    """The paper's A3C settings, run as synchronous A2C (README)."""
+
+    lr: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.92, 0.999])
     episodes: int = 50_000  # stop after this many finished episodes
     workers: int = 16  # environment copies stepped in lockstep
     n_steps: int = 5  # environment steps per update (n-step returns)
@@ -183,25 +235,31 @@ class TrainConfig:
     value_coef: float = 1.0
     entropy_coef: float = 0.0
     log_every: int = 20  # updates between metric rows
-    eval_every: int | None = None  # steps between evaluations (null = once per epoch)
-    threads: int | None = None  # torch intra-op threads (null = torch's default)
-    checkpoint_every: int | None = 100  # steps between checkpoints (null: only on SIGTERM/SIGINT and at the end)
 
 
 @dataclass
 class RunConfig:
-    task: TaskConfig = field(default_factory=TaskConfig)
+    task: Any = MISSING  # one of TASK_SCHEMAS, chosen by the task file
     search: SearchConfig = field(default_factory=SearchConfig)
     qt: QTConfig = field(default_factory=QTConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    depth: int = MISSING  # circuit layers L; defaults to the task's paper depth (task.depth)
+    train: Any = MISSING  # SupervisedTrainConfig or RLTrainConfig, chosen by the task file
+    # circuit layers L: the task's paper depth unless given (`depth=5`, `-m depth=5,10,15`)
+    depth: int = II("task.depth")
     seed: int = 0
-    data_dir: str = "data"
+    data_dir: str = II("oc.env:DIFFQAS_DATA_DIR,data")  # where image datasets live (torchvision layout)
     download: bool = False
     progress: Progress = Progress.auto
     resume: str | None = None  # a checkpoint.pt (or a run dir holding one) to continue from
+    fresh: bool = False  # true: delete the results a previous run left in the run dir and start over
+
+
+# Keys that never change a run's numbers: a checkpoint written under other values still resumes,
+# and a sweep's aggregate table does not tell configurations apart by them.
+BOOKKEEPING_KEYS = (
+    "logger", "progress", "resume", "fresh", "data_dir", "download", "train.threads", "train.checkpoint_every",
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -213,81 +271,133 @@ def _check(ok: bool, key: str, value, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
 
 
+def _finite(x) -> bool:
+    return isinstance(x, int | float) and math.isfinite(x)
+
+
+def _positive_int_or_null(cfg, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    _check(value is None or value >= 1, key, value, "null or an integer >= 1")
+
+
+def _positive_ints(cfg, *keys: str) -> None:
+    for key in keys:
+        value = OmegaConf.select(cfg, key)
+        _check(value >= 1, key, value, "an integer >= 1")
+
+
+SEED_MAX = 2**32 - 1  # numpy's seed range (torch and Python accept more)
+MAX_DEPTH = 1000  # far past any depth in the papers; deeper runs would take hours per step at 17 qubits
+WANDB_NAME_MAX = 128  # wandb refuses longer project, entity and group names
+WANDB_TAG_MAX = 64
+
+
 def validate(cfg) -> None:
-    """Range and consistency checks that the schema's types cannot express."""
-    _check(cfg.depth >= 1, "depth", cfg.depth, "an integer >= 1")
-    if cfg.search.mode == SearchMode.fixed:
-        arch = cfg.search.arch
+    """Range and consistency checks that the schema's types cannot express, before any work."""
+    _check(1 <= cfg.depth <= MAX_DEPTH, "depth", cfg.depth, f"an integer 1..{MAX_DEPTH}")
+    _check(0 <= cfg.seed <= SEED_MAX, "seed", cfg.seed, f"an integer 0..{SEED_MAX}")
+    _validate_search(cfg.search)
+    _validate_task(cfg)
+    _validate_train(cfg)
+    _validate_qt(cfg.qt)
+    _validate_backend(cfg.backend)
+    _validate_logger(cfg.logger)
+
+
+def _validate_search(search) -> None:
+    if search.mode == SearchMode.fixed:
+        arch = search.arch
         _check(arch is not None and 1 <= arch <= 12, "search.arch", arch, "an integer 1..12 with search=fixed")
     else:
-        _check(cfg.search.arch is None, "search.arch", cfg.search.arch, "null with search=diffqas (use search=fixed)")
-    _check(
-        cfg.search.retrain_top_k >= 0 and cfg.search.retrain_top_k <= 12,
-        "search.retrain_top_k",
-        cfg.search.retrain_top_k,
-        "0..12",
-    )
-    classes = list(cfg.task.classes)
-    if cfg.task.kind == TaskKind.classification:
+        _check(search.arch is None, "search.arch", search.arch, "null with search=diffqas (use search=fixed)")
+    _check(0 <= search.retrain_top_k <= 12, "search.retrain_top_k", search.retrain_top_k, "0..12")
+
+
+def _validate_task(cfg) -> None:
+    task = cfg.task
+    hidden = list(task.hidden)
+    if task.kind == TaskKind.classification:
+        classes = list(task.classes)
         _check(
             len(classes) == 2 and all(0 <= c <= 9 for c in classes) and classes[0] != classes[1],
             "task.classes",
             classes,
             "two different class labels in 0..9",
         )
-    if cfg.task.kind == TaskKind.timeseries:
+        _check(len(hidden) >= 1 and all(1 <= h <= 4096 for h in hidden), "task.hidden", hidden, "one or more widths 1..4096")
+    elif task.kind == TaskKind.timeseries:
+        _check(len(hidden) == 1 and 1 <= hidden[0] <= 256, "task.hidden", hidden, "[H]: one LSTM hidden size 1..256")
+        _check(1 <= task.window <= 1000, "task.window", task.window, "an integer 1..1000")
+        _check(0 < task.train_fraction < 1, "task.train_fraction", task.train_fraction, "a number in (0, 1)")
         _check(
-            len(cfg.task.hidden) == 1 and cfg.task.hidden[0] >= 1,
-            "task.hidden",
-            list(cfg.task.hidden),
-            "[H]: one LSTM hidden size >= 1",
+            task.length is None or 20 <= task.length <= 1_000_000, "task.length", task.length, "null or an integer 20..1000000"
         )
-        _check(cfg.task.window >= 1, "task.window", cfg.task.window, "an integer >= 1")
-        _check(0 < cfg.task.train_fraction < 1, "task.train_fraction", cfg.task.train_fraction, "a number in (0, 1)")
-        _check(cfg.task.length is None or cfg.task.length >= 20, "task.length", cfg.task.length, "null or an integer >= 20")
-        _check(0 <= cfg.task.validation < 1, "task.validation", cfg.task.validation, "a number in [0, 1)")
-    if cfg.task.kind == TaskKind.rl:
-        _check(cfg.task.env_id.startswith("MiniGrid-"), "task.env_id", cfg.task.env_id, "a MiniGrid-* environment id")
-        for key in ("episodes", "workers", "n_steps", "log_every"):
-            value = cfg.train[key]
-            _check(value >= 1, f"train.{key}", value, "an integer >= 1")
-        _check(0 <= cfg.train.gamma <= 1, "train.gamma", cfg.train.gamma, "a number in [0, 1]")
-    _check(cfg.train.epochs >= 1, "train.epochs", cfg.train.epochs, "an integer >= 1")
-    _check(cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps", cfg.train.max_steps, "null or >= 1")
-    _check(
-        cfg.train.checkpoint_every is None or cfg.train.checkpoint_every >= 1,
-        "train.checkpoint_every",
-        cfg.train.checkpoint_every,
-        "null or >= 1",
-    )
-    _check(cfg.train.batch_size >= 1, "train.batch_size", cfg.train.batch_size, "an integer >= 1")
-    _check(cfg.train.lr > 0, "train.lr", cfg.train.lr, "a number > 0")
-    _check(cfg.train.warmup_steps >= 0, "train.warmup_steps", cfg.train.warmup_steps, "an integer >= 0")
-    _check(
-        cfg.train.eval_every is None or cfg.train.eval_every >= 1,
-        "train.eval_every",
-        cfg.train.eval_every,
-        "null or >= 1",
-    )
-    betas = list(cfg.train.betas)
-    _check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "train.betas", betas, "two numbers in [0, 1)")
-    _check(0 <= cfg.train.alpha < 1, "train.alpha", cfg.train.alpha, "a number in [0, 1)")
-    _check(cfg.train.eps > 0, "train.eps", cfg.train.eps, "a number > 0")
-    _check(len(cfg.qt.toolkit) == 3, "qt.toolkit", list(cfg.qt.toolkit), "three numbers [gamma, beta, alpha]")
-    if cfg.backend.name == BackendName.native:
-        _check(
-            cfg.backend.device in ("cpu", "cuda") or cfg.backend.device.startswith("cuda:"),
-            "backend.device",
-            cfg.backend.device,
-            "cpu or cuda with backend=native",
-        )
+        _check(0 <= task.validation < 1, "task.validation", task.validation, "a number in [0, 1)")
     else:
+        _check(task.env_id.startswith("MiniGrid-"), "task.env_id", task.env_id, "a MiniGrid-* environment id")
+        _check(len(hidden) >= 1 and all(1 <= h <= 4096 for h in hidden), "task.hidden", hidden, "one or more widths 1..4096")
+
+
+def _validate_train(cfg) -> None:
+    train = cfg.train
+    _positive_int_or_null(cfg, "train.max_steps")
+    _positive_int_or_null(cfg, "train.checkpoint_every")
+    _positive_int_or_null(cfg, "train.threads")
+    _check(_finite(train.lr) and train.lr > 0, "train.lr", train.lr, "a finite number > 0")
+    betas = list(train.betas)
+    _check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "train.betas", betas, "two numbers in [0, 1)")
+    _check(0 <= train.alpha < 1, "train.alpha", train.alpha, "a number in [0, 1)")
+    _check(_finite(train.eps) and train.eps > 0, "train.eps", train.eps, "a finite number > 0")
+    if cfg.task.kind == TaskKind.rl:
+        _positive_ints(cfg, "train.episodes", "train.workers", "train.n_steps", "train.log_every")
+        _check(train.workers <= 256, "train.workers", train.workers, "an integer 1..256")
+        _check(0 <= train.gamma <= 1, "train.gamma", train.gamma, "a number in [0, 1]")
+        for key in ("value_coef", "entropy_coef"):
+            _check(_finite(train[key]) and train[key] >= 0, f"train.{key}", train[key], "a finite number >= 0")
+    else:
+        _positive_ints(cfg, "train.epochs", "train.batch_size")
+        _check(train.warmup_steps >= 0, "train.warmup_steps", train.warmup_steps, "an integer >= 0")
+        _positive_int_or_null(cfg, "train.eval_every")
+
+
+def _validate_qt(qt) -> None:
+    toolkit = list(qt.toolkit)
+    _check(
+        len(toolkit) == 3 and all(_finite(v) for v in toolkit), "qt.toolkit", toolkit, "three finite numbers [gamma, beta, alpha]"
+    )
+    _check(toolkit[2] > 0, "qt.toolkit", toolkit, "alpha (the third number) > 0")
+    _check(_finite(qt.theta_std) and qt.theta_std > 0, "qt.theta_std", qt.theta_std, "a finite number > 0")
+    hidden = list(qt.mapping_hidden)
+    _check(all(1 <= h <= 4096 for h in hidden), "qt.mapping_hidden", hidden, "a list of widths 1..4096 ([] = Linear(n+1 -> 1))")
+
+
+def _validate_backend(backend) -> None:
+    device = backend.device
+    if backend.name == BackendName.native:
+        ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+        _check(ok, "backend.device", device, "cpu, cuda or cuda:N with backend=native")
+        if device.startswith("cuda"):
+            import torch
+
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            index = int(device[5:]) if ":" in device else 0
+            _check(index < count, "backend.device", device, f"cpu (this machine sees {count} CUDA device(s))")
+    else:
+        allowed = [d.value for d in PennyLaneDevice]
+        _check(device in allowed, "backend.device", device, f"{' or '.join(allowed)} with backend=pennylane")
+
+
+def _validate_logger(logger) -> None:
+    for key in ("project", "entity", "group"):
+        value = logger[key]
         _check(
-            cfg.backend.device in ("default.qubit", "lightning.qubit"),
-            "backend.device",
-            cfg.backend.device,
-            "default.qubit or lightning.qubit with backend=pennylane",
+            value is None or (0 < len(value) <= WANDB_NAME_MAX and not set(value) & set("/\\#?%:")),
+            f"logger.{key}",
+            value,
+            f"a name of 1..{WANDB_NAME_MAX} characters without / \\ # ? % :" + (" (or null)" if key != "project" else ""),
         )
+    for tag in logger.tags:
+        _check(0 < len(str(tag)) <= WANDB_TAG_MAX, "logger.tags", str(tag), f"tags of 1..{WANDB_TAG_MAX} characters")
 
 
 def choice(value) -> str:
@@ -311,6 +421,11 @@ def qas_mode(arch) -> str:
 
 
 def register() -> None:
-    ConfigStore.instance().store(name="run_schema", node=RunConfig)
+    store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
+    for kind, schema in TASK_SCHEMAS.items():  # task_base/*.yaml pick one of these
+        store.store(group="schema/task", name=kind.value, node=schema)
+    store.store(group="schema/train", name="supervised", node=SupervisedTrainConfig)
+    store.store(group="schema/train", name="rl", node=RLTrainConfig)
     if not OmegaConf.has_resolver("qas_mode"):
         OmegaConf.register_new_resolver("qas_mode", qas_mode)

@@ -1,4 +1,4 @@
-"""One experiment, start to finish: validate, seed, build, train, write. Callable without Hydra."""
+"""One experiment, start to finish: validate, build, restore, train, write. Callable without Hydra."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import json
 import logging
 import random
 import shutil
-import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,15 +17,27 @@ from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks
-from .config import BackendName, ConfigError, Progress, SearchMode, choice, validate
+from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, validate
+from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
 from .quantum import candidate
 from .quantum.draw import draw_candidate
 from .record import Recorder
+from .record.failures import FAILURE, clear_failure, write_failure
+from .record.lock import DirectoryInUse, lock_directory
+from .record.progress import Progress
 from .train import checkpoint
-from .train.checkpoint import CHECKPOINT, Checkpointer, differing_keys, fingerprint
-from .train.supervised import LoopState, total_steps, train_supervised
+from .train.checkpoint import (
+    CHECKPOINT,
+    Checkpointer,
+    Interrupted,
+    StopRequested,
+    StopSignals,
+    differing_keys,
+    fingerprint,
+)
+from .train.supervised import LoopState, NonFiniteLoss, total_steps, train_supervised
 
 log = logging.getLogger(__name__)
 
@@ -34,29 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def generator_options(cfg) -> GeneratorOptions:
-    native = cfg.backend.name == BackendName.native
-    return GeneratorOptions(
-        mode=cfg.search.mode.value,
-        arch=cfg.search.arch,
-        structural=cfg.search.structural.value,
-        angles=cfg.search.angles.value,
-        postprocess=cfg.qt.postprocess.value,
-        toolkit=tuple(cfg.qt.toolkit),
-        toolkit_negative=cfg.qt.toolkit_negative.value,
-        center_output=cfg.qt.center_output,
-        mapping_hidden=tuple(cfg.qt.mapping_hidden),
-        mapping_bits_init=cfg.qt.mapping_bits_init.value,
-        input_norm=cfg.qt.input_norm.value,
-        theta_init=cfg.qt.theta_init.value,
-        theta_std=cfg.qt.theta_std,
-        tensor_scale=cfg.qt.tensor_scale.value,
-        backend=cfg.backend.name.value,
-        device="default.qubit" if native else cfg.backend.device,
-        dtype=torch.float64 if cfg.backend.precision.value == "float64" else torch.float32,
-    )
 
 
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
@@ -83,29 +72,176 @@ def build_scheduler(optimizer, train_cfg, total: int):
     return ramp if after is None else sched.SequentialLR(optimizer, [ramp, after], milestones=[warmup])
 
 
-def _progress(cfg, interactive: bool):
-    on = cfg.progress == Progress.on or (cfg.progress == Progress.auto and interactive and sys.stderr.isatty())
-    if not on:
-        return None
-    from tqdm.auto import tqdm
-
-    return lambda total: tqdm(total=total, desc="train", unit="step", leave=False)
-
-
 def _plain(cfg) -> dict:
     return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
 
 
-def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str | None = None):
-    if cfg.logger.name.value != "wandb" or cfg.logger.mode.value == "disabled":
-        return []
-    from .record.wandb_sink import WandbSink
+@dataclass
+class Experiment:
+    """Everything `build` makes from a config: the task and its target network, the generator that
+    writes the target's weights, the optimiser and schedule over the generator's parameters."""
 
-    return [WandbSink(cfg.logger, run_dir, _plain(cfg), group, name, run_id)]
+    task: Any
+    model: torch.nn.Module
+    groups: dict[str, dict[str, torch.Size]]
+    generator: GeneratorSet
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    device: torch.device
+
+    @property
+    def rl(self) -> bool:
+        return self.task.kind == TaskKind.rl.value
+
+    @property
+    def classical_params(self) -> int:
+        return sum(s.numel() for g in self.groups.values() for s in g.values())
 
 
-# Keys that do not change a run's numbers: a checkpoint written under other values still resumes.
-FINGERPRINT_IGNORES = ("logger", "progress", "resume", "data_dir", "download", "train.threads", "train.checkpoint_every")
+def build(cfg) -> Experiment:
+    """Data (or environment), target network, generator, optimiser: all on the run's device."""
+    task = tasks.build(cfg.task, cfg.data_dir, cfg.download)
+    model = task.build_model()
+    shapes = {k: v.shape for k, v in model.named_parameters()}
+    groups = task.parameter_groups(model) if hasattr(task, "parameter_groups") else {"target": shapes}
+    generator = GeneratorSet(groups, cfg.depth, GeneratorOptions.from_config(cfg))
+    device = run_device(cfg.backend)
+    place(device, task, model, generator)
+    optimizer = build_optimizer(generator.parameters(), cfg.train)
+    scheduler = None
+    if choice(cfg.task.kind) != TaskKind.rl.value:
+        scheduler = build_scheduler(optimizer, cfg.train, total_steps(len(task.train.y), cfg.train))
+    exp = Experiment(task, model, groups, generator, optimizer, scheduler, device)
+    log.info(
+        "task=%s search=%s%s depth=%d backend=%s device=%s: classical params %s -> %d qubits -> QT trainable %d%s",
+        cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "", cfg.depth,
+        cfg.backend.name.value, device, f"{exp.classical_params:,}", generator.n_qubits, generator.trainable_parameters(),
+        "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
+    )  # fmt: skip
+    return exp
+
+
+# --- restore: the checkpoint to continue from -----------------------------------------------
+class DirectoryConflict(ConfigError):
+    """The run directory holds another run's results (a checkpoint of other settings, a finished run)."""
+
+
+def _carry_over_metrics(source: Path, run_dir: Path) -> None:
+    """resume=PATH into a new directory: start its metrics.jsonl from the source run's rows."""
+    source = (source if source.is_dir() else source.parent) / "metrics.jsonl"
+    target = run_dir / "metrics.jsonl"
+    if source.is_file() and source.resolve() != target.resolve() and not target.exists():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, target)
+
+
+def find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
+    """The checkpoint to resume: `resume=PATH` (a file or a run dir), else one already in run_dir."""
+    if cfg.resume:
+        path = Path(cfg.resume)
+        path = path / CHECKPOINT if path.is_dir() else path
+        if not path.is_file():
+            raise ConfigError(
+                f"resume={cfg.resume!r}: no checkpoint there; allowed: a {CHECKPOINT} file or a run dir holding one"
+            )
+    else:
+        path = run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+    key = "resume" if cfg.resume else "checkpoint"
+    try:
+        ckpt = checkpoint.load(path)
+    except Exception as err:
+        raise ConfigError(
+            f"{key}={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err}); "
+            "allowed: a checkpoint written by diffqas-run (delete a damaged one to start over)"
+        ) from err
+    if ckpt["meta"]["fingerprint"] != fp:
+        keys = differing_keys(ckpt["meta"]["fingerprint"], fp)
+        raise DirectoryConflict(
+            f"{path} was written by a run with other settings ({', '.join(keys)}); "
+            "allowed: the same config to resume, or a new hydra.run.dir for a new run"
+        )
+    return ckpt
+
+
+def restore(cfg, exp: Experiment, run_dir: Path, ckpt: dict | None, meta: dict, signals: StopSignals):
+    """The run's checkpointer, and the loop state to continue from (None: a fresh start):
+    a LoopState for the supervised loop, an A2CState for RL."""
+    objects = {"generator": exp.generator, "optimizer": exp.optimizer}
+    if exp.scheduler is not None:
+        objects["scheduler"] = exp.scheduler
+    checkpointer = Checkpointer(run_dir / CHECKPOINT, cfg.train.checkpoint_every, objects, meta, signals)
+    if ckpt is None:
+        return checkpointer, None
+    loop = checkpointer.restore(ckpt)
+    meta["wandb_id"] = ckpt["meta"].get("wandb_id")
+    if exp.rl:
+        from .train.a2c import A2CState
+
+        resumed = A2CState(**loop)
+        log.info(
+            "resuming from %s at update %d (%d episodes; the environments start afresh)",
+            cfg.resume or run_dir / CHECKPOINT, resumed.update, len(resumed.returns),
+        )  # fmt: skip
+    else:
+        resumed = LoopState(**loop)
+        log.info("resuming from %s at step %d (epoch %d)", cfg.resume or run_dir / CHECKPOINT, resumed.step, resumed.epoch)
+    if cfg.resume:
+        _carry_over_metrics(Path(cfg.resume), run_dir)
+    return checkpointer, resumed
+
+
+# --- train ------------------------------------------------------------------------------------
+@dataclass
+class Trained:
+    loop: LoopState
+    figures: dict
+
+
+def train(cfg, exp: Experiment, recorder: Recorder, checkpointer: Checkpointer, resumed, interactive: bool) -> Trained:
+    """The task's loop (supervised or actor-critic), then its final checkpoint."""
+    mode = Progress.choose(choice(cfg.progress), interactive)
+    if exp.rl:
+        from .train.a2c import learning_curve, train_a2c  # gymnasium and MiniGrid only when needed
+
+        progress = Progress(mode, cfg.train.episodes, "episode", "charts/episodic_return")
+        try:
+            result = train_a2c(
+                exp.task, exp.model, exp.generator, exp.optimizer, cfg.train, recorder, progress, cfg.seed, checkpointer, resumed
+            )
+        finally:
+            progress.close()
+        figures = {"learning_curve.png": learning_curve(result.returns, f"{exp.task.env_id}: episode returns")}
+        loop = LoopState(step=result.steps, epoch=result.episodes, metrics=result.metrics, seconds=result.seconds)
+        final = result.state.to_dict()
+    else:
+        total = total_steps(len(exp.task.train.y), cfg.train)
+        progress = Progress(mode, total, "step", exp.task.objective, done=resumed.step if resumed else 0)
+        try:
+            result = train_supervised(
+                exp.task, exp.model, exp.generator, exp.optimizer, cfg.train, recorder, progress, cfg.seed,
+                exp.scheduler, checkpointer, resumed,
+            )  # fmt: skip
+        finally:
+            progress.close()
+        figures = {}
+        loop = LoopState(step=result.steps, epoch=result.epochs, metrics=result.metrics, seconds=result.seconds)
+        final = loop.to_dict()
+    checkpointer.save(final, finished=True)
+    return Trained(loop, figures)
+
+
+# --- write ------------------------------------------------------------------------------------
+def _circuit_figure(cfg, generator: GeneratorSet):
+    """The fixed candidate, or DiffQAS's top-ranked one, drawn for circuit.png."""
+    if cfg.search.mode == SearchMode.fixed:
+        number, note = cfg.search.arch, "fixed candidate"
+    else:
+        number = generator.ranking()[0]
+        note = f"DiffQAS top-ranked (w = {generator.structural_weights()[number - 1].item():.3f})"
+    cand = candidate(number)
+    return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
 
 
 def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
@@ -135,167 +271,162 @@ def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
     }
 
 
-def _circuit_figure(cfg, generator: GeneratorSet):
-    """The fixed candidate, or DiffQAS's top-ranked one, drawn for circuit.png."""
-    if cfg.search.mode == SearchMode.fixed:
-        number, note = cfg.search.arch, "fixed candidate"
-    else:
-        number = generator.ranking()[0]
-        note = f"DiffQAS top-ranked (w = {generator.structural_weights()[number - 1].item():.3f})"
-    cand = candidate(number)
-    return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
+def _generator_summary(g) -> dict:
+    weights = g.structural_weights()
+    return {
+        "n_qubits": g.n_qubits,
+        "classical_params": g.n_params,
+        "qt_params": g.trainable_parameters(),
+        "structural_weights": None if weights is None else weights.detach().tolist(),
+        "ranking": g.ranking(),
+    }
 
 
-def _carry_over_metrics(source: Path, run_dir: Path) -> None:
-    """resume=PATH into a new directory: start its metrics.jsonl from the source run's rows."""
-    source = (source if source.is_dir() else source.parent) / "metrics.jsonl"
-    target = run_dir / "metrics.jsonl"
-    if source.is_file() and source.resolve() != target.resolve() and not target.exists():
-        run_dir.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(source, target)
+def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: Path, seconds: float, resumed_step) -> dict:
+    """model.pt, the figures and summary.json (last: a summary means the run finished)."""
+    generator, loop = exp.generator, trained.loop
+    figures = dict(trained.figures)
+    with torch.no_grad():
+        generated = generator()
+        state = exp.model.state_dict()
+        state.update(generated)
+        if not exp.rl:
+            figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
+    figures["circuit.png"] = _circuit_figure(cfg, generator)
+    for fig_name, figure in figures.items():
+        recorder.save_figure(fig_name, figure)
+    recorder.save_model(state)
+    arch = cfg.search.arch if cfg.search.mode == SearchMode.fixed else None
+    weights = generator.structural_weights()
+    summary = {
+        "task": cfg.task.name,
+        "search": cfg.search.mode.value,
+        "arch": arch,
+        "arch_name": candidate(arch).name if arch else None,
+        "depth": cfg.depth,
+        "backend": cfg.backend.name.value,
+        "seed": cfg.seed,
+        "n_qubits": generator.n_qubits,
+        "classical_params": exp.classical_params,
+        "qt_params": generator.trainable_parameters(),
+        "structural_weights": None if weights is None else weights.detach().tolist(),
+        "ranking": generator.ranking(),
+        "metrics": loop.metrics,
+        "objective": exp.task.objective,
+        "wall_seconds": seconds,
+        "steps": loop.step,
+        "resumed_from_step": resumed_step,
+        "torch_threads": torch.get_num_threads(),
+    }
+    if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
+        summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}
+    if cfg.search.mode == SearchMode.diffqas and cfg.search.retrain_top_k:
+        summary["retrain"] = _retrain_top_k(cfg, run_dir, summary, exp.task.metric)
+    recorder.write_summary(summary)
+    return summary
 
 
-def _find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
-    """The checkpoint to resume: `resume=PATH` (a file or a run dir), else one already in run_dir."""
-    if cfg.resume:
-        path = Path(cfg.resume)
-        path = path / CHECKPOINT if path.is_dir() else path
-        if not path.is_file():
-            raise ConfigError(
-                f"resume={cfg.resume!r}: no checkpoint there; allowed: a {CHECKPOINT} file or a run dir holding one"
-            )
-    else:
-        path = run_dir / CHECKPOINT
-        if not path.is_file():
-            return None
-    key = "resume" if cfg.resume else "checkpoint"
-    try:
-        ckpt = checkpoint.load(path)
-    except Exception as err:
-        raise ConfigError(
-            f"{key}={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err}); "
-            "allowed: a checkpoint written by diffqas-run (delete a damaged one to start over)"
-        ) from err
-    if ckpt["meta"]["fingerprint"] != fp:
-        keys = differing_keys(ckpt["meta"]["fingerprint"], fp)
-        raise ConfigError(
-            f"{path} was written by a run with other settings ({', '.join(keys)}); "
-            "allowed: the same config to resume, or a new hydra.run.dir for a new run"
-        )
-    return ckpt
+def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str | None = None):
+    if cfg.logger.name.value != "wandb" or cfg.logger.mode.value == "disabled":
+        return []
+    from .record.wandb_sink import WandbSink
+
+    return [WandbSink(cfg.logger, run_dir, _plain(cfg), group, name, run_id)]
+
+
+class FinishedRun(DirectoryConflict):
+    """The run directory holds a finished run that this command would overwrite."""
+
+
+def _start_fresh(run_dir: Path) -> None:
+    """fresh=true: remove a previous run's results from run_dir (its .hydra/ is Hydra's, rewritten anyway)."""
+    for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", FAILURE):
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "retrain", ignore_errors=True)
+
+
+def _guard_finished(cfg, run_dir: Path, ckpt: dict | None) -> dict | None:
+    """A directory holding a finished run: the same run again is 'nothing to do' (its summary is
+    returned); anything else that would overwrite it is refused unless fresh=true."""
+    summary = run_dir / "summary.json"
+    if not summary.exists():
+        return None
+    if ckpt is not None and ckpt["finished"]:
+        log.info("%s already holds this finished run: nothing to do (fresh=true reruns it)", run_dir)
+        return json.loads(summary.read_text())
+    raise FinishedRun(
+        f"hydra.run.dir={str(run_dir)!r} already holds a finished run (summary.json) but no finished checkpoint of "
+        "this config; allowed: another hydra.run.dir, or fresh=true to delete its results and start over"
+    )
+
+
+def preflight(config, run_dir: Path) -> None:
+    """Before Hydra writes .hydra/ into a single run's directory: refuse a directory that holds
+    another run's checkpoint or a finished run (raises DirectoryConflict), so its record stays whole."""
+    task_config = config.copy()
+    with open_dict(task_config):
+        task_config.pop("hydra", None)
+    if task_config.fresh:
+        return
+    fp = fingerprint(_plain(task_config), BOOKKEEPING_KEYS)
+    _guard_finished(task_config, run_dir, find_checkpoint(task_config, run_dir, fp))
 
 
 def run(
     cfg, run_dir: str | Path, *, group: str | None = None, name: str | None = None, interactive: bool = True
 ) -> dict[str, Any]:
-    """Run the experiment `cfg` (a RunConfig-typed DictConfig) writing into run_dir; return summary."""
-    validate(cfg)
+    """Run the experiment `cfg` (a RunConfig-typed DictConfig) writing into run_dir; return summary.
+
+    The directory is locked for this process first (a second writer fails with DirectoryInUse).
+    A failure after that leaves failure.json; SIGTERM/SIGINT raise Interrupted after a checkpoint.
+    """
     run_dir = Path(run_dir)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.seed)
+    lock_directory(run_dir)
     started = time.perf_counter()
-
-    task = tasks.build(cfg.task, cfg.data_dir, cfg.download)
-    model = task.build_model()
-    shapes = {k: v.shape for k, v in model.named_parameters()}
-    groups = task.parameter_groups(model) if hasattr(task, "parameter_groups") else {"target": shapes}
-    device = cfg.backend.device if cfg.backend.name == BackendName.native else "cpu"
-    generator = GeneratorSet(groups, cfg.depth, generator_options(cfg)).to(device)
-    classical = sum(s.numel() for s in shapes.values())
-    log.info(
-        "task=%s search=%s%s depth=%d backend=%s: classical params %s -> %d qubits -> QT trainable %d%s",
-        cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "",
-        cfg.depth, cfg.backend.name.value, f"{classical:,}", generator.n_qubits, generator.trainable_parameters(),
-        "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
-    )  # fmt: skip
-    optimizer = build_optimizer(generator.parameters(), cfg.train)
-    rl = task.kind == "rl"
-    scheduler = None if rl else build_scheduler(optimizer, cfg.train, total_steps(len(task.train.y), cfg.train))
-    objects = {"generator": generator, "optimizer": optimizer}
-    if scheduler is not None:
-        objects["scheduler"] = scheduler
-    meta = {"fingerprint": fingerprint(_plain(cfg), FINGERPRINT_IGNORES), "wandb_id": None}
-    ckpt = _find_checkpoint(cfg, run_dir, meta["fingerprint"])
-    if ckpt is not None and ckpt["finished"] and (run_dir / "summary.json").exists():
-        log.info("%s already holds this finished run: nothing to do (delete it or pick another hydra.run.dir to rerun)", run_dir)
-        return json.loads((run_dir / "summary.json").read_text())
-    checkpointer = Checkpointer(run_dir / CHECKPOINT, cfg.train.checkpoint_every, objects, meta)
-    resumed = None
-    if ckpt is not None and rl:
-        log.warning("RL runs do not resume mid-run (the environments' state is not saved): starting over")
-    elif ckpt is not None:
-        resumed = LoopState(**checkpointer.restore(ckpt))
-        meta["wandb_id"] = ckpt["meta"].get("wandb_id")
-        log.info("resuming from %s at step %d (epoch %d)", cfg.resume or run_dir / CHECKPOINT, resumed.step, resumed.epoch)
-
-    resumed_step, prior_seconds = (resumed.step, resumed.seconds) if resumed else (None, 0.0)
-    if resumed is not None and cfg.resume:
-        _carry_over_metrics(Path(cfg.resume), run_dir)
-    recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step)
-    meta["wandb_id"] = recorder.run_id()
-    try:
-        progress = _progress(cfg, interactive)
-        if rl:
-            from .train.a2c import learning_curve, train_a2c  # gymnasium and MiniGrid only when needed
-
-            result = train_a2c(task, model, generator, optimizer, cfg.train, recorder, progress, cfg.seed)
-            figures = {"learning_curve.png": learning_curve(result.returns, f"{task.env_id}: episode returns")}
-            loop = LoopState(step=result.steps, epoch=result.episodes, seconds=result.seconds)
-        else:
-            with checkpointer.signals:
-                result = train_supervised(
-                    task, model, generator, optimizer, cfg.train, recorder, progress, cfg.seed, scheduler, checkpointer, resumed
-                )
-            figures = {}
-            loop = LoopState(step=result.steps, epoch=result.epochs, metrics=result.metrics, seconds=result.seconds)
-        checkpointer.save(loop.to_dict(), finished=True)
-        with torch.no_grad():
-            generated = generator()
-            state = model.state_dict()
-            state.update(generated)
-            if not rl:
-                figures = task.figures(lambda x: functional_call(model, generated, (x,)))
-        figures["circuit.png"] = _circuit_figure(cfg, generator)
-        for fig_name, figure in figures.items():
-            recorder.save_figure(fig_name, figure)
-        recorder.save_model(state)
-        arch = cfg.search.arch if cfg.search.mode == SearchMode.fixed else None
-        weights = generator.structural_weights()
-        summary = {
-            "task": cfg.task.name,
-            "search": cfg.search.mode.value,
-            "arch": arch,
-            "arch_name": candidate(arch).name if arch else None,
-            "depth": cfg.depth,
-            "backend": cfg.backend.name.value,
-            "seed": cfg.seed,
-            "n_qubits": generator.n_qubits,
-            "classical_params": classical,
-            "qt_params": generator.trainable_parameters(),
-            "structural_weights": None if weights is None else weights.detach().tolist(),
-            "ranking": generator.ranking(),
-            "metrics": result.metrics,
-            "objective": task.objective,
-            "wall_seconds": time.perf_counter() - started + prior_seconds,
-            "steps": result.steps,
-            "resumed_from_step": resumed_step,
-        }
-        if len(groups) > 1:  # RL: the first group (actor) is reported above; every group here
-            summary["generators"] = {
-                k: {
-                    "n_qubits": g.n_qubits,
-                    "classical_params": g.n_params,
-                    "qt_params": g.trainable_parameters(),
-                    "structural_weights": None if g.structural_weights() is None else g.structural_weights().detach().tolist(),
-                    "ranking": g.ranking(),
-                }
-                for k, g in generator.parts.items()
-            }
-        if cfg.search.mode == SearchMode.diffqas and cfg.search.retrain_top_k:
-            summary["retrain"] = _retrain_top_k(cfg, run_dir, summary, task.metric)
-        recorder.write_summary(summary)
-        log.info("done in %.1f s: %s", summary["wall_seconds"], result.metrics)
-        return summary
-    finally:
-        recorder.close()
+    signals = StopSignals()
+    exit_code, step = 1, None
+    recorder = None
+    with signals:
+        try:
+            validate(cfg)
+            if cfg.fresh:
+                _start_fresh(run_dir)
+            if cfg.train.threads:
+                torch.set_num_threads(cfg.train.threads)
+            seed_everything(cfg.seed)
+            try:
+                with signals.immediate():
+                    exp = build(cfg)
+            except StopRequested as stop:
+                raise Interrupted(stop.signum, 0, None) from None
+            meta = {"fingerprint": fingerprint(_plain(cfg), BOOKKEEPING_KEYS), "wandb_id": None}
+            ckpt = find_checkpoint(cfg, run_dir, meta["fingerprint"])
+            done = _guard_finished(cfg, run_dir, ckpt)
+            if done is not None:
+                exit_code = 0
+                return done
+            checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, signals)
+            resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
+            prior_seconds = resumed.seconds if resumed else 0.0
+            recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step)
+            meta["wandb_id"] = recorder.run_id()
+            clear_failure(run_dir)
+            trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
+            seconds = time.perf_counter() - started + prior_seconds
+            summary = write(cfg, exp, trained, recorder, run_dir, seconds, resumed_step)
+            log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])
+            exit_code = 0
+            return summary
+        except Interrupted as stop:
+            exit_code = 128 + stop.signum
+            raise
+        except (DirectoryConflict, DirectoryInUse):
+            exit_code = 2
+            raise
+        except Exception as err:
+            exit_code = 2 if isinstance(err, ConfigError | NonFiniteLoss) else 1
+            write_failure(run_dir, err, getattr(err, "step", step))
+            raise
+        finally:
+            if recorder is not None:
+                recorder.close(exit_code)

@@ -76,6 +76,30 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["task=bessel", "task.validation=0.001"], "task.validation=0.001"),
         (["task=bessel", "task.hidden=[20,20]"], "task.hidden"),
         (["data_dir=/nonexistent/data"], "/nonexistent/data"),
+        (["seed=-1"], "seed=-1"),
+        (["seed=4294967296"], "seed=4294967296"),
+        (["depth=1001"], "depth=1001"),
+        (["train.lr=inf"], "train.lr=inf"),
+        (["train.lr=nan"], "train.lr=nan"),
+        (["train.eps=0"], "train.eps=0"),
+        (["train.threads=0"], "train.threads=0"),
+        (["qt.toolkit=[0.1,0.8,0]"], "qt.toolkit"),
+        (["qt.theta_std=-1"], "qt.theta_std"),
+        (["qt.mapping_hidden=[0]"], "qt.mapping_hidden"),
+        (["logger.project=" + "p" * 200], "logger.project"),
+        (["logger.project=a/b"], "logger.project='a/b'"),
+        (["logger.tags=[" + "t" * 80 + "]"], "logger.tags"),
+        (["backend=pennylane", "backend.device=cpu"], "backend.device='cpu'"),
+        (["backend.device=cuda:x"], "backend.device='cuda:x'"),
+        (["task=bessel", "task.window=0"], "task.window=0"),
+        (["task=bessel", "task.length=5"], "task.length=5"),
+        (["task=bessel", "task.classes=[1,2]"], "classes"),
+        (["task=minigrid", "train.gamma=2"], "train.gamma=2"),
+        (["task=minigrid", "train.workers=0"], "train.workers=0"),
+        (["task=minigrid", "train.entropy_coef=-1"], "train.entropy_coef=-1"),
+        (["task=minigrid", "task.env_id=CartPole-v1"], "task.env_id"),
+        (["task=minigrid", "task.env_id=MiniGrid-Nope-v0"], "MiniGrid-Nope-v0"),
+        (["task=mnist", "task.hidden=[]"], "task.hidden"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_message_and_no_summary(tmp_path, overrides, needle):
@@ -95,7 +119,8 @@ def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
         (corrupt / "MNIST" / "raw" / name).write_bytes(b"not an idx file")
     out = tmp_path / "run"
     proc = _run(["debug=smoke", "logger=none", f"data_dir={corrupt}", f"hydra.run.dir={out}"], tmp_path, timeout=120)
-    assert proc.returncode == 2 and f"data_dir={str(corrupt)!r}" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{corrupt / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'}: not an IDX file" in proc.stderr
     assert not (out / "summary.json").exists()
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -103,6 +128,33 @@ def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
         proc = _run([*filter(None, [flag]), "debug=smoke", "logger=none", f"{key}={blocker / 'run'}"], tmp_path, timeout=120)
         assert proc.returncode == 2 and f"{key}=" in proc.stderr and "not a directory" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_an_over_long_run_directory_name_is_one_line(tmp_path):
+    out = tmp_path / ("d" * 300)
+    proc = _run(["task=bessel", "debug=smoke", "logger=none", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and "hydra.run.dir=" in proc.stderr and "too long" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("damage", ["truncated", "mismatched"])
+def test_damaged_mnist_files_are_named(tmp_path, data_dir, damage):
+    """A truncated image file, or a label file that does not match its images: the message names the
+    file and what is wrong (not 'no MNIST data found')."""
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (data_dir / "MNIST" / "raw").iterdir():
+        (raw / f.name).write_bytes(f.read_bytes())
+    if damage == "truncated":
+        (raw / "train-images-idx3-ubyte").write_bytes((raw / "train-images-idx3-ubyte").read_bytes()[:100_000])
+        needle = "train-images-idx3-ubyte: 100,000 bytes"
+    else:
+        (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
+        needle = "train-labels-idx1-ubyte holds"
+    out = tmp_path / "run"
+    proc = _run(["debug=smoke", "logger=none", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert "no MNIST data found" not in proc.stderr and not (out / "summary.json").exists()
 
 
 def test_smoke_run_writes_the_contract_files(tmp_path, data_dir):
@@ -174,7 +226,7 @@ def test_timeseries_smoke_run(tmp_path, task):
     assert summary["steps"] == 3 and 0 < summary["metrics"]["test_mse"] < 4  # scaled to [-1, 1]
     assert (out / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task
-    assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.train.epochs) == ("rmsprop", 0.01, 10, 1)
+    assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.train.epochs) == ("rmsprop", 0.01, 10, 100)
     # model.pt loads into the plain LSTM target and reproduces the test MSE
     from diffqas_runner.nets import LSTMRegressor
     from diffqas_runner.tasks.timeseries import TimeSeriesTask
@@ -201,6 +253,5 @@ def test_timeseries_tasks_bring_their_validated_settings(task):
 def test_library_defaults_are_the_cli_defaults():
     """`Generator(shapes, depth)` from Python builds what `diffqas-run` builds with no `qt.*` override."""
     from diffqas_runner.qt.generator import GeneratorOptions
-    from diffqas_runner.run import generator_options
 
-    assert generator_options(_compose([])) == GeneratorOptions()
+    assert GeneratorOptions.from_config(_compose([])) == GeneratorOptions()

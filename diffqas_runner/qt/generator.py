@@ -8,13 +8,27 @@ reach the angles, the structural weights and the mapping.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, fields
+from enum import Enum
 
 import torch
 from torch import nn
 
-from ..config import Angles, InputNorm, Postprocess, Structural, TensorScale, ToolkitNegative
+from ..config import (
+    Angles,
+    BackendConfig,
+    BackendName,
+    InputNorm,
+    PennyLaneDevice,
+    Postprocess,
+    QTConfig,
+    SearchConfig,
+    Structural,
+    TensorScale,
+    ToolkitNegative,
+    choice,
+)
 from ..nets import mlp
 from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
 
@@ -37,32 +51,58 @@ def n_qubits_for(n_params: int) -> int:
     return max(2, math.ceil(math.log2(n_params)))
 
 
+_SEARCH, _QT, _BACKEND = SearchConfig(), QTConfig(), BackendConfig()
+
+
 @dataclass
 class GeneratorOptions:
-    """How the circuit output becomes weights; the defaults are the CLI's (`qt.*`, README)."""
+    """How the circuit output becomes weights, as plain values for Python callers.
 
-    mode: str = "diffqas"  # diffqas | fixed
-    arch: int | None = None  # fixed mode: candidate 1..12
-    structural: str = "raw"  # raw | softmax
-    angles: str = "shared"  # DiffQAS: one (L, n) angle tensor for all candidates | per_candidate
-    postprocess: str = "toolkit"  # toolkit | scale | none
-    toolkit: tuple[float, float, float] = (0.1, 0.8, 0.3)  # (gamma, beta, alpha)
+    Every default is the CLI schema's (config.py: SearchConfig, QTConfig, BackendConfig), read
+    from it here, so `Generator(shapes, depth)` builds what `diffqas-run` builds with no override;
+    `from_config(cfg)` takes the values of a composed run config.
+    """
+
+    mode: str = _SEARCH.mode.value  # diffqas | fixed
+    arch: int | None = _SEARCH.arch  # fixed mode: candidate 1..12
+    structural: str = _SEARCH.structural.value  # raw | softmax
+    angles: str = _SEARCH.angles.value  # DiffQAS: one (L, n) angle tensor for all candidates | per_candidate
+    postprocess: str = _QT.postprocess.value  # toolkit | scale | none
+    toolkit: tuple[float, float, float] = tuple(_QT.toolkit)  # (gamma, beta, alpha)
     # raw structural weights can make ensemble entries negative: clamp them to ~0 before the power
     # (their gradient is then 0) | odd: -(-t)^alpha (gradient kept). Same result for P >= 0.
-    toolkit_negative: str = "clamp"
-    center_output: bool = True
-    mapping_hidden: tuple[int, ...] = ()  # () = the paper's Linear(n+1 -> 1)
-    mapping_bits_init: str = "zero"  # zero | default: initial weights on the +-1 bit inputs
-    input_norm: str = "standardize"  # x -> (x - mean) / std before the mapping | none
-    theta_init: str = "uniform"  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
-    theta_std: float = 0.01
+    toolkit_negative: str = _QT.toolkit_negative.value
+    center_output: bool = _QT.center_output
+    mapping_hidden: tuple[int, ...] = tuple(_QT.mapping_hidden)  # () = the paper's Linear(n+1 -> 1)
+    mapping_bits_init: str = _QT.mapping_bits_init.value  # zero | default: initial weights on the +-1 bit inputs
+    input_norm: str = _QT.input_norm.value  # x -> (x - mean) / std before the mapping | none
+    theta_init: str = _QT.theta_init.value  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
+    theta_std: float = _QT.theta_std
     # standardize: each tensor to mean 0, std 1 at every step, times 1/sqrt(fan_in); init: the same
     # shift and divisor, measured once at initialisation and then fixed; fan_in: the factor only; none
-    tensor_scale: str = "standardize"
-    backend: str = "native"
-    device: str = "default.qubit"  # PennyLane device when backend=pennylane
-    dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters
+    tensor_scale: str = _QT.tensor_scale.value
+    backend: str = _BACKEND.name.value
+    device: str = PennyLaneDevice.default_qubit.value  # PennyLane device when backend=pennylane
+    dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters (backend.precision)
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
+
+    @classmethod
+    def from_config(cls, cfg) -> GeneratorOptions:
+        """The options of a composed run config (its `search`, `qt` and `backend` sections)."""
+        qt = {f.name: getattr(cfg.qt, f.name) for f in fields(QTConfig)}
+        qt = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else choice(v) if isinstance(v, Enum) else v
+              for k, v in qt.items()}  # fmt: skip
+        native = choice(cfg.backend.name) == BackendName.native.value
+        return cls(
+            mode=choice(cfg.search.mode),
+            arch=cfg.search.arch,
+            structural=choice(cfg.search.structural),
+            angles=choice(cfg.search.angles),
+            backend=choice(cfg.backend.name),
+            device=PennyLaneDevice.default_qubit.value if native else cfg.backend.device,
+            dtype=torch.float64 if choice(cfg.backend.precision) == "float64" else torch.float32,
+            **qt,
+        )
 
 
 def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

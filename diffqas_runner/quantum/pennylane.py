@@ -13,9 +13,10 @@ from functools import lru_cache
 import pennylane as qml
 import torch
 
+from ..config import PennyLaneDevice
 from .candidates import Candidate, Rotation, cnot_pairs
 
-DEVICES = ("default.qubit", "lightning.qubit")
+DEVICES = tuple(d.value for d in PennyLaneDevice)  # the schema's list (config.py)
 _GATES = {Rotation.RX: qml.RX, Rotation.RY: qml.RY, Rotation.RZ: qml.RZ}
 
 

@@ -11,11 +11,26 @@ from typing import Any
 import torch
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, write) -> None:
-    """`write(tmp)` then rename over `path`: readers see the old file or the whole new one, never half."""
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    """`write(tmp)`, fsync, then rename over `path` and fsync the directory: readers see the old
+    file or the whole new one, never half, and the new one survives a crash (NFS/Lustre included).
+    The temporary name is unique to the process, so two writers never share one."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    _fsync(path.parent)
 
 
 def _jsonable(value: Any) -> Any:
@@ -72,7 +87,8 @@ class Recorder:
         for sink in self.sinks:
             sink.summary(summary)
 
-    def close(self) -> None:
+    def close(self, exit_code: int = 0) -> None:
+        """`exit_code`: what the run ends with (0 done, 2 failed, 128 + signal stopped), for wandb."""
         self._metrics.close()
         for sink in self.sinks:
-            sink.close()
+            sink.close(exit_code)

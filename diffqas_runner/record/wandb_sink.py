@@ -55,5 +55,5 @@ class WandbSink:
         if summary.get("ranking"):
             self.run.summary["ranking"] = summary["ranking"]
 
-    def close(self) -> None:
-        self.run.finish()
+    def close(self, exit_code: int = 0) -> None:
+        self.run.finish(exit_code=exit_code)

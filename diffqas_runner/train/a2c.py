@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 from torch.func import functional_call
 
 from ..tasks.minigrid import make_vector_env
-from .supervised import NonFiniteLoss
+from .checkpoint import StopRequested
+from .supervised import NonFiniteLoss, check_gradients
 
 
 @dataclass
@@ -27,6 +29,23 @@ class RLResult:
     episodes: int
     seconds: float
     returns: list[float]
+    state: A2CState  # what the final checkpoint keeps
+
+
+@dataclass
+class A2CState:
+    """What a checkpoint keeps of an RL run: counters, every finished episode, the action RNG.
+    The environments are not saved: a resumed run makes new ones (see `train_a2c`)."""
+
+    update: int = 0
+    env_steps: int = 0
+    returns: list[float] = field(default_factory=list)
+    lengths: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    actions_rng: torch.Tensor | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 def nstep_returns(
@@ -48,87 +67,120 @@ def nstep_returns(
     return out
 
 
-def train_a2c(task, model, generator, optimizer, train_cfg, recorder, progress=None, seed: int = 0) -> RLResult:
+def train_a2c(
+    task, model, generator, optimizer, train_cfg, recorder, progress=None, seed: int = 0, checkpointer=None,
+    state: A2CState | None = None,
+) -> RLResult:  # fmt: skip
+    """A2C until `train.episodes` episodes have finished (or `train.max_steps` updates).
+
+    Resuming from `state` continues the counters, the episode list and the action RNG; the
+    environments start afresh (seeded by the update count), so an episode that was under way
+    when the run stopped is not counted, and the continuation is not bitwise the uninterrupted run.
+    """
     n_envs, n_steps, gamma = train_cfg.workers, train_cfg.n_steps, train_cfg.gamma
+    device = getattr(task, "device", torch.device("cpu"))
+    s = state or A2CState()
     envs = make_vector_env(task.env_id, n_envs)
-    obs_np, _ = envs.reset(seed=seed)
+    obs_np, _ = envs.reset(seed=seed + s.update * n_envs)
     actions_rng = torch.Generator().manual_seed(seed)
+    if s.actions_rng is not None:
+        actions_rng.set_state(s.actions_rng)
     ep_return, ep_length = np.zeros(n_envs), np.zeros(n_envs, dtype=np.int64)
-    returns: list[float] = []
-    lengths: list[int] = []
     since_log = {"returns": [], "lengths": [], "policy": [], "value": [], "entropy": []}
-    update, env_steps = 0, 0
-    start = last_log = time.perf_counter()
-    last_log_steps = 0
-    bar = progress(total=train_cfg.episodes) if progress else None
+    seconds, start = s.seconds, time.perf_counter()
+    last_log, last_log_steps = start, s.env_steps
+    if progress is not None:
+        progress.advance(len(s.returns))
 
     def as_tensor(x) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(x), dtype=torch.float32)
+        return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=device)
+
+    def snapshot() -> dict:
+        s.actions_rng = actions_rng.get_state()
+        s.seconds = seconds + time.perf_counter() - start
+        return s.to_dict()
+
+    def finished() -> bool:
+        return len(s.returns) >= train_cfg.episodes or (train_cfg.max_steps is not None and s.update >= train_cfg.max_steps)
 
     try:
-        while len(returns) < train_cfg.episodes and (train_cfg.max_steps is None or update < train_cfg.max_steps):
-            params = generator()
-            frozen = {k: v.detach() for k, v in params.items()}
-            obs, acts = [], []
-            rew = torch.zeros(n_steps, n_envs)
-            term = torch.zeros(n_steps, n_envs, dtype=torch.bool)
-            trunc = torch.zeros(n_steps, n_envs, dtype=torch.bool)
-            final_obs = torch.zeros(n_steps, n_envs, obs_np.shape[1])
-            finished = 0
-            for t in range(n_steps):
-                o = as_tensor(obs_np)
-                with torch.no_grad():
-                    logits, _ = functional_call(model, frozen, (o,))
-                    action = torch.multinomial(torch.softmax(logits, -1), 1, generator=actions_rng).squeeze(1)
-                obs_np, r, te, tr, info = envs.step(action.numpy())
-                obs.append(o)
-                acts.append(action)
-                rew[t], term[t], trunc[t] = as_tensor(r), torch.as_tensor(te), torch.as_tensor(tr)
-                ep_return += r
-                ep_length += 1
-                for i in np.flatnonzero(te | tr):
-                    final_obs[t, i] = as_tensor(info["final_obs"][i])
-                    returns.append(float(ep_return[i]))
-                    lengths.append(int(ep_length[i]))
-                    since_log["returns"].append(returns[-1])
-                    since_log["lengths"].append(lengths[-1])
-                    ep_return[i], ep_length[i] = 0.0, 0
-                    finished += 1
-            env_steps += n_steps * n_envs
+        while not finished():
+            # Steps 1-3 (rollout, loss, backward) are abandoned at once on SIGTERM/SIGINT: the
+            # episodes they finished are dropped again and the checkpoint is the previous update's.
+            episodes_before, env_steps_before = len(s.returns), s.env_steps
+            try:
+                with checkpointer.signals.immediate() if checkpointer is not None else nullcontext():
+                    # 1. rollout: n_steps of every environment copy with this update's (frozen) weights
+                    params = generator()
+                    frozen = {k: v.detach() for k, v in params.items()}
+                    obs, acts = [], []
+                    rew = torch.zeros(n_steps, n_envs, device=device)
+                    term = torch.zeros(n_steps, n_envs, dtype=torch.bool, device=device)
+                    trunc = torch.zeros(n_steps, n_envs, dtype=torch.bool, device=device)
+                    final_obs = torch.zeros(n_steps, n_envs, obs_np.shape[1], device=device)
+                    for t in range(n_steps):
+                        o = as_tensor(obs_np)
+                        with torch.no_grad():
+                            logits, _ = functional_call(model, frozen, (o,))
+                            probs = torch.softmax(logits, -1).cpu()
+                            action = torch.multinomial(probs, 1, generator=actions_rng).squeeze(1)
+                        obs_np, r, te, tr, info = envs.step(action.numpy())
+                        obs.append(o)
+                        acts.append(action.to(device))
+                        rew[t], term[t], trunc[t] = as_tensor(r), as_tensor(te).bool(), as_tensor(tr).bool()
+                        ep_return += r
+                        ep_length += 1
+                        for i in np.flatnonzero(te | tr):
+                            final_obs[t, i] = as_tensor(info["final_obs"][i])
+                            s.returns.append(float(ep_return[i]))
+                            s.lengths.append(int(ep_length[i]))
+                            since_log["returns"].append(s.returns[-1])
+                            since_log["lengths"].append(s.lengths[-1])
+                            ep_return[i], ep_length[i] = 0.0, 0
+                    s.env_steps += n_steps * n_envs
 
-            logits, values = functional_call(model, params, (torch.cat(obs),))
-            with torch.no_grad():
-                _, bootstrap = functional_call(model, frozen, (as_tensor(obs_np),))
-                _, final_values = functional_call(model, frozen, (final_obs.view(-1, final_obs.shape[-1]),))
-            target = nstep_returns(rew, term, trunc, bootstrap, final_values.view(n_steps, n_envs), gamma).view(-1)
-            td = target - values
-            logp = torch.log_softmax(logits, -1)
-            policy_loss = -(logp.gather(1, torch.cat(acts)[:, None]).squeeze(1) * td.detach()).mean()
-            value_loss = td.pow(2).mean()
-            entropy = -(logp.exp() * logp).sum(-1).mean()
-            loss = policy_loss + train_cfg.value_coef * value_loss - train_cfg.entropy_coef * entropy
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(f"loss became {loss.item()} at update {update + 1}")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+                    # 2. the actor-critic loss on n-step returns
+                    logits, values = functional_call(model, params, (torch.cat(obs),))
+                    with torch.no_grad():
+                        _, bootstrap = functional_call(model, frozen, (as_tensor(obs_np),))
+                        _, final_values = functional_call(model, frozen, (final_obs.view(-1, final_obs.shape[-1]),))
+                    target = nstep_returns(rew, term, trunc, bootstrap, final_values.view(n_steps, n_envs), gamma).view(-1)
+                    td = target - values
+                    logp = torch.log_softmax(logits, -1)
+                    policy_loss = -(logp.gather(1, torch.cat(acts)[:, None]).squeeze(1) * td.detach()).mean()
+                    value_loss = td.pow(2).mean()
+                    entropy = -(logp.exp() * logp).sum(-1).mean()
+                    loss = policy_loss + train_cfg.value_coef * value_loss - train_cfg.entropy_coef * entropy
+
+                    # 3. the update (never with a non-finite loss or gradient)
+                    if not torch.isfinite(loss):
+                        raise NonFiniteLoss(f"loss became {loss.item()} at update {s.update + 1}", step=s.update + 1)
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    check_gradients(generator, f"update {s.update + 1}")
+            except StopRequested as stop:
+                del s.returns[episodes_before:], s.lengths[episodes_before:]
+                s.env_steps = env_steps_before
+                raise checkpointer.stopped(stop, s.update, snapshot) from None
             optimizer.step()
-            update += 1
+            s.update += 1
             since_log["policy"].append(policy_loss.item())
             since_log["value"].append(value_loss.item())
             since_log["entropy"].append(entropy.item())
-            if bar and finished:
-                bar.update(min(finished, train_cfg.episodes - bar.n))
-            done = len(returns) >= train_cfg.episodes or (train_cfg.max_steps is not None and update >= train_cfg.max_steps)
-            if update % train_cfg.log_every == 0 or done:
+            if progress is not None:
+                progress.advance(len(s.returns) - episodes_before)
+
+            # 4. a metrics row every train.log_every updates (CleanRL's names)
+            if s.update % train_cfg.log_every == 0 or finished():
                 now = time.perf_counter()
                 row = {
-                    "step": update,
-                    "global_step": env_steps,
-                    "episodes": len(returns),
+                    "step": s.update,
+                    "global_step": s.env_steps,
+                    "episodes": len(s.returns),
                     "losses/policy_loss": statistics.fmean(since_log["policy"]),
                     "losses/value_loss": statistics.fmean(since_log["value"]),
                     "losses/entropy": statistics.fmean(since_log["entropy"]),
-                    "charts/SPS": (env_steps - last_log_steps) / max(now - last_log, 1e-9),
+                    "charts/SPS": (s.env_steps - last_log_steps) / max(now - last_log, 1e-9),
                 }
                 if since_log["returns"]:
                     row["charts/episodic_return"] = statistics.fmean(since_log["returns"])
@@ -136,22 +188,27 @@ def train_a2c(task, model, generator, optimizer, train_cfg, recorder, progress=N
                 weights = generator.structural_weights()
                 if weights is not None:
                     row["structural_weights"] = weights.detach().tolist()
-                row["wall_seconds"] = now - start
+                row["wall_seconds"] = seconds + now - start
                 recorder.log(row)
+                if progress is not None:
+                    progress.report(row, f"update {s.update}")
                 since_log = {k: [] for k in since_log}
-                last_log, last_log_steps = now, env_steps
+                last_log, last_log_steps = now, s.env_steps
+
+            # 5. a checkpoint on schedule or on SIGTERM/SIGINT (which then stops the run)
+            if checkpointer is not None:
+                checkpointer.after_step(s.update, snapshot)
     finally:
         envs.close()
-        if bar:
-            bar.close()
-    tail = returns[-max(1, len(returns) // 10) :]  # the last 10% of episodes: the paper's last 5,000 of 50,000
+    snapshot()
+    tail = s.returns[-max(1, len(s.returns) // 10) :]  # the last 10% of episodes: the paper's last 5,000 of 50,000
     metrics = {
-        "mean_return": statistics.fmean(tail) if returns else None,
-        "std_return": statistics.pstdev(tail) if returns else None,
-        "episodes": len(returns),
-        "env_steps": env_steps,
+        "mean_return": statistics.fmean(tail) if s.returns else None,
+        "std_return": statistics.pstdev(tail) if s.returns else None,
+        "episodes": len(s.returns),
+        "env_steps": s.env_steps,
     }
-    return RLResult(metrics, update, len(returns), time.perf_counter() - start, returns)
+    return RLResult(metrics, s.update, len(s.returns), s.seconds, s.returns, s)
 
 
 def learning_curve(returns: list[float], title: str):

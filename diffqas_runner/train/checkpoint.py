@@ -12,6 +12,7 @@ import json
 import random
 import signal
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +29,27 @@ VERSION = 1
 class Interrupted(RuntimeError):
     """The run stopped on a signal after saving a checkpoint; rerunning the command resumes it."""
 
-    def __init__(self, signum: int, step: int, path: Path):
+    def __init__(self, signum: int, step: int, path: Path | None):
         self.signum, self.step, self.path = signum, step, path
         name = signal.Signals(signum).name
-        super().__init__(f"{name} at step {step}: checkpoint saved to {path}; rerun the same command to resume")
+        if path is None:
+            super().__init__(f"{name} before the first step: nothing to save; rerun the same command to start again")
+        else:
+            super().__init__(f"{name} at step {step}: checkpoint saved to {path}; rerun the same command to resume")
 
 
 def rng_state() -> dict[str, Any]:
     version, mt, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
+    state = {
         "torch": torch.get_rng_state(),
         "python": {"version": version, "state": torch.tensor(mt, dtype=torch.int64), "gauss": gauss},
         "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
                   "has_gauss": int(has_gauss), "cached": float(cached)},
     }  # fmt: skip
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -51,6 +58,8 @@ def set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((py["version"], tuple(py["state"].tolist()), py["gauss"]))
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -64,22 +73,50 @@ def load(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
+class StopRequested(BaseException):
+    """Raised by the signal handler inside an interruptible region (a BaseException, so no
+    `except Exception` in between swallows it)."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class StopSignals:
-    """While active, SIGTERM and SIGINT set `signum` instead of killing the process (a second SIGINT does)."""
+    """While active, SIGTERM and SIGINT ask the run to stop (a second SIGINT stops at once).
+
+    Outside `immediate()` regions the handler only records the signal, and the loop answers it
+    at the end of the step (checkpoint, then stop). Inside them (a step's forward and backward,
+    building the experiment: work that leaves nothing half-written when abandoned) the handler
+    raises `StopRequested` at once, so a long step never delays the answer.
+    """
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
     def __init__(self):
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
+        self._immediate = 0
 
     def _handle(self, signum, _frame):
         if self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if self._immediate:
+            raise StopRequested(signum)
+
+    @contextmanager
+    def immediate(self):
+        if self.signum is not None:
+            raise StopRequested(self.signum)
+        self._immediate += 1
+        try:
+            yield
+        finally:
+            self._immediate -= 1
 
     def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
+        if threading.current_thread() is threading.main_thread() and not self._previous:
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
@@ -93,12 +130,14 @@ class StopSignals:
 class Checkpointer:
     """Saves and restores `objects` ({name: has state_dict/load_state_dict}) plus loop state and RNGs."""
 
-    def __init__(self, path: Path, every: int | None, objects: dict[str, Any], meta: dict[str, Any]):
+    def __init__(
+        self, path: Path, every: int | None, objects: dict[str, Any], meta: dict[str, Any], signals: StopSignals | None = None
+    ):
         self.path = Path(path)
         self.every = every
         self.objects = objects
         self.meta = meta  # config fingerprint, wandb run id: stored as given
-        self.signals = StopSignals()
+        self.signals = signals or StopSignals()
 
     def save(self, loop: dict[str, Any], finished: bool = False) -> None:
         save_atomic(
@@ -119,6 +158,12 @@ class Checkpointer:
             obj.load_state_dict(ckpt["state"][name])
         set_rng_state(ckpt["rng"])
         return ckpt["loop"]
+
+    def stopped(self, stop: StopRequested, step: int, loop) -> Interrupted:
+        """A signal inside a step: the step is abandoned, the state is still the previous step's,
+        so save that and return the Interrupted to raise."""
+        self.save(loop())
+        return Interrupted(stop.signum, step, self.path)
 
     def after_step(self, step: int, loop) -> None:
         """Save when the interval comes round or a stop signal arrived; on a signal, stop the run."""

@@ -10,14 +10,30 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch.func import functional_call
 
+from .checkpoint import StopRequested
+
 
 class NonFiniteLoss(RuntimeError):
-    pass
+    """The loss, a gradient or a parameter became NaN or infinite: the run stops before the
+    optimiser step, so the last checkpoint holds only finite numbers."""
+
+    def __init__(self, message: str, step: int | None = None):
+        super().__init__(message)
+        self.step = step
+
+
+def check_gradients(module: torch.nn.Module, where: str) -> None:
+    """Raise NonFiniteLoss if any parameter or its gradient is not finite (checked before the optimiser step)."""
+    for name, p in module.named_parameters():
+        for what, value in (("parameter", p), ("gradient", p.grad)):
+            if value is not None and not torch.isfinite(value).all():
+                raise NonFiniteLoss(f"{what} {name} became non-finite at {where}; the optimiser step was not taken")
 
 
 @dataclass
@@ -75,50 +91,53 @@ def train_supervised(
         return s.to_dict()
 
     seconds, start = s.seconds, time.perf_counter()
-    bar = progress(total=total) if progress else None
-    if bar:
-        bar.update(s.step)
-    try:
-        while s.step < total:
-            if s.perm is None:
-                s.perm, s.pos = torch.randperm(n, generator=order), 0
-            idx = s.perm[s.pos : s.pos + batch]
-            output = functional_call(model, generator(), (x_train[idx],))
-            loss = task.loss(output, y_train[idx])
-            if not torch.isfinite(loss):
-                raise NonFiniteLoss(
-                    f"loss became {loss.item()} at step {s.step + 1} (epoch {s.epoch}); parameters left at step {s.step}"
-                    + (f", the last checkpoint is {checkpointer.path}" if checkpointer and checkpointer.path.exists() else "")
-                )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            if scheduler is not None:
-                scheduler.step()
-            s.step += 1
-            s.pos += batch
-            s.running += loss.item()
-            s.count += 1
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
-            epoch_done = s.pos >= n
-            if s.step >= total or (eval_every and s.step % eval_every == 0) or (not eval_every and epoch_done):
-                s.metrics = evaluate()
-                weights = generator.structural_weights()
-                row = {"step": s.step, "epoch": s.epoch + (1 if epoch_done else s.pos / n), "loss": s.running / s.count}
-                row.update(s.metrics)
-                if weights is not None:
-                    row["structural_weights"] = weights.detach().tolist()
-                row["wall_seconds"] = seconds + time.perf_counter() - start
-                recorder.log(row)
-                s.running, s.count = 0.0, 0
-            if epoch_done:
-                s.epoch, s.perm, s.pos = s.epoch + 1, None, 0
-            if checkpointer is not None:
-                checkpointer.after_step(s.step, snapshot)
-    finally:
-        if bar:
-            bar.close()
+    while s.step < total:
+        if s.perm is None:
+            s.perm, s.pos = torch.randperm(n, generator=order), 0
+        idx = s.perm[s.pos : s.pos + batch].to(x_train.device)
+        try:
+            with checkpointer.signals.immediate() if checkpointer is not None else nullcontext():
+                # forward and backward: a signal here abandons the step at once (nothing has changed yet)
+                output = functional_call(model, generator(), (x_train[idx],))
+                loss = task.loss(output, y_train[idx])
+                if not torch.isfinite(loss):
+                    raise NonFiniteLoss(
+                        f"loss became {loss.item()} at step {s.step + 1} (epoch {s.epoch}); parameters left at step {s.step}"
+                        + (
+                            f", the last checkpoint is {checkpointer.path}" if checkpointer and checkpointer.path.exists() else ""
+                        ),
+                        step=s.step + 1,
+                    )
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                check_gradients(generator, f"step {s.step + 1} (epoch {s.epoch})")
+        except StopRequested as stop:
+            raise checkpointer.stopped(stop, s.step, snapshot) from None
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        s.step += 1
+        s.pos += batch
+        s.running += loss.item()
+        s.count += 1
+        if progress is not None:
+            progress.advance(1, loss=f"{loss.item():.4f}")
+        epoch_done = s.pos >= n
+        if s.step >= total or (eval_every and s.step % eval_every == 0) or (not eval_every and epoch_done):
+            s.metrics = evaluate()
+            weights = generator.structural_weights()
+            row = {"step": s.step, "epoch": s.epoch + (1 if epoch_done else s.pos / n), "loss": s.running / s.count}
+            row.update(s.metrics)
+            if weights is not None:
+                row["structural_weights"] = weights.detach().tolist()
+            row["wall_seconds"] = seconds + time.perf_counter() - start
+            recorder.log(row)
+            if progress is not None:
+                progress.report(row, f"epoch {row['epoch']:.3g}")
+            s.running, s.count = 0.0, 0
+        if epoch_done:
+            s.epoch, s.perm, s.pos = s.epoch + 1, None, 0
+        if checkpointer is not None:
+            checkpointer.after_step(s.step, snapshot)
     snapshot()
     return LoopResult(metrics=s.metrics, steps=s.step, epochs=s.epoch, seconds=s.seconds)
