@@ -59,7 +59,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
     jobs = []
     for summary_path in sorted(sweep_dir.rglob("summary.json")):
         run = summary_path.parent
-        if "retrain" in run.relative_to(sweep_dir).parts:  # a DiffQAS run's own retraining: reported in its row
+        if {"retrain", "select"} & set(run.relative_to(sweep_dir).parts):  # a DiffQAS run's own retraining: in its row
             continue
         summary = json.loads(summary_path.read_text())
         config_path = run / ".hydra" / "config.yaml"
@@ -219,8 +219,12 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
             series = [(r["step"], r["structural_weights"]) for r in job.rows if r.get("structural_weights")]
             if series:
                 steps = [s for s, _ in series]
-                for i in range(len(series[0][1])):
-                    ax.plot(steps, [w[i] for _, w in series], label=str(i + 1))
+                # one line per group of identical candidates (their weights are equal), dashed if angle-independent
+                members = job.summary.get("ranking_groups") or [[i + 1] for i in range(len(series[0][1]))]
+                independent = set(job.summary.get("angle_independent") or [])
+                for group in sorted(members):
+                    ax.plot(steps, [w[group[0] - 1] for _, w in series], label=",".join(map(str, group)),
+                            ls="--" if group[0] in independent else "-")  # fmt: skip
             ax.set_title(f"{g.first['task']} DiffQAS structural weights (seed {job.summary['seed']})", fontsize=9)
             ax.set_xlabel("step")
             ax.legend(fontsize=6, ncol=6, title="candidate", title_fontsize=6)
@@ -261,7 +265,7 @@ def load_failures(sweep_dir: Path) -> list[Failure]:
     """Jobs that failed (failure.json, no summary.json), with their command-line overrides."""
     out = []
     for job in failed_jobs(sweep_dir):
-        if "retrain" in job.relative_to(sweep_dir).parts:
+        if {"retrain", "select"} & set(job.relative_to(sweep_dir).parts):
             continue
         overrides_path = job / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) if overrides_path.exists() else []

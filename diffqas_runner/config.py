@@ -128,6 +128,9 @@ class ClassificationTaskConfig(TaskConfig):
     classes: list[int] = field(default_factory=lambda: [1, 5])
     hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP 784-128-64-2
     depth: int = 15
+    # a stratified, seeded (by `seed`) hold-out of this fraction of the training images as a
+    # validation split (val_accuracy, val_loss): what to choose settings on (0: none)
+    validation: float = 0.0
 
 
 @dataclass
@@ -165,6 +168,9 @@ class SearchConfig:
     structural: Structural = Structural.raw  # raw (the paper's, initialised to 1/12) | softmax
     angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all 12 (the paper's) | one each
     retrain_top_k: int = 0  # after DiffQAS: train its K top-ranked candidates alone (run_dir/retrain/arch_N)
+    # after DiffQAS: retrain the K best distinct angle-dependent groups alone (run_dir/select/arch_N) and
+    # pick the architecture on the validation metric (the training metric without a validation split)
+    select: int = 0
 
 
 @dataclass
@@ -311,6 +317,9 @@ def _validate_search(search) -> None:
     else:
         _check(search.arch is None, "search.arch", search.arch, "null with search=diffqas (use search=fixed)")
     _check(0 <= search.retrain_top_k <= 12, "search.retrain_top_k", search.retrain_top_k, "0..12")
+    _check(0 <= search.select <= 12, "search.select", search.select, "0..12 (angle-dependent groups to retrain)")
+    if search.select:
+        _check(search.mode == SearchMode.diffqas, "search.select", search.select, "0 with search=fixed")
 
 
 def _validate_task(cfg) -> None:
@@ -325,6 +334,7 @@ def _validate_task(cfg) -> None:
             "two different class labels in 0..9",
         )
         _check(len(hidden) >= 1 and all(1 <= h <= 4096 for h in hidden), "task.hidden", hidden, "one or more widths 1..4096")
+        _check(0 <= task.validation < 1, "task.validation", task.validation, "a number in [0, 1)")
     elif task.kind == TaskKind.timeseries:
         _check(len(hidden) == 1 and 1 <= hidden[0] <= 256, "task.hidden", hidden, "[H]: one LSTM hidden size 1..256")
         _check(1 <= task.window <= 1000, "task.window", task.window, "an integer 1..1000")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import shutil
 import time
@@ -100,7 +101,7 @@ class Experiment:
 
 def build(cfg) -> Experiment:
     """Data (or environment), target network, generator, optimiser: all on the run's device."""
-    task = tasks.build(cfg.task, cfg.data_dir, cfg.download)
+    task = tasks.build(cfg.task, cfg.data_dir, cfg.download, cfg.seed)
     model = task.build_model()
     shapes = {k: v.shape for k, v in model.named_parameters()}
     groups = task.parameter_groups(model) if hasattr(task, "parameter_groups") else {"target": shapes}
@@ -234,14 +235,81 @@ def train(cfg, exp: Experiment, recorder: Recorder, checkpointer: Checkpointer, 
 
 # --- write ------------------------------------------------------------------------------------
 def _circuit_figure(cfg, generator: GeneratorSet):
-    """The fixed candidate, or DiffQAS's top-ranked one, drawn for circuit.png."""
+    """The fixed candidate, or DiffQAS's top angle-dependent group (its lowest number), for circuit.png."""
     if cfg.search.mode == SearchMode.fixed:
         number, note = cfg.search.arch, "fixed candidate"
     else:
-        number = generator.ranking()[0]
-        note = f"DiffQAS top-ranked (w = {generator.structural_weights()[number - 1].item():.3f})"
+        independent = set(generator.angle_independent())
+        groups = generator.ranking_groups()
+        top = next((g for g in groups if g[0] not in independent), groups[0])
+        above = [g for g in groups[: groups.index(top)]]
+        weight = generator.structural_weights()[top[0] - 1].item()
+        members = f" (group {', '.join(map(str, top))})" if len(top) > 1 else ""
+        note = f"DiffQAS top angle-dependent{members}, w = {weight:.3f}"
+        if above:
+            note += "; ranked above it: angle-independent " + "; ".join(",".join(map(str, g)) for g in above)
+        note += "\n"
+        number = top[0]
     cand = candidate(number)
     return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
+
+
+def _child_config(cfg, arch: int):
+    """The same experiment with one fixed candidate, for retraining after DiffQAS."""
+    sub = cfg.copy()
+    with open_dict(sub):
+        sub.search.mode = SearchMode.fixed.value
+        sub.search.arch = arch
+        sub.search.retrain_top_k = 0
+        sub.search.select = 0
+        sub.resume = None
+        sub.fresh = False
+        sub.logger.name = "none"  # the parent's wandb run gets the results in its summary
+    return sub
+
+
+def selection_metric(task) -> str:
+    """What the selection stage picks on: the validation metric, else the training one (never test)."""
+    main = "accuracy" if task.kind == TaskKind.classification.value else "mse"
+    return f"val_{main}" if getattr(task, "val", None) is not None else f"train_{main}"
+
+
+def _select(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
+    """Retrain the `search.select` best distinct angle-dependent groups alone (their lowest-numbered
+    member) in run_dir/select/arch_N, and name the architecture with the best selection metric.
+    DiffQAS's ensemble is a contender in the table too (`best_model`)."""
+    metric, test = selection_metric(exp.task), exp.task.metric
+    pick = max if tasks.higher_is_better(metric) else min
+    independent = set(summary["angle_independent"])
+    groups = [g for g in summary["ranking_groups"] if g[0] not in independent][: cfg.search.select]
+    rows = []
+    for group in groups:
+        arch = group[0]
+        log.info("selection: retraining candidate %d (%s) alone", arch, candidate(arch).name)
+        child = run(_child_config(cfg, arch), run_dir / "select" / f"arch_{arch}", interactive=False)
+        rows.append({
+            "arch": arch, "arch_name": candidate(arch).name, "group": group,
+            "structural_weight": summary["structural_weights"][arch - 1],
+            metric: child["metrics"].get(metric), test: child["metrics"].get(test),
+        })  # fmt: skip
+    rows.append({
+        "arch": None, "arch_name": "DiffQAS ensemble", "group": None, "structural_weight": None,
+        metric: summary["metrics"].get(metric), test: summary["metrics"].get(test),
+    })  # fmt: skip
+    scored = [r for r in rows if r[metric] is not None and math.isfinite(r[metric])]
+    best = pick((r for r in scored if r["arch"] is not None), key=lambda r: r[metric], default=None)
+    overall = pick(scored, key=lambda r: r[metric], default=None)
+    if best is not None:
+        shutil.copyfile(run_dir / "select" / f"arch_{best['arch']}" / "model.pt", run_dir / "selected_model.pt")
+    return {
+        "selected_arch": None if best is None else best["arch"],
+        "selected_name": None if best is None else best["arch_name"],
+        "selection": {
+            "metric": metric,
+            "candidates": rows,
+            "best_model": None if overall is None else ("diffqas" if overall["arch"] is None else overall["arch"]),
+        },
+    }
 
 
 def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
@@ -249,15 +317,8 @@ def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
     up = tasks.higher_is_better(metric)
     results = []
     for arch in summary["ranking"][: cfg.search.retrain_top_k]:
-        sub = cfg.copy()
-        with open_dict(sub):
-            sub.search.mode = SearchMode.fixed.value
-            sub.search.arch = arch
-            sub.search.retrain_top_k = 0
-            sub.resume = None
-            sub.logger.name = "none"  # the parent's wandb run gets the results in its summary
         log.info("retraining candidate %d (%s) alone", arch, candidate(arch).name)
-        child = run(sub, run_dir / "retrain" / f"arch_{arch}", interactive=False)
+        child = run(_child_config(cfg, arch), run_dir / "retrain" / f"arch_{arch}", interactive=False)
         results.append({"arch": arch, "arch_name": candidate(arch).name, "metrics": child["metrics"]})
     values = [r["metrics"][metric] for r in results if r["metrics"].get(metric) is not None]
     best = (max if up else min)(values) if values else None
@@ -277,8 +338,10 @@ def _generator_summary(g) -> dict:
         "n_qubits": g.n_qubits,
         "classical_params": g.n_params,
         "qt_params": g.trainable_parameters(),
+        "qt_params_paper": g.paper_parameters(),
         "structural_weights": None if weights is None else weights.detach().tolist(),
         "ranking": g.ranking(),
+        "ranking_groups": g.ranking_groups(),
     }
 
 
@@ -309,8 +372,11 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
         "n_qubits": generator.n_qubits,
         "classical_params": exp.classical_params,
         "qt_params": generator.trainable_parameters(),
+        "qt_params_paper": generator.paper_parameters(),
         "structural_weights": None if weights is None else weights.detach().tolist(),
         "ranking": generator.ranking(),
+        "ranking_groups": generator.ranking_groups(),
+        "angle_independent": generator.angle_independent(),
         "metrics": loop.metrics,
         "objective": exp.task.objective,
         "wall_seconds": seconds,
@@ -322,6 +388,8 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}
     if cfg.search.mode == SearchMode.diffqas and cfg.search.retrain_top_k:
         summary["retrain"] = _retrain_top_k(cfg, run_dir, summary, exp.task.metric)
+    if cfg.search.mode == SearchMode.diffqas and cfg.search.select:
+        summary.update(_select(cfg, exp, run_dir, summary))
     recorder.write_summary(summary)
     return summary
 
@@ -340,9 +408,10 @@ class FinishedRun(DirectoryConflict):
 
 def _start_fresh(run_dir: Path) -> None:
     """fresh=true: remove a previous run's results from run_dir (its .hydra/ is Hydra's, rewritten anyway)."""
-    for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", FAILURE):
+    for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", "selected_model.pt", FAILURE):
         (run_dir / name).unlink(missing_ok=True)
-    shutil.rmtree(run_dir / "retrain", ignore_errors=True)
+    for sub in ("retrain", "select"):
+        shutil.rmtree(run_dir / sub, ignore_errors=True)
 
 
 def _guard_finished(cfg, run_dir: Path, ckpt: dict | None) -> dict | None:

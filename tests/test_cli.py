@@ -163,9 +163,13 @@ def test_smoke_run_writes_the_contract_files(tmp_path, data_dir):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["task"] == "mnist" and summary["search"] == "diffqas" and summary["arch"] is None
-    assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"]) == (17, 108_866, 286)
+    assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"]) == (17, 108_866, 285)
+    assert summary["qt_params_paper"] == 286  # SPEC's count, with the mapping's dead output bias
     assert summary["depth"] == 15 and summary["steps"] == 3 and summary["backend"] == "native"
-    assert len(summary["structural_weights"]) == 12 and sorted(summary["ranking"]) == list(range(1, 13))
+    assert len(summary["structural_weights"]) == 12
+    assert sorted(map(sorted, summary["ranking_groups"])) == [[1, 3, 4, 6], [2], [5], [7], [8], [9, 12], [10], [11]]
+    assert summary["ranking"] == [g[0] for g in summary["ranking_groups"]]
+    assert summary["angle_independent"] == [1, 3, 4, 6, 9, 12]
     assert 0.0 <= summary["metrics"]["test_accuracy"] <= 1.0
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and {"step", "epoch", "loss", "test_accuracy", "structural_weights"} <= rows[-1].keys()
@@ -200,7 +204,8 @@ def test_smoke_multirun_fixed_9_and_12_agree(tmp_path, data_dir):
     summaries = [json.loads(p.read_text()) for p in sorted(Path(sweep).glob("*/summary.json"))]
     assert [s["arch"] for s in summaries] == [9, 12]
     assert [s["arch_name"] for s in summaries] == ["Ent-Rz", "Cyc-Rz"]
-    assert summaries[0]["qt_params"] == 17 * 15 + 17 + 2
+    assert summaries[0]["qt_params_paper"] == 17 * 15 + 17 + 2
+    assert summaries[0]["qt_params"] == 17 + 1  # the angles of an angle-independent candidate are dead
     assert summaries[0]["metrics"] == summaries[1]["metrics"]  # both generate from |0..0>
 
 
@@ -222,7 +227,8 @@ def test_timeseries_smoke_run(tmp_path, task):
     proc = _run([f"task={task}", "debug=smoke", "logger=none", f"hydra.run.dir={out}"], tmp_path)
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"], summary["depth"]) == (11, 1781, 135, 10)
+    assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"], summary["depth"]) == (11, 1781, 134, 10)
+    assert summary["qt_params_paper"] == 135
     assert summary["steps"] == 3 and 0 < summary["metrics"]["test_mse"] < 4  # scaled to [-1, 1]
     assert (out / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task

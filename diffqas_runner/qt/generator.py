@@ -31,6 +31,7 @@ from ..config import (
 )
 from ..nets import mlp
 from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
+from ..quantum.groups import angle_independent, output_groups
 
 
 def _values(enum) -> tuple[str, ...]:
@@ -178,6 +179,14 @@ class Generator(nn.Module):
         if opts.mapping_bits_init == "zero":
             with torch.no_grad():
                 self.mapping[0].weight[:, :n].zero_()
+        # Parameters that cannot change a generated weight are not trained (nor counted as live):
+        # the mapping's output bias when the output is mean-centred, and the angles of a fixed
+        # candidate whose output ignores them. SPEC's counts include them (`paper_parameters`).
+        if opts.center_output:
+            self.mapping[-1].bias.requires_grad_(False)
+        if all(c.theta_independent for c in self.candidates):
+            self.theta.requires_grad_(False)
+        self.groups = output_groups(self.candidates, n)
         scales = [1.0 / math.sqrt(fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
         self.register_buffer(
             "scale",
@@ -213,11 +222,23 @@ class Generator(nn.Module):
         weights = self.structural_weights()
         return probs[0] if weights is None else weights @ probs
 
-    def ranking(self) -> list[int] | None:
+    def ranking_groups(self) -> list[list[int]] | None:
+        """Groups of candidates with identical outputs (members ascending), best group first: a
+        group's weight is its members' largest (they are equal in practice: identical outputs get
+        identical gradients); ties go to the lower candidate number."""
         weights = self.structural_weights()
         if weights is None:
             return None
-        return [CANDIDATES[i].number for i in torch.argsort(weights.detach(), descending=True).tolist()]
+        w = weights.detach().tolist()
+        return [list(g) for g in sorted(self.groups, key=lambda g: (-max(w[i - 1] for i in g), g[0]))]
+
+    def ranking(self) -> list[int] | None:
+        """Each group once, by its lowest number, best first (see `ranking_groups`)."""
+        groups = self.ranking_groups()
+        return None if groups is None else [g[0] for g in groups]
+
+    def angle_independent(self) -> list[int]:
+        return angle_independent(self.candidates)
 
     # --- probabilities -> weights ------------------------------------------------------
     def _postprocess(self, probs: torch.Tensor) -> torch.Tensor:
@@ -255,7 +276,15 @@ class Generator(nn.Module):
         return {name: t.view(shape) for name, t, shape in zip(self.names, flat.split(self.sizes), self.shapes)}
 
     def trainable_parameters(self) -> int:
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        """Live parameters: those that can change a generated weight (`qt_params`)."""
+        live = sum(p.numel() for p in self.parameters() if p.requires_grad)
+        if self.per_candidate and self.theta.requires_grad:  # the angle slices of angle-independent candidates
+            live -= self.theta[0].numel() * sum(c.theta_independent for c in self.candidates)
+        return live
+
+    def paper_parameters(self) -> int:
+        """Every parameter, as SPEC section 3 counts them (`qt_params_paper`)."""
+        return sum(p.numel() for p in self.parameters())
 
 
 class GeneratorSet(nn.Module):
@@ -287,5 +316,14 @@ class GeneratorSet(nn.Module):
     def ranking(self) -> list[int] | None:
         return self.first.ranking()
 
+    def ranking_groups(self) -> list[list[int]] | None:
+        return self.first.ranking_groups()
+
+    def angle_independent(self) -> list[int]:
+        return self.first.angle_independent()
+
     def trainable_parameters(self) -> int:
         return sum(g.trainable_parameters() for g in self.parts.values())
+
+    def paper_parameters(self) -> int:
+        return sum(g.paper_parameters() for g in self.parts.values())

@@ -12,14 +12,16 @@ def higher_is_better(metric: str) -> bool:
     return not any(word in metric for word in ("mse", "loss"))
 
 
-def build(task_cfg, data_dir: str | Path, download: bool = False):
+def build(task_cfg, data_dir: str | Path, download: bool = False, seed: int = 0):
     kind = choice(task_cfg.kind)
     if kind == "classification":
         from .classification import DATASETS, ClassificationTask
 
         if task_cfg.name not in DATASETS:
             raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for classification: {', '.join(DATASETS)}")
-        return ClassificationTask(task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download)
+        return ClassificationTask(
+            task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download, validation=task_cfg.validation, seed=seed
+        )
     if kind == "timeseries":
         from .timeseries import SERIES, TimeSeriesTask
 

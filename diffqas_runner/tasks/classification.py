@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..config import ConfigError
 from ..nets import mlp
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
@@ -91,17 +92,47 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
     return Split(x, y)
 
 
+def stratified_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fit indices, validation indices): `fraction` of each class's images, chosen by a seeded
+    shuffle, are held out; both index lists are sorted (the data order stays the dataset's)."""
+    order = torch.Generator().manual_seed(seed)
+    fit, val = [], []
+    for label in torch.unique(y).tolist():
+        members = torch.nonzero(y == label).squeeze(1)
+        members = members[torch.randperm(len(members), generator=order)]
+        k = round(len(members) * fraction)
+        if not 1 <= k < len(members):
+            raise ConfigError(
+                f"task.validation={fraction} holds out {k} of the {len(members)} training images of a class; "
+                "allowed: 0, or a fraction leaving >= 1 image of each class on each side"
+            )
+        val.append(members[:k])
+        fit.append(members[k:])
+    return torch.cat(fit).sort().values, torch.cat(val).sort().values
+
+
 class ClassificationTask:
     kind = "classification"
     metric = "test_accuracy"
-    objective = metric  # what a sweeper optimises (summary.json "objective")
 
-    def __init__(self, name: str, data_dir: str | Path, classes, hidden=(128, 64), download: bool = False):
+    def __init__(
+        self, name: str, data_dir: str | Path, classes, hidden=(128, 64), download: bool = False,
+        validation: float = 0.0, seed: int = 0,
+    ):  # fmt: skip
         self.name = name
         self.classes = tuple(int(c) for c in classes)
         self.widths = [784, *hidden, 2]
-        self.train = load_split(name, data_dir, True, self.classes, download)
+        train = load_split(name, data_dir, True, self.classes, download)
         self.test = load_split(name, data_dir, False, self.classes, download)
+        # validation: a stratified, seeded hold-out of the training images (never the test set),
+        # what settings are chosen on and what a sweeper optimises when it exists
+        self.val = None
+        if validation:
+            fit, val = stratified_holdout(train.y, validation, seed)
+            self.val = Split(train.x[val], train.y[val])
+            train = Split(train.x[fit], train.y[fit])
+        self.train = train
+        self.objective = "val_accuracy" if self.val is not None else self.metric
 
     def build_model(self) -> nn.Module:
         return mlp(self.widths)
@@ -111,12 +142,16 @@ class ClassificationTask:
 
     @torch.no_grad()
     def evaluate(self, forward) -> dict[str, float]:
-        """Test accuracy (fraction) and loss of `forward(x) -> logits`."""
-        logits = forward(self.test.x)
-        return {
-            "test_accuracy": (logits.argmax(1) == self.test.y).double().mean().item(),
-            "test_loss": self.loss(logits, self.test.y).item(),
-        }
+        """Accuracy (fraction) and loss of `forward(x) -> logits` on the test split and on the
+        validation split when one is held out; training accuracy too (over-fitting at a glance)."""
+        out = {}
+        for split_name, split in (("test", self.test), ("val", self.val)):
+            if split is not None:
+                logits = forward(split.x)
+                out[f"{split_name}_accuracy"] = (logits.argmax(1) == split.y).double().mean().item()
+                out[f"{split_name}_loss"] = self.loss(logits, split.y).item()
+        out["train_accuracy"] = (forward(self.train.x).argmax(1) == self.train.y).double().mean().item()
+        return out
 
     def figures(self, forward) -> dict:
         return {}  # the learning curve is in metrics.jsonl / wandb
