@@ -186,3 +186,36 @@ def test_every_tensor_of_a_step_is_on_the_configured_device(task, tmp_path):
             train_supervised(exp.task, exp.model, exp.generator, exp.optimizer, cfg.train, recorder)
     recorder.close()
     assert seen.seen == {device.type}
+
+
+def _readme_commands() -> list[str]:
+    """The `diffqas-run ...` commands of the README's code blocks (continuation lines joined)."""
+    text = (REPO / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```bash\n")[1:]]
+    commands = []
+    for block in blocks:
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split("  #", 1)[0].strip()
+            for part in line.split("&&"):
+                if part.strip().startswith("diffqas-run"):
+                    commands.append(part.strip())
+    return commands
+
+
+@pytest.mark.slow
+def test_the_readme_is_a_short_manual_whose_commands_compose(tmp_path):
+    """README.md stays under 15,000 characters, and every `diffqas-run` command in it composes as
+    written (`--cfg job`: nothing runs; placeholders such as PATH get a real value)."""
+    assert len((REPO / "README.md").read_text()) < 15_000
+    commands = _readme_commands()
+    assert len(commands) >= 8
+    mine = tmp_path / "my_configs" / "experiment"
+    mine.mkdir(parents=True)
+    (mine / "mine.yaml").write_text("# @package _global_\ndefaults:\n  - override /task: damped_shm\n")
+    for command in commands:
+        args = command.split()[1:]
+        args = [a.replace("=PATH", "=/tmp").replace("$USER", "me") for a in args if a != "-m"]
+        # a sweep composes job by job: its first job stands for it (--cfg and -m do not combine)
+        args = [a.split(",")[0] if "=" in a and "," in a and "[" not in a else a for a in args]
+        proc = _cli([*args, "--cfg", "job"], tmp_path)
+        assert proc.returncode == 0, (command, proc.stderr[-2000:])
