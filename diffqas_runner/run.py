@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import random
 import shutil
 import time
@@ -28,6 +27,7 @@ from .record import Recorder
 from .record.failures import FAILURE, clear_failure, write_failure
 from .record.lock import DirectoryInUse, lock_directory
 from .record.progress import Progress
+from .selection import retrain_top_k, select
 from .train import checkpoint
 from .train.checkpoint import (
     CHECKPOINT,
@@ -254,84 +254,6 @@ def _circuit_figure(cfg, generator: GeneratorSet):
     return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
 
 
-def _child_config(cfg, arch: int):
-    """The same experiment with one fixed candidate, for retraining after DiffQAS."""
-    sub = cfg.copy()
-    with open_dict(sub):
-        sub.search.mode = SearchMode.fixed.value
-        sub.search.arch = arch
-        sub.search.retrain_top_k = 0
-        sub.search.select = 0
-        sub.resume = None
-        sub.fresh = False
-        sub.logger.name = "none"  # the parent's wandb run gets the results in its summary
-    return sub
-
-
-def selection_metric(task) -> str:
-    """What the selection stage picks on: the validation metric, else the training one (never test)."""
-    main = "accuracy" if task.kind == TaskKind.classification.value else "mse"
-    return f"val_{main}" if getattr(task, "val", None) is not None else f"train_{main}"
-
-
-def _select(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
-    """Retrain the `search.select` best distinct angle-dependent groups alone (their lowest-numbered
-    member) in run_dir/select/arch_N, and name the architecture with the best selection metric.
-    DiffQAS's ensemble is a contender in the table too (`best_model`)."""
-    metric, test = selection_metric(exp.task), exp.task.metric
-    pick = max if tasks.higher_is_better(metric) else min
-    independent = set(summary["angle_independent"])
-    groups = [g for g in summary["ranking_groups"] if g[0] not in independent][: cfg.search.select]
-    rows = []
-    for group in groups:
-        arch = group[0]
-        log.info("selection: retraining candidate %d (%s) alone", arch, candidate(arch).name)
-        child = run(_child_config(cfg, arch), run_dir / "select" / f"arch_{arch}", interactive=False)
-        rows.append({
-            "arch": arch, "arch_name": candidate(arch).name, "group": group,
-            "structural_weight": summary["structural_weights"][arch - 1],
-            metric: child["metrics"].get(metric), test: child["metrics"].get(test),
-        })  # fmt: skip
-    rows.append({
-        "arch": None, "arch_name": "DiffQAS ensemble", "group": None, "structural_weight": None,
-        metric: summary["metrics"].get(metric), test: summary["metrics"].get(test),
-    })  # fmt: skip
-    scored = [r for r in rows if r[metric] is not None and math.isfinite(r[metric])]
-    best = pick((r for r in scored if r["arch"] is not None), key=lambda r: r[metric], default=None)
-    overall = pick(scored, key=lambda r: r[metric], default=None)
-    if best is not None:
-        shutil.copyfile(run_dir / "select" / f"arch_{best['arch']}" / "model.pt", run_dir / "selected_model.pt")
-    return {
-        "selected_arch": None if best is None else best["arch"],
-        "selected_name": None if best is None else best["arch_name"],
-        "selection": {
-            "metric": metric,
-            "candidates": rows,
-            "best_model": None if overall is None else ("diffqas" if overall["arch"] is None else overall["arch"]),
-        },
-    }
-
-
-def _retrain_top_k(cfg, run_dir: Path, summary: dict, metric: str) -> dict:
-    """Discretise: train the top-k ranked candidates alone (same config and seed) in run_dir/retrain/arch_N."""
-    up = tasks.higher_is_better(metric)
-    results = []
-    for arch in summary["ranking"][: cfg.search.retrain_top_k]:
-        log.info("retraining candidate %d (%s) alone", arch, candidate(arch).name)
-        child = run(_child_config(cfg, arch), run_dir / "retrain" / f"arch_{arch}", interactive=False)
-        results.append({"arch": arch, "arch_name": candidate(arch).name, "metrics": child["metrics"]})
-    values = [r["metrics"][metric] for r in results if r["metrics"].get(metric) is not None]
-    best = (max if up else min)(values) if values else None
-    own = summary["metrics"].get(metric)
-    return {
-        "metric": metric,
-        "candidates": results,
-        "best": best,
-        # discrete minus ensemble, signed so that > 0 means the discrete circuit is better
-        "gap": None if best is None or own is None else (best - own if up else own - best),
-    }
-
-
 def _generator_summary(g) -> dict:
     weights = g.structural_weights()
     return {
@@ -387,9 +309,9 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}
     if cfg.search.mode == SearchMode.diffqas and cfg.search.retrain_top_k:
-        summary["retrain"] = _retrain_top_k(cfg, run_dir, summary, exp.task.metric)
+        summary["retrain"] = retrain_top_k(run, cfg, run_dir, summary, exp.task.metric)
     if cfg.search.mode == SearchMode.diffqas and cfg.search.select:
-        summary.update(_select(cfg, exp, run_dir, summary))
+        summary.update(select(run, cfg, exp.task, run_dir, summary))
     recorder.write_summary(summary)
     return summary
 
