@@ -14,6 +14,7 @@ import io
 import json
 import math
 import statistics
+import sys
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,18 +62,40 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
         run = summary_path.parent
         if {"retrain", "select"} & set(run.relative_to(sweep_dir).parts):  # a DiffQAS run's own retraining: in its row
             continue
-        summary = json.loads(summary_path.read_text())
-        config_path = run / ".hydra" / "config.yaml"
-        if config_path.exists():
-            raw = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
-            raw["search"] = {**raw.get("search", {}), "mode": summary["search"], "arch": summary["arch"]}
-            config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(raw).items()}
-        else:  # a bare run directory: the summary's own fields identify it
-            config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}
-        metrics_path = run / "metrics.jsonl"
-        rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line] if metrics_path.exists() else []
-        jobs.append(Job(run, summary, config, rows))
+        try:
+            summary = json.loads(summary_path.read_text())
+            missing = [k for k in SUMMARY_KEYS if k not in summary]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+            config_path = run / ".hydra" / "config.yaml"
+            if config_path.exists():
+                raw = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
+                raw["search"] = {**raw.get("search", {}), "mode": summary["search"], "arch": summary["arch"]}
+                config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(raw).items()}
+            else:  # a bare run directory: the summary's own fields identify it
+                config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}
+        except Exception as err:  # a damaged file is named and skipped, never the end of the table
+            print(f"Warning: skipping {run}: unreadable summary.json or .hydra/config.yaml ({type(err).__name__}: {err})",
+                  file=sys.stderr)  # fmt: skip
+            continue
+        jobs.append(Job(run, summary, config, _metric_rows(run / "metrics.jsonl")))
     return jobs
+
+
+SUMMARY_KEYS = ("task", "search", "arch", "arch_name", "seed", "metrics", "qt_params", "wall_seconds")
+
+
+def _metric_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl; a line cut short (a killed run) or damaged is left out."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
 
 
 def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str]]:
@@ -267,9 +290,15 @@ def load_failures(sweep_dir: Path) -> list[Failure]:
     for job in failed_jobs(sweep_dir):
         if {"retrain", "select"} & set(job.relative_to(sweep_dir).parts):
             continue
-        overrides_path = job / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
-        out.append(Failure(job, [str(o) for o in overrides], json.loads((job / FAILURE).read_text())))
+        try:
+            overrides_path = job / ".hydra" / "overrides.yaml"
+            overrides = OmegaConf.to_container(OmegaConf.load(overrides_path)) if overrides_path.exists() else []
+            record = json.loads((job / FAILURE).read_text())
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+        except Exception as err:
+            record, overrides = {"error": "unreadable failure.json", "message": f"{type(err).__name__}: {err}"}, []
+        out.append(Failure(job, [str(o) for o in overrides], record))
     return out
 
 

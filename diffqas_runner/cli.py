@@ -20,6 +20,8 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError, register
 from .record.lock import DirectoryInUse, lock_directory
@@ -46,6 +48,9 @@ def _report(message: str) -> None:
 
 def _check_writable(key: str, path: str) -> None:
     """Exit with a clear message if `path` cannot be created or written (before Hydra tries)."""
+    if not str(path).strip():
+        print(f"Error: {key}={path!r} is empty; allowed: a directory path", file=sys.stderr)
+        sys.exit(2)
     target = Path(path).absolute()
     if any(len(part.encode()) > 255 for part in target.parts) or len(str(target).encode()) > 4000:
         print(f"Error: {key}={path!r} is too long for the filesystem; allowed: names up to 255 bytes", file=sys.stderr)
@@ -67,6 +72,9 @@ class OutputDirCheck(Callback):
             lock_directory(Path(path))
         except DirectoryInUse as err:
             print(f"Error: {key}={path!r}: {err}", file=sys.stderr)
+            sys.exit(2)
+        except OSError as err:  # e.g. a directory that cannot be created there (/proc, a read-only mount)
+            print(f"Error: {key}={path!r} cannot be created ({err.strerror}); allowed: a writable directory", file=sys.stderr)
             sys.exit(2)
 
     def on_run_start(self, config, **kwargs) -> None:
@@ -114,7 +122,8 @@ def default_threads(hc, cfg) -> int | None:
             threads = int(cpus)
         elif jobs > 1:
             threads = max(1, cores // jobs)
-    if threads is not None and threads * jobs > cores and hc.job.num in (0, None):
+    job_num = OmegaConf.select(hc, "job.num", default=None, throw_on_missing=False)
+    if threads is not None and threads * jobs > cores and job_num in (0, None):
         log.warning(
             "train.threads=%d x %d concurrent jobs > %d cores: the jobs will slow each other down; "
             "set train.threads=%d", threads, jobs, cores, max(1, cores // jobs),
@@ -146,7 +155,7 @@ def _main(cfg) -> float | None:
     except Interrupted as err:  # SIGTERM / SIGINT: checkpoint saved (if a step had run), exit as the signal would
         _report(f"Stopped: {err}")
         sys.exit(128 + err.signum)
-    except (ConfigError, DataError, NonFiniteLoss, DirectoryInUse) as err:
+    except (ConfigError, DataError, NonFiniteLoss, DirectoryInUse, OmegaConfBaseException) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         _report(f"Error: {err}")

@@ -7,7 +7,7 @@ Enum fields make a bad choice fail with OmegaConf's own message listing the allo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from typing import Any
 
@@ -298,8 +298,33 @@ WANDB_NAME_MAX = 128  # wandb refuses longer project, entity and group names
 WANDB_TAG_MAX = 64
 
 
+def _check_known_keys(node, prefix: str = "") -> None:
+    """Refuse keys the schema does not have (Hydra's `+key=value` can add them to a typed node)."""
+    schema = OmegaConf.get_type(node)
+    if schema is not None and is_dataclass(schema):
+        known = {f.name for f in fields(schema)}
+        for key in node:
+            if key not in known:
+                where = prefix.rstrip(".") or "the config"
+                raise ConfigError(f"{prefix}{key} is not a key of {where}; allowed: {', '.join(sorted(known))}")
+    for key in node:
+        child = node._get_node(key)
+        if OmegaConf.is_dict(child):
+            _check_known_keys(child, f"{prefix}{key}.")
+
+
 def validate(cfg) -> None:
     """Range and consistency checks that the schema's types cannot express, before any work."""
+    _check_known_keys(cfg)
+    schema = OmegaConf.get_type(cfg.task)
+    if schema in TASK_SCHEMAS.values():
+        allowed = next(kind for kind, s in TASK_SCHEMAS.items() if s is schema)
+        _check(
+            cfg.task.kind == allowed,
+            "task.kind",
+            choice(cfg.task.kind),
+            f"{allowed.value}, the task file's own (choose task=...)",
+        )
     _check(1 <= cfg.depth <= MAX_DEPTH, "depth", cfg.depth, f"an integer 1..{MAX_DEPTH}")
     _check(0 <= cfg.seed <= SEED_MAX, "seed", cfg.seed, f"an integer 0..{SEED_MAX}")
     _validate_search(cfg.search)
@@ -317,6 +342,8 @@ def _validate_search(search) -> None:
     else:
         _check(search.arch is None, "search.arch", search.arch, "null with search=diffqas (use search=fixed)")
     _check(0 <= search.retrain_top_k <= 12, "search.retrain_top_k", search.retrain_top_k, "0..12")
+    if search.retrain_top_k:
+        _check(search.mode == SearchMode.diffqas, "search.retrain_top_k", search.retrain_top_k, "0 with search=fixed")
     _check(0 <= search.select <= 12, "search.select", search.select, "0..12 (angle-dependent groups to retrain)")
     if search.select:
         _check(search.mode == SearchMode.diffqas, "search.select", search.select, "0 with search=fixed")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 import shutil
 import time
@@ -317,7 +318,9 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
 
 
 def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str | None = None):
-    if cfg.logger.name.value != "wandb" or cfg.logger.mode.value == "disabled":
+    # WANDB_MODE=disabled in the environment wins over the config (the tests and CI rely on it)
+    off = cfg.logger.mode.value == "disabled" or os.environ.get("WANDB_MODE") == "disabled"
+    if cfg.logger.name.value != "wandb" or off:
         return []
     from .record.wandb_sink import WandbSink
 
@@ -357,6 +360,7 @@ def preflight(config, run_dir: Path) -> None:
     task_config = config.copy()
     with open_dict(task_config):
         task_config.pop("hydra", None)
+    validate(task_config)
     if task_config.fresh:
         return
     fp = fingerprint(_plain(task_config), BOOKKEEPING_KEYS)
@@ -399,7 +403,12 @@ def run(
             checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, signals)
             resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
             prior_seconds = resumed.seconds if resumed else 0.0
-            recorder = Recorder(run_dir, _sinks(cfg, run_dir, group, name, meta["wandb_id"]), resume_step=resumed_step)
+            try:
+                with signals.immediate():  # wandb.init can wait long for a server: stay stoppable
+                    sinks = _sinks(cfg, run_dir, group, name, meta["wandb_id"])
+            except StopRequested as stop:
+                raise Interrupted(stop.signum, resumed_step or 0, None) from None
+            recorder = Recorder(run_dir, sinks, resume_step=resumed_step)
             meta["wandb_id"] = recorder.run_id()
             clear_failure(run_dir)
             trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
@@ -416,7 +425,8 @@ def run(
             raise
         except Exception as err:
             exit_code = 2 if isinstance(err, ConfigError | NonFiniteLoss) else 1
-            write_failure(run_dir, err, getattr(err, "step", step))
+            if not (run_dir / "summary.json").exists():  # never beside a finished run's summary
+                write_failure(run_dir, err, getattr(err, "step", step))
             raise
         finally:
             if recorder is not None:

@@ -100,6 +100,12 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["task=minigrid", "task.env_id=CartPole-v1"], "task.env_id"),
         (["task=minigrid", "task.env_id=MiniGrid-Nope-v0"], "MiniGrid-Nope-v0"),
         (["task=mnist", "task.hidden=[]"], "task.hidden"),
+        (["+foo=1"], "foo is not a key"),
+        (["+train.foo=1"], "train.foo is not a key"),
+        (["task.kind=rl"], "task.kind='rl'"),
+        (["task=bessel", "task.window=1000"], "task.window=1000"),
+        (["search=fixed", "search.arch=3", "search.retrain_top_k=2"], "search.retrain_top_k=2"),
+        (["search=fixed", "search.arch=3", "search.select=2"], "search.select=2"),
     ],
 )
 def test_bad_input_exits_nonzero_with_a_message_and_no_summary(tmp_path, overrides, needle):
@@ -128,6 +134,14 @@ def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
         proc = _run([*filter(None, [flag]), "debug=smoke", "logger=none", f"{key}={blocker / 'run'}"], tmp_path, timeout=120)
         assert proc.returncode == 2 and f"{key}=" in proc.stderr and "not a directory" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_more_threads_than_cores_warns_and_runs(tmp_path):
+    out = tmp_path / "a" / ".." / "run"  # a path through `..` is one directory, not two owners
+    proc = _run(["task=bessel", "debug=smoke", "logger=none", "depth=2", f"train.threads={os.cpu_count() + 1}",
+                 f"hydra.run.dir={out}"], tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "concurrent jobs >" in proc.stderr and json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
 
 
 def test_an_over_long_run_directory_name_is_one_line(tmp_path):

@@ -106,3 +106,32 @@ def test_optuna_preset_runs_and_reports_the_best_trial(tmp_path):
     best = OmegaConf.load(sweep / "optimization_results.yaml").best_value
     # the objective is the run's validation MSE, not its test MSE
     assert best == pytest.approx(min(m["val_mse"] for m in metrics), rel=1e-12)
+
+
+def test_aggregate_names_and_skips_damaged_files(tmp_path):
+    """A sweep with a damaged summary, a metrics line cut short by a kill and an unreadable failure
+    record still aggregates: the good job is a row, the damaged ones are named, nothing is traced."""
+    sweep = _sweep(tmp_path, [])
+    jobs = sorted(p.parent for p in sweep.glob("*/summary.json"))
+    (jobs[0] / "summary.json").write_text("{not json")
+    with (jobs[1] / "metrics.jsonl").open("a") as f:
+        f.write('{"step": 99, "test_ms')
+    failed = sweep / "9"
+    (failed / ".hydra").mkdir(parents=True)
+    (failed / "failure.json").write_text("[1, 2")
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "aggregate.py"), str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"skipping {jobs[0]}" in proc.stderr
+    text = (sweep / "results.md").read_text()
+    assert "## Failed jobs (1)" in text and "unreadable failure.json" in text
+
+
+def test_evaluate_refuses_bad_arguments_with_one_line(tmp_path):
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("task:\n  name: bessel\n  kind: timeseries\n")
+    (run / "model.pt").write_bytes(b"junk")
+    for args, needle in (([str(run)], "task=bessel run"), ([str(run), "--episodes", "0"], "--episodes=0"),
+                         ([str(tmp_path / "none")], "not found")):  # fmt: skip
+        proc = subprocess.run([sys.executable, "-m", "diffqas_runner.evaluate", *args], capture_output=True, text=True)
+        assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -21,7 +21,7 @@ class DirectoryInUse(RuntimeError):
 
 
 def lock_directory(directory: Path) -> None:
-    directory = Path(directory).absolute()
+    directory = Path(directory).resolve()
     if directory in _held:
         return
     directory.mkdir(parents=True, exist_ok=True)
@@ -40,4 +40,4 @@ def lock_directory(directory: Path) -> None:
 
 
 def holds_lock(directory: Path) -> bool:
-    return Path(directory).absolute() in _held
+    return Path(directory).resolve() in _held

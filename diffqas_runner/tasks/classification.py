@@ -56,6 +56,9 @@ def check_raw_files(root: Path, dataset: str, train: bool) -> None:
     """Name a truncated, damaged or mismatched raw file before torchvision reads it."""
     raw = root / DATASETS[dataset] / "raw"
     images, labels = (raw / name for name in RAW_FILES[train])
+    for path in (images, labels):
+        if path.exists() and not path.is_file():
+            raise DataError(f"{path} is not a file; expected torchvision's raw *-ubyte file there")
     if not images.is_file() or not labels.is_file():
         return  # torchvision reports the missing dataset
     n_images, rows, cols = _idx_dims(images, 3)
@@ -76,6 +79,8 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
     try:
         ds = cls(root=str(root), train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found ..."
+        if download:
+            raise DataError(f"data_dir={str(root)!r}: download=true failed ({str(err).splitlines()[0]})") from err
         raise DataError(
             f"data_dir={str(root)!r}: no {DATASETS[dataset]} data found there; expected "
             f"{root / DATASETS[dataset] / 'raw'}/{RAW_FILES[train][0]} and the other *-ubyte files in torchvision's "
@@ -85,8 +90,12 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
         raise DataError(f"data_dir={str(root)!r}: cannot read {DATASETS[dataset]} ({type(err).__name__}: {err})") from err
     targets = ds.targets
     keep = (targets == classes[0]) | (targets == classes[1])
-    if int(keep.sum()) == 0:
-        raise DataError(f"data_dir={str(root)!r}: the {'training' if train else 'test'} split has no images of classes {classes}")
+    for label in classes:
+        if not bool((targets == label).any()):
+            raise DataError(
+                f"data_dir={str(root)!r}: the {'training' if train else 'test'} split of {DATASETS[dataset]} has no image "
+                f"of class {label}; allowed: task.classes present in the data"
+            )
     x = ds.data[keep].reshape(int(keep.sum()), -1).float().div(255).sub(0.5).div(0.5)
     y = (targets[keep] == classes[1]).long()
     return Split(x, y)

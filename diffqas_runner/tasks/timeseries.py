@@ -115,7 +115,10 @@ class TimeSeriesTask:
         self.window = window
         self.series = SERIES[name](length)
         self.scaled = min_max(self.series.s)
-        x, y = windows(self.scaled, window)
+        try:
+            x, y = windows(self.scaled, window)
+        except ValueError as err:
+            raise ConfigError(f"task.window={window} is not allowed: {err}; allowed: up to {len(self.scaled) - 3}") from None
         self.n_train = int(len(y) * train_fraction)
         if not 1 <= self.n_train < len(y):
             raise ConfigError(

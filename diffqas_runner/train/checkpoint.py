@@ -67,8 +67,14 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load(path: str | Path) -> dict[str, Any]:
-    ckpt = torch.load(path, weights_only=True, map_location="cpu")
-    if not isinstance(ckpt, dict) or ckpt.get("version") != VERSION:
+    try:
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:  # torch's message runs to many lines (and suggests weights_only=False: never)
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0].split(". ")[0]
+        raise ValueError(f"{path} is not a readable checkpoint ({first})") from None
+    keys = {"version", "finished", "state", "loop", "rng", "meta"}
+    ok = isinstance(ckpt, dict) and ckpt.get("version") == VERSION and keys <= ckpt.keys()
+    if not ok or not isinstance(ckpt["meta"], dict) or "fingerprint" not in ckpt["meta"]:
         raise ValueError(f"{path} is not a diffqas-runner checkpoint (version {VERSION})")
     return ckpt
 
