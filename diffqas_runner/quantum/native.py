@@ -12,6 +12,8 @@ How it is fast (measured with scripts/bench_backends.py):
   is kept in a layout where the two blocks it applies sit at the ends of the index (one GEMM
   from the left, one from the right), one transpose exposes the other two, and the layout
   changes are folded into the CNOT gather, which is one precomputed index per layer.
+- Candidates that are IQP circuits (Rx without H: 7 and 10) use the closed form of
+  `closed_form` (two Walsh-Hadamard transforms, whatever the depth) instead of layers.
 - The first layer acts on a product state that every CNOT layer fixes (|0..0> or |+..+>),
   so its output is a Kronecker product of 2-vectors.
 Basis order everywhere outside this module: qubit 0 is the most significant bit.
@@ -25,6 +27,7 @@ from functools import lru_cache
 
 import torch
 
+from . import closed_form
 from .candidates import Candidate, Rotation, entangler_permutation
 
 # Wires per Kronecker block: 2**BLOCK-sized GEMMs balance flops against memory passes.
@@ -239,13 +242,16 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tens
         raise ValueError(f"theta dtype must be float32 or float64, got {theta.dtype}")
     n_layers, n = theta.shape
     rows: dict[int, torch.Tensor] = {}
-    groups: dict[Rotation, list[int]] = {}
+    groups: dict[Rotation | str, list[int]] = {}
     for i, cand in enumerate(cands):
         if cand.theta_independent:
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
+        elif closed_form.applies(cand, n):
+            groups.setdefault("closed_form", []).append(i)
         else:
             groups.setdefault(cand.rotation, []).append(i)
-    for members in groups.values():
-        probs = _simulate_group(theta, tuple(cands[i] for i in members))
+    for kind, members in groups.items():
+        simulate = closed_form.probabilities if kind == "closed_form" else _simulate_group
+        probs = simulate(theta, tuple(cands[i] for i in members))
         rows.update(zip(members, probs.unbind(0)))
     return torch.stack([rows[i] for i in range(len(cands))])

@@ -1,0 +1,103 @@
+"""The native simulator's fast paths against its own generic complex path and PennyLane.
+
+The fast paths (closed form for the IQP candidates, the real layer-by-layer batches) are
+checked against `native._simulate_any`, a plain complex simulation written independently of
+them, at sizes PennyLane's default.qubit cannot afford in a test, and on gradients too.
+"""
+
+import pytest
+import torch
+
+from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, native
+from diffqas_runner.quantum.candidates import Candidate, Entangler, Rotation
+
+
+def _theta(n, layers, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(layers, n, generator=gen, dtype=torch.float64) * 4 * torch.pi - 2 * torch.pi).to(dtype)
+
+
+def _reference(theta, cands):
+    return torch.stack([native._simulate_any(theta, c) for c in cands])
+
+
+def _value_and_grad(fn, theta, cands, coeffs):
+    theta = theta.clone().requires_grad_()
+    probs = fn(theta, cands)
+    (coeffs * probs).sum().backward()
+    return probs.detach(), theta.grad
+
+
+LEARNABLE = [c for c in CANDIDATES if not c.theta_independent]
+IQP = [candidate(7), candidate(10)]
+
+
+def test_closed_form_is_chosen_by_structure_not_by_number():
+    assert [c.number for c in CANDIDATES if closed_form.applies(c, 6)] == [7, 10]
+    # any no-H Rx candidate with a CNOT entangler qualifies, whatever it is called
+    assert closed_form.applies(Candidate(99, False, Entangler.CYC, Rotation.RX), 5)
+    assert not closed_form.applies(Candidate(99, True, Entangler.CYC, Rotation.RX), 5)
+    assert not closed_form.applies(Candidate(99, False, Entangler.ENT, Rotation.RY), 5)
+
+
+@pytest.mark.parametrize("entangler", list(Entangler))
+@pytest.mark.parametrize("n", [2, 3, 6, 9])
+def test_cnot_layer_is_linear_over_gf2_and_parity_rows_follow_it(entangler, n):
+    images = closed_form.linear_images(entangler, n)
+    assert images is not None and len(set(images.tolist())) == n
+    rows = closed_form.parity_rows(entangler, n, 4)
+    assert rows.shape == (4, n)
+    assert rows[-1].tolist() == [1 << (n - 1 - q) for q in range(n)]  # the last layer: the wire itself
+    perm = native.entangler_permutation(entangler, n)
+    forward = torch.argsort(perm)  # the classical CNOT layer x -> A x
+    torch.testing.assert_close(rows[:-1], forward[rows[1:]])  # one more application per layer back
+
+
+def test_walsh_hadamard_transform_matches_the_dense_matrix():
+    for n in (1, 2, 5, 7, 11):
+        x = torch.randn(3, 2**n, dtype=torch.float64)
+        bits = torch.arange(2**n)
+        parity = torch.zeros(2**n, 2**n, dtype=torch.int64)
+        for b in range(n):
+            parity ^= ((bits[:, None] & bits[None, :]) >> b) & 1
+        dense = (1 - 2 * parity).to(torch.float64)
+        torch.testing.assert_close(closed_form.wht(x), x @ dense, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n,layers", [(2, 1), (3, 5), (6, 2), (8, 7), (11, 3)])
+def test_closed_form_matches_layers_and_reference_with_gradients(n, layers):
+    theta = _theta(n, layers, seed=n + layers)
+    coeffs = torch.randn(len(IQP), 2**n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fast_p, fast_g = _value_and_grad(closed_form.probabilities, theta, IQP, coeffs)
+    layer_p, layer_g = _value_and_grad(native._simulate_group, theta, tuple(IQP), coeffs)
+    ref_p, ref_g = _value_and_grad(_reference, theta, IQP, coeffs)
+    assert fast_g.abs().max() > 1e-3
+    for p, g in ((layer_p, layer_g), (ref_p, ref_g)):
+        torch.testing.assert_close(fast_p, p, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fast_g, g, rtol=0, atol=1e-10)
+
+
+REFERENCE_SIZES = [(13, 2), (13, 9), (15, 4), (17, 2), (17, 15)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,layers", REFERENCE_SIZES)
+def test_fast_paths_match_the_generic_complex_path_at_13_to_17_qubits(n, layers):
+    theta = _theta(n, layers, seed=n * 7 + layers)
+    coeffs = torch.randn(len(LEARNABLE), 2**n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    fast_p, fast_g = _value_and_grad(native.probabilities, theta, LEARNABLE, coeffs)
+    ref_p, ref_g = _value_and_grad(_reference, theta, LEARNABLE, coeffs)
+    torch.testing.assert_close(fast_p, ref_p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast_g, ref_g, rtol=0, atol=1e-9)
+    # and the whole 12-candidate call, static rows included
+    every = native.probabilities(theta, CANDIDATES)
+    torch.testing.assert_close(every[[c.number - 1 for c in LEARNABLE]], ref_p, rtol=0, atol=1e-12)
+
+
+def test_a_basis_map_that_is_not_gf2_linear_gets_no_closed_form(monkeypatch):
+    n = 4
+    shuffled = torch.randperm(2**n, generator=torch.Generator().manual_seed(0))  # not linear: 0 moves
+    monkeypatch.setattr(closed_form, "entangler_permutation", lambda entangler, n: shuffled)
+    assert closed_form.linear_images.__wrapped__(Entangler.CYC, n) is None
+    monkeypatch.setattr(closed_form, "linear_images", closed_form.linear_images.__wrapped__)
+    assert not closed_form.applies(Candidate(99, False, Entangler.CYC, Rotation.RX), n)
