@@ -179,77 +179,6 @@ def _first_layer(cands: Sequence[Candidate], mats: torch.Tensor, is_rx: bool) ->
     return state.reshape(-1)
 
 
-def _layers(flat: torch.Tensor, blocks: Sequence[torch.Tensor], plan: _Plan) -> torch.Tensor:
-    """All layers after the first (CNOT gather, then rotation), without autograd bookkeeping."""
-    for layer in range(blocks[0].shape[0]):
-        idx, _, sign = plan.first_to_a if layer == 0 else plan.c_to_a
-        flat = flat.gather(0, idx)
-        if sign is not None:
-            flat = flat * sign
-        flat = _rotate(flat, [u[layer] for u in blocks], plan)
-    return flat
-
-
-class _AdjointLayers(torch.autograd.Function):
-    """The layers after the first, with a backward that un-computes instead of storing.
-
-    Every rotation block is real orthogonal (Ry, or the reflection R' of Rx rows) and every CNOT
-    layer a signed permutation, so the backward walks the layers in reverse, applying each
-    block's transpose to the state (recovering the block's input) and to the gradient together,
-    and reads each block's weight gradient off the pair. Only the final state is kept: the
-    memory of the backward no longer grows with the depth.
-    """
-
-    @staticmethod
-    def forward(ctx, flat, plan, *blocks):
-        final = _layers(flat, blocks, plan)
-        ctx.plan = plan
-        ctx.save_for_backward(final, *blocks)
-        return final
-
-    @staticmethod
-    def backward(ctx, grad):
-        final, *blocks = ctx.saved_tensors
-        plan = ctx.plan
-        state, grad = final, grad.contiguous()  # always in the same layout
-        grads = [torch.empty_like(b) for b in blocks]
-        four = len(plan.blocks) == 4
-        for layer in reversed(range(blocks[0].shape[0])):
-            u = [b[layer] for b in blocks]
-            if four:  # undo: state = (u2 @ s3.view(d2, -1)).view(-1, d1) @ u1.T, s3 = s2.view(-1, right).T
-                state, grad, grads[1][layer] = _undo_right(state, grad, u[1])
-                state, grad, grads[2][layer] = _undo_left(state, grad, u[2])
-                right = 2 ** (plan.blocks[2][1] + plan.blocks[3][1])
-                state = state.view(right, -1).T.contiguous()
-                grad = grad.view(right, -1).T.contiguous()
-            state, grad, grads[-1][layer] = _undo_right(state, grad, u[-1])
-            state, grad, grads[0][layer] = _undo_left(state, grad, u[0])
-            _, inverse, sign = plan.first_to_a if layer == 0 else plan.c_to_a
-            state, grad = state.view(-1), grad.view(-1)
-            if sign is not None:
-                state, grad = state * sign, grad * sign
-            state, grad = state.gather(0, inverse), grad.gather(0, inverse)
-        return grad, None, *grads
-
-
-def _undo_right(state, grad, u):
-    """Undo out = x.view(-1, d) @ u.T for the state and its gradient; also returns dL/du."""
-    d = u.shape[0]
-    before = torch.mm(state.view(-1, d), u)  # u orthogonal: x = out @ u
-    return before, torch.mm(grad.view(-1, d), u), torch.mm(grad.view(-1, d).T, before)
-
-
-def _undo_left(state, grad, u):
-    """Undo out = u @ x.view(d, -1) for the state and its gradient; also returns dL/du."""
-    d = u.shape[0]
-    before = torch.mm(u.T, state.view(d, -1))
-    return before, torch.mm(u.T, grad.view(d, -1)), torch.mm(grad.view(d, -1), before.T)
-
-
-# The adjoint backward (un-computing) instead of autograd storing every layer's states.
-ADJOINT = True
-
-
 def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
     """Probabilities (len(cands), 2**n) of candidates sharing one rotation kind (Rx or Ry)."""
     n_layers, n = theta.shape
@@ -258,17 +187,15 @@ def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.
     plan = _plan(cands, n, theta.dtype, str(theta.device))
     mats = _single_qubit(kind, theta)  # (L, n, 2, 2)
     flat = _first_layer(cands, mats[0], is_rx)
-    if n_layers > 1:
-        blocks = [_kron(mats[1:, a : a + w]) for a, w in plan.blocks]  # each (L-1, 2**w, 2**w)
-        if ADJOINT:
-            flat = _AdjointLayers.apply(flat, plan, *blocks)
-        else:
-            for layer in range(1, n_layers):
-                flat = _gather(flat, plan.first_to_a if layer == 1 else plan.c_to_a)
-                flat = _rotate(flat, [u[layer - 1] for u in blocks], plan)
+    blocks = [_kron(mats[1:, a : a + w]) for a, w in plan.blocks]  # each (L-1, 2**w, 2**w)
+    final_plan = None  # the state is still in the standard layout
+    for layer in range(1, n_layers):
+        flat = _gather(flat, plan.first_to_a if layer == 1 else plan.c_to_a)
+        flat = _rotate(flat, [u[layer - 1] for u in blocks], plan)
+        final_plan = plan.to_standard
     probs = flat.square()
-    if n_layers > 1:  # from the final layout back to the standard one
-        probs = _gather(probs, plan.to_standard)
+    if final_plan is not None:
+        probs = _gather(probs, final_plan)
     probs = probs.view(plan.rows, 2**n)
     if is_rx:
         probs = probs.view(len(cands), 2, 2**n).sum(1)
