@@ -8,8 +8,21 @@ them, at sizes PennyLane's default.qubit cannot afford in a test, and on gradien
 import pytest
 import torch
 
-from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, native
+from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, kernel, native, probabilities
 from diffqas_runner.quantum.candidates import Candidate, Entangler, Rotation
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def kernel_mode(request, monkeypatch):
+    """Run a test on the pure-torch layers and on the C++ kernel (skipped where it cannot build)."""
+    monkeypatch.setenv(kernel.ENV, request.param)
+    if request.param == "cpp":
+        monkeypatch.setenv(kernel.ENV, "auto")
+        if kernel.load() is None:
+            pytest.skip("the C++ kernel could not be built here (compiler or ninja missing)")
+    else:
+        assert kernel.load() is None
+    return request.param
 
 
 def _theta(n, layers, seed=0, dtype=torch.float64):
@@ -77,16 +90,19 @@ def test_closed_form_matches_layers_and_reference_with_gradients(n, layers):
         torch.testing.assert_close(fast_g, g, rtol=0, atol=1e-10)
 
 
+_REFERENCE_CACHE: dict = {}
 REFERENCE_SIZES = [(13, 2), (13, 9), (15, 4), (17, 2), (17, 15)]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("n,layers", REFERENCE_SIZES)
-def test_fast_paths_match_the_generic_complex_path_at_13_to_17_qubits(n, layers):
+def test_fast_paths_match_the_generic_complex_path_at_13_to_17_qubits(n, layers, kernel_mode):
     theta = _theta(n, layers, seed=n * 7 + layers)
     coeffs = torch.randn(len(LEARNABLE), 2**n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     fast_p, fast_g = _value_and_grad(native.probabilities, theta, LEARNABLE, coeffs)
-    ref_p, ref_g = _value_and_grad(_reference, theta, LEARNABLE, coeffs)
+    if (n, layers) not in _REFERENCE_CACHE:  # shared by the two kernel modes
+        _REFERENCE_CACHE[n, layers] = _value_and_grad(_reference, theta, LEARNABLE, coeffs)
+    ref_p, ref_g = _REFERENCE_CACHE[n, layers]
     torch.testing.assert_close(fast_p, ref_p, rtol=0, atol=1e-12)
     torch.testing.assert_close(fast_g, ref_g, rtol=0, atol=1e-9)
     # and the whole 12-candidate call, static rows included
@@ -127,3 +143,42 @@ def test_closed_form_float32_keeps_its_phases_accurate_at_depth():
     assert p32.dtype == torch.float32
     scale = p64.amax(1, keepdim=True)
     torch.testing.assert_close(p32.double() / scale, p64 / scale, rtol=0, atol=3e-6)
+
+
+@pytest.mark.parametrize("n,layers", [(2, 3), (5, 4), (9, 3)])
+def test_every_candidate_matches_pennylane_on_both_kernels(n, layers, kernel_mode):
+    theta = _theta(n, layers, seed=n + 100 * layers)
+    coeffs = torch.randn(12, 2**n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def run(backend):
+        return _value_and_grad(lambda t, c: probabilities(t, c, backend=backend), theta, CANDIDATES, coeffs)
+
+    (p, g), (ref_p, ref_g) = run("native"), run("pennylane")
+    torch.testing.assert_close(p, ref_p, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g, ref_g, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,layers", [(2, 2), (3, 4), (11, 3), (12, 2), (13, 3), (14, 5)])
+def test_cpp_kernel_matches_the_torch_layers(n, layers, dtype, monkeypatch):
+    monkeypatch.setenv(kernel.ENV, "auto")
+    if kernel.load() is None:
+        pytest.skip("the C++ kernel could not be built here (compiler or ninja missing)")
+    ry = tuple(c for c in CANDIDATES if c.rotation is Rotation.RY)
+    theta = _theta(n, layers, seed=n * layers, dtype=dtype)
+    coeffs = torch.randn(len(ry), 2**n, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    fast = _value_and_grad(native._simulate_group, theta, ry, coeffs)
+    monkeypatch.setenv(kernel.ENV, "torch")
+    slow = _value_and_grad(native._simulate_group, theta, ry, coeffs)
+    atol = (1e-12, 1e-10) if dtype == torch.float64 else (1e-6, 1e-4)
+    torch.testing.assert_close(fast[0], slow[0], rtol=0, atol=atol[0])
+    torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=atol[1])
+    assert fast[1].abs().max() > 1e-3
+
+
+def test_kernel_mode_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(kernel.ENV, "torch")
+    assert kernel.mode() == "torch" and kernel.load() is None
+    monkeypatch.setenv(kernel.ENV, "fortran")
+    with pytest.raises(ValueError, match=kernel.ENV):
+        kernel.mode()

@@ -14,6 +14,9 @@ How it is fast (measured with scripts/bench_backends.py):
   changes are folded into the CNOT gather, which is one precomputed index per layer.
 - Candidates that are IQP circuits (Rx without H: 7 and 10) use the closed form of
   `closed_form` (two Walsh-Hadamard transforms, whatever the depth) instead of layers.
+- On CPU, the Ry rows' layers after the first run in a fused C++ kernel with an adjoint
+  backward (`kernel`, built on first use; pure torch below is the fallback, forced with
+  DIFFQAS_NATIVE_KERNEL=torch).
 - The first layer acts on a product state that every CNOT layer fixes (|0..0> or |+..+>),
   so its output is a Kronecker product of 2-vectors.
 Basis order everywhere outside this module: qubit 0 is the most significant bit.
@@ -27,7 +30,7 @@ from functools import lru_cache
 
 import torch
 
-from . import closed_form
+from . import closed_form, kernel
 from .candidates import Candidate, Rotation, entangler_permutation
 
 # Wires per Kronecker block: 2**BLOCK-sized GEMMs balance flops against memory passes.
@@ -179,14 +182,23 @@ def _first_layer(cands: Sequence[Candidate], mats: torch.Tensor, is_rx: bool) ->
     return state.reshape(-1)
 
 
+@lru_cache(maxsize=32)
+def _permutations(cands: tuple[Candidate, ...], n: int) -> torch.Tensor:
+    """(rows, 2**n) int32: each row's CNOT layer as a gather index, for the C++ kernel."""
+    return torch.stack([entangler_permutation(c.entangler, n) for c in cands]).to(torch.int32)
+
+
 def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
     """Probabilities (len(cands), 2**n) of candidates sharing one rotation kind (Rx or Ry)."""
     n_layers, n = theta.shape
     kind = cands[0].rotation
     is_rx = kind is Rotation.RX
-    plan = _plan(cands, n, theta.dtype, str(theta.device))
     mats = _single_qubit(kind, theta)  # (L, n, 2, 2)
     flat = _first_layer(cands, mats[0], is_rx)
+    if not is_rx and n_layers > 1 and theta.device.type == "cpu" and kernel.load() is not None:
+        state = kernel.RyLayers.apply(flat.view(len(cands), 2**n), theta[1:], _permutations(cands, n))
+        return state.square()
+    plan = _plan(cands, n, theta.dtype, str(theta.device))
     blocks = [_kron(mats[1:, a : a + w]) for a, w in plan.blocks]  # each (L-1, 2**w, 2**w)
     final_plan = None  # the state is still in the standard layout
     for layer in range(1, n_layers):
