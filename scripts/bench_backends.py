@@ -10,7 +10,8 @@ ratios printed come from this one invocation.
         [--backends native,default.qubit,lightning.qubit] [--precision float64,float32]
         [--threads N] [--memory-mb MB]
 
-`--precision` applies to the native backend; the PennyLane backends always run in float64.
+`--precision` applies to the native backends; the PennyLane backends always run in float64.
+Backend native-torch is native with its C++ kernel switched off (the pure-torch fallback).
 "x native" is step_s over the native float64 step_s of the same size in this invocation.
 `--memory-mb` skips a size whose peak RSS, projected from the same backend's smaller sizes,
 exceeds it (and says so). Each row records the 1-minute load average when its subprocess started.
@@ -31,6 +32,8 @@ import sys
 import time
 
 BACKENDS = ("native", "default.qubit", "lightning.qubit")
+# native-torch: the native backend with its C++ kernel switched off (DIFFQAS_NATIVE_KERNEL=torch)
+NATIVE = ("native", "native-torch")
 PRECISIONS = ("float64", "float32")
 
 
@@ -45,10 +48,13 @@ def one_config(n: int, layers: int, backend: str, precision: str, repeats: int, 
 
     if threads:
         torch.set_num_threads(threads)
+    if backend == "native-torch":
+        os.environ["DIFFQAS_NATIVE_KERNEL"] = "torch"
     torch.manual_seed(0)
+    native = backend in NATIVE
     options = GeneratorOptions(
-        backend="native" if backend == "native" else "pennylane",
-        device="default.qubit" if backend == "native" else backend,
+        backend="native" if native else "pennylane",
+        device="default.qubit" if native else backend,
         tensor_scale="none",
         dtype=torch.float32 if precision == "float32" else torch.float64,
     )
@@ -66,10 +72,16 @@ def one_config(n: int, layers: int, backend: str, precision: str, repeats: int, 
             times.append(elapsed)
         if sum(times) > budget:
             break
+    kernel = None
+    if native:
+        from diffqas_runner.quantum import kernel as native_kernel
+
+        kernel = "cpp" if native_kernel.load() is not None else "torch"
     return {
         "n": n,
         "L": layers,
         "backend": backend,
+        "kernel": kernel,
         "precision": precision,
         "step_s": statistics.median(times),
         "min_s": min(times),
@@ -154,7 +166,7 @@ def main() -> None:
             parser.error(f"--precision {p!r}: allowed {', '.join(PRECISIONS)}")
     memory_mb = args.memory_mb if args.memory_mb is not None else _default_memory_mb()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    configs = [(b, p) for b in args.backends.split(",") for p in (precisions if b == "native" else ["float64"])]
+    configs = [(b, p) for b in args.backends.split(",") for p in (precisions if b in NATIVE else ["float64"])]
     info = machine()
     info["command"] = " ".join(["python", *sys.argv])
     print(f"# {info['cpu']}, {info['cores']} cores, {info['memory_mb']} MB, Python {info['python']}, {info['date']}")
@@ -183,7 +195,8 @@ def main() -> None:
                 native_s = row["step_s"]
             ratio = f"{row['step_s'] / native_s:9.2f}" if native_s else ""
             cells = f"{row['step_s']:>10.4f} {row['peak_mb']:>9.0f} {row['torch_threads']:>7} {row['load_1min']:>5.2f}"
-            print(f"{label} {cells} {ratio}", flush=True)
+            kernel = {"cpp": "  (C++ kernel)", "torch": "  (pure torch)"}.get(row["kernel"], "")
+            print(f"{label} {cells} {ratio}{kernel}", flush=True)
             if row["step_s"] * 2**3 > args.budget:  # the next size would be roughly 8x slower
                 too_slow.add((backend, precision))
             if args.json:  # rewritten after every row, so an interrupted run keeps what it measured
