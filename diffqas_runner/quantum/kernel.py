@@ -37,6 +37,7 @@ _SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 #include <ATen/Dispatch.h>
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -111,17 +112,22 @@ inline void unrotate_low(T* x, T* g, int bits, const T* c, const T* s, double* d
 }
 
 // High bits (positions LOW..n-1) on a tile of columns [col, col + width) of the
-// (2**high, 2**low) matrix view.
+// (2**high, 2**low) matrix view. The tile's rows sit 2**low apart, a power-of-two stride that
+// maps them all to the same cache sets, so the tile is copied to a contiguous buffer first.
 template <typename T>
 inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, const T* c, const T* s) {
   const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
+  thread_local std::vector<T> tile;
+  tile.resize(rows * width);
+  T* t = tile.data();
+  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
   for (int h = 0; h < high; ++h) {
     const int64_t st = int64_t(1) << h;
     const T cc = c[low + h], ss = s[low + h];
     for (int64_t base = 0; base < rows; base += 2 * st)
       for (int64_t r = base; r < base + st; ++r) {
-        T* lo = x + r * ld + col;
-        T* hi = x + (r + st) * ld + col;
+        T* lo = t + r * width;
+        T* hi = t + (r + st) * width;
 #pragma omp simd
         for (int64_t k = 0; k < width; ++k) {
           const T a = lo[k], d = hi[k];
@@ -130,20 +136,29 @@ inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, con
         }
       }
   }
+  for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
 }
 
 template <typename T>
 inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t width, const T* c, const T* s,
                           double* dots) {
   const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
+  thread_local std::vector<T> tiles;
+  tiles.resize(2 * rows * width);
+  T* t = tiles.data();
+  T* tg = t + rows * width;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
+    std::copy(g + r * ld + col, g + r * ld + col + width, tg + r * width);
+  }
   for (int h = 0; h < high; ++h) {
     const int64_t st = int64_t(1) << h;
     const T cc = c[low + h], ss = s[low + h];
     double dot = 0;
     for (int64_t base = 0; base < rows; base += 2 * st)
       for (int64_t r = base; r < base + st; ++r) {
-        T* lo = x + r * ld + col; T* hi = x + (r + st) * ld + col;
-        T* glo = g + r * ld + col; T* ghi = g + (r + st) * ld + col;
+        T* lo = t + r * width; T* hi = t + (r + st) * width;
+        T* glo = tg + r * width; T* ghi = tg + (r + st) * width;
         T acc = 0;
 #pragma omp simd reduction(+ : acc)
         for (int64_t k = 0; k < width; ++k) {
@@ -157,6 +172,10 @@ inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t wi
         dot += acc;
       }
     dots[low + h] += dot;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+    std::copy(tg + r * width, tg + (r + 1) * width, g + r * ld + col);
   }
 }
 
