@@ -3,14 +3,25 @@
 
 A step is what training does once per optimisation step: all 12 candidates with shared
 angles (forward and backward), the DiffQAS weighted sum, the Linear(n+1 -> 1) mapping.
-Each (n, L, backend) runs in a fresh subprocess so its peak RSS is its own.
+Each (n, L, backend, precision) runs in a fresh subprocess so its peak RSS is its own; all
+ratios printed come from this one invocation.
 
     python scripts/bench_backends.py [--sizes 8x10,12x10,14x15,17x15] [--json PATH]
+        [--backends native,default.qubit,lightning.qubit] [--precision float64,float32]
+        [--threads N] [--memory-mb MB]
+
+`--precision` applies to the native backends; the PennyLane backends always run in float64.
+Backend native-torch is native with its C++ kernel switched off (the pure-torch fallback).
+"x native" is step_s over the native float64 step_s of the same size in this invocation.
+`--memory-mb` skips a size whose peak RSS, projected from the same backend's smaller sizes,
+exceeds it (and says so). Each row records the 1-minute load average when its subprocess started.
+`--json PATH` writes the rows as a JSON list, each row carrying the machine it ran on.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
@@ -21,19 +32,34 @@ import sys
 import time
 
 BACKENDS = ("native", "default.qubit", "lightning.qubit")
+# native-torch: the native backend with its C++ kernel switched off (DIFFQAS_NATIVE_KERNEL=torch)
+NATIVE = ("native", "native-torch")
+PRECISIONS = ("float64", "float32")
 
 
-def one_config(n: int, layers: int, backend: str, repeats: int, budget: float) -> dict:
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def one_config(n: int, layers: int, backend: str, precision: str, repeats: int, budget: float, threads: int | None) -> dict:
     import torch
 
     from diffqas_runner.qt.generator import Generator, GeneratorOptions
 
+    if threads:
+        torch.set_num_threads(threads)
+    if backend == "native-torch":
+        os.environ["DIFFQAS_NATIVE_KERNEL"] = "torch"
     torch.manual_seed(0)
+    native = backend in NATIVE
     options = GeneratorOptions(
-        backend="native" if backend == "native" else "pennylane",
-        device="default.qubit" if backend == "native" else backend,
+        backend="native" if native else "pennylane",
+        device="default.qubit" if native else backend,
         tensor_scale="none",
+        dtype=torch.float32 if precision == "float32" else torch.float64,
     )
+    load = os.getloadavg()[0]
+    base_mb = _rss_mb()  # torch, the project and the backend's imports, before any simulation
     generator = Generator({"w": torch.Size([2**n])}, layers, options)
     coeffs = torch.randn(2**n)
     times = []
@@ -46,47 +72,138 @@ def one_config(n: int, layers: int, backend: str, repeats: int, budget: float) -
             times.append(elapsed)
         if sum(times) > budget:
             break
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"n": n, "L": layers, "backend": backend, "step_s": statistics.median(times), "peak_mb": peak_mb,
-            "repeats": len(times)}  # fmt: skip
+    kernel = None
+    if native:
+        from diffqas_runner.quantum import kernel as native_kernel
+
+        kernel = "cpp" if native_kernel.load() is not None else "torch"
+    return {
+        "n": n,
+        "L": layers,
+        "backend": backend,
+        "kernel": kernel,
+        "precision": precision,
+        "step_s": statistics.median(times),
+        "min_s": min(times),
+        "peak_mb": _rss_mb(),
+        "base_mb": base_mb,
+        "repeats": len(times),
+        "torch_threads": torch.get_num_threads(),
+        "load_1min": load,
+        "torch": torch.__version__,
+    }
+
+
+def machine() -> dict:
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        with open("/proc/meminfo") as f:
+            mem_mb = int(next(line.split()[1] for line in f if line.startswith("MemTotal"))) / 1024
+    except (OSError, StopIteration):
+        mem_mb = None
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_mb": round(mem_mb) if mem_mb else None,
+        "python": platform.python_version(),
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    }
+
+
+def _default_memory_mb() -> float:
+    total = machine()["memory_mb"]
+    return 0.8 * total if total else 16000
+
+
+def _project_mb(done: list[dict], n: int, layers: int) -> float | None:
+    """Peak RSS projected for (n, layers) from the same backend's previous sizes: the part above
+    the imports is fitted as a + b * 2**n * L through the last two sizes (the fixed part a
+    dominates small sizes, the state-proportional part b large ones), or scaled linearly
+    from a single size."""
+    if not done:
+        return None
+    work = [2 ** r["n"] * r["L"] for r in done[-2:]]
+    extra = [r["peak_mb"] - r["base_mb"] for r in done[-2:]]
+    target = 2**n * layers
+    if len(done) >= 2 and work[1] > work[0]:
+        slope = max(0.0, (extra[1] - extra[0]) / (work[1] - work[0]))
+        projected = max(extra[1], extra[1] + slope * (target - work[1]))
+    else:
+        projected = extra[-1] * max(1.0, target / work[-1])
+    return done[-1]["base_mb"] + projected
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="8x10,12x10,14x15,17x15")
     parser.add_argument("--backends", default=",".join(BACKENDS))
+    parser.add_argument("--precision", default="float64,float32", help="native precisions to time (comma list)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's default)")
     parser.add_argument("--budget", type=float, default=60.0, help="seconds per config; slower backends skip larger sizes")
-    parser.add_argument("--memory-mb", type=float, default=16000, help="projected peak RSS above which larger sizes are skipped")
+    parser.add_argument(
+        "--memory-mb",
+        type=float,
+        default=None,
+        help="skip a size whose peak RSS, projected from the backend's previous size, exceeds this (default: 80%% of RAM)",
+    )
     parser.add_argument("--json", help="write the rows as a JSON list to this path")
-    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: n,L,backend in a subprocess
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: n,L,backend,precision in a subprocess
     args = parser.parse_args()
     if args.one:
-        n, layers, backend = args.one.split(",")
-        print(json.dumps(one_config(int(n), int(layers), backend, args.repeats, args.budget)))
+        n, layers, backend, precision = args.one.split(",")
+        print(json.dumps(one_config(int(n), int(layers), backend, precision, args.repeats, args.budget, args.threads)))
         return
 
+    precisions = args.precision.split(",")
+    for p in precisions:
+        if p not in PRECISIONS:
+            parser.error(f"--precision {p!r}: allowed {', '.join(PRECISIONS)}")
+    memory_mb = args.memory_mb if args.memory_mb is not None else _default_memory_mb()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
-    rows, too_slow = [], set()
-    machine = platform.processor() or platform.machine()
-    print(f"# {machine}, {os.cpu_count()} cores, Python {platform.python_version()}")
-    print(f"{'n':>3} {'L':>3} {'backend':>16} {'step_s':>10} {'peak_mb':>9} {'x native':>9}")
+    configs = [(b, p) for b in args.backends.split(",") for p in (precisions if b in NATIVE else ["float64"])]
+    info = machine()
+    info["command"] = " ".join(["python", *sys.argv])
+    print(f"# {info['cpu']}, {info['cores']} cores, {info['memory_mb']} MB, Python {info['python']}, {info['date']}")
+    print(f"# torch threads: {args.threads or 'torch default'}; memory budget {memory_mb:.0f} MB; load {os.getloadavg()}")
+    head = ("n", 3), ("L", 3), ("backend", 16), ("precision", 9), ("step_s", 10), ("peak_mb", 9), ("threads", 7), ("load", 5)
+    print(" ".join(f"{name:>{width}}" for name, width in head), f"{'x native':>9}")
+    rows, too_slow, previous = [], set(), {}
     for n, layers in sizes:
         native_s = None
-        for backend in args.backends.split(","):
-            if backend in too_slow:
-                print(f"{n:>3} {layers:>3} {backend:>16}  skipped: a smaller size projects over the time or memory budget")
+        for backend, precision in configs:
+            label = f"{n:>3} {layers:>3} {backend:>16} {precision:>9}"
+            if (backend, precision) in too_slow:
+                print(f"{label}  skipped: a smaller size took over budget/8 = {args.budget / 8:.1f} s per step")
                 continue
-            cmd = [sys.executable, __file__, "--one", f"{n},{layers},{backend}", "--repeats", str(args.repeats),
-                   "--budget", str(args.budget)]  # fmt: skip
-            row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            projected = _project_mb(previous.get((backend, precision), []), n, layers)
+            if projected is not None and projected > memory_mb:
+                print(f"{label}  skipped: projected peak RSS {projected:.0f} MB > --memory-mb {memory_mb:.0f}")
+                continue
+            cmd = [sys.executable, __file__, "--one", f"{n},{layers},{backend},{precision}", "--repeats", str(args.repeats),
+                   "--budget", str(args.budget)] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+            out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+            row = {**json.loads(out.strip().splitlines()[-1]), **info}
             rows.append(row)
-            if backend == "native":
+            previous.setdefault((backend, precision), []).append(row)
+            if backend == "native" and precision == "float64":
                 native_s = row["step_s"]
-            ratio = f"{row['step_s'] / native_s:9.1f}" if native_s else ""
-            print(f"{n:>3} {layers:>3} {backend:>16} {row['step_s']:>10.4f} {row['peak_mb']:>9.0f} {ratio}", flush=True)
+            ratio = f"{row['step_s'] / native_s:9.2f}" if native_s else ""
+            cells = f"{row['step_s']:>10.4f} {row['peak_mb']:>9.0f} {row['torch_threads']:>7} {row['load_1min']:>5.2f}"
+            kernel = {"cpp": "  (C++ kernel)", "torch": "  (pure torch)"}.get(row["kernel"], "")
+            print(f"{label} {cells} {ratio}{kernel}", flush=True)
             if row["step_s"] * 2**3 > args.budget:  # the next size would be roughly 8x slower
-                too_slow.add(backend)
+                too_slow.add((backend, precision))
+            if args.json:  # rewritten after every row, so an interrupted run keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(rows, f, indent=1)
+    if args.json:
+        print(f"# wrote {len(rows)} rows to {args.json}")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,11 @@ How it is fast (measured with scripts/bench_backends.py):
   is kept in a layout where the two blocks it applies sit at the ends of the index (one GEMM
   from the left, one from the right), one transpose exposes the other two, and the layout
   changes are folded into the CNOT gather, which is one precomputed index per layer.
+- Candidates that are IQP circuits (Rx without H: 7 and 10) use the closed form of
+  `closed_form` (two Walsh-Hadamard transforms, whatever the depth) instead of layers.
+- On CPU, the Ry rows' layers after the first run in a fused C++ kernel with an adjoint
+  backward (`kernel`, built on first use; pure torch below is the fallback, forced with
+  DIFFQAS_NATIVE_KERNEL=torch).
 - The first layer acts on a product state that every CNOT layer fixes (|0..0> or |+..+>),
   so its output is a Kronecker product of 2-vectors.
 Basis order everywhere outside this module: qubit 0 is the most significant bit.
@@ -25,6 +30,7 @@ from functools import lru_cache
 
 import torch
 
+from . import closed_form, kernel
 from .candidates import Candidate, Rotation, entangler_permutation
 
 # Wires per Kronecker block: 2**BLOCK-sized GEMMs balance flops against memory passes.
@@ -176,14 +182,23 @@ def _first_layer(cands: Sequence[Candidate], mats: torch.Tensor, is_rx: bool) ->
     return state.reshape(-1)
 
 
+@lru_cache(maxsize=32)
+def _permutations(cands: tuple[Candidate, ...], n: int) -> torch.Tensor:
+    """(rows, 2**n) int32: each row's CNOT layer as a gather index, for the C++ kernel."""
+    return torch.stack([entangler_permutation(c.entangler, n) for c in cands]).to(torch.int32)
+
+
 def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
     """Probabilities (len(cands), 2**n) of candidates sharing one rotation kind (Rx or Ry)."""
     n_layers, n = theta.shape
     kind = cands[0].rotation
     is_rx = kind is Rotation.RX
-    plan = _plan(cands, n, theta.dtype, str(theta.device))
     mats = _single_qubit(kind, theta)  # (L, n, 2, 2)
     flat = _first_layer(cands, mats[0], is_rx)
+    if not is_rx and n_layers > 1 and theta.device.type == "cpu" and kernel.load() is not None:
+        state = kernel.RyLayers.apply(flat.view(len(cands), 2**n), theta[1:], _permutations(cands, n))
+        return state.square()
+    plan = _plan(cands, n, theta.dtype, str(theta.device))
     blocks = [_kron(mats[1:, a : a + w]) for a, w in plan.blocks]  # each (L-1, 2**w, 2**w)
     final_plan = None  # the state is still in the standard layout
     for layer in range(1, n_layers):
@@ -239,13 +254,16 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tens
         raise ValueError(f"theta dtype must be float32 or float64, got {theta.dtype}")
     n_layers, n = theta.shape
     rows: dict[int, torch.Tensor] = {}
-    groups: dict[Rotation, list[int]] = {}
+    groups: dict[Rotation | str, list[int]] = {}
     for i, cand in enumerate(cands):
         if cand.theta_independent:
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
+        elif closed_form.applies(cand, n):
+            groups.setdefault("closed_form", []).append(i)
         else:
             groups.setdefault(cand.rotation, []).append(i)
-    for members in groups.values():
-        probs = _simulate_group(theta, tuple(cands[i] for i in members))
+    for kind, members in groups.items():
+        simulate = closed_form.probabilities if kind == "closed_form" else _simulate_group
+        probs = simulate(theta, tuple(cands[i] for i in members))
         rows.update(zip(members, probs.unbind(0)))
     return torch.stack([rows[i] for i in range(len(cands))])

@@ -1,0 +1,184 @@
+"""The native simulator's fast paths against its own generic complex path and PennyLane.
+
+The fast paths (closed form for the IQP candidates, the real layer-by-layer batches) are
+checked against `native._simulate_any`, a plain complex simulation written independently of
+them, at sizes PennyLane's default.qubit cannot afford in a test, and on gradients too.
+"""
+
+import pytest
+import torch
+
+from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, kernel, native, probabilities
+from diffqas_runner.quantum.candidates import Candidate, Entangler, Rotation
+
+
+@pytest.fixture(params=["torch", "cpp"])
+def kernel_mode(request, monkeypatch):
+    """Run a test on the pure-torch layers and on the C++ kernel (skipped where it cannot build)."""
+    monkeypatch.setenv(kernel.ENV, request.param)
+    if request.param == "cpp":
+        monkeypatch.setenv(kernel.ENV, "auto")
+        if kernel.load() is None:
+            pytest.skip("the C++ kernel could not be built here (compiler or ninja missing)")
+    else:
+        assert kernel.load() is None
+    return request.param
+
+
+def _theta(n, layers, seed=0, dtype=torch.float64):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(layers, n, generator=gen, dtype=torch.float64) * 4 * torch.pi - 2 * torch.pi).to(dtype)
+
+
+def _reference(theta, cands):
+    return torch.stack([native._simulate_any(theta, c) for c in cands])
+
+
+def _value_and_grad(fn, theta, cands, coeffs):
+    theta = theta.clone().requires_grad_()
+    probs = fn(theta, cands)
+    (coeffs * probs).sum().backward()
+    return probs.detach(), theta.grad
+
+
+LEARNABLE = [c for c in CANDIDATES if not c.theta_independent]
+IQP = [candidate(7), candidate(10)]
+
+
+def test_closed_form_is_chosen_by_structure_not_by_number():
+    assert [c.number for c in CANDIDATES if closed_form.applies(c, 6)] == [7, 10]
+    # any no-H Rx candidate with a CNOT entangler qualifies, whatever it is called
+    assert closed_form.applies(Candidate(99, False, Entangler.CYC, Rotation.RX), 5)
+    assert not closed_form.applies(Candidate(99, True, Entangler.CYC, Rotation.RX), 5)
+    assert not closed_form.applies(Candidate(99, False, Entangler.ENT, Rotation.RY), 5)
+
+
+@pytest.mark.parametrize("entangler", list(Entangler))
+@pytest.mark.parametrize("n", [2, 3, 6, 9])
+def test_cnot_layer_is_linear_over_gf2_and_parity_rows_follow_it(entangler, n):
+    images = closed_form.linear_images(entangler, n)
+    assert images is not None and len(set(images.tolist())) == n
+    rows = closed_form.parity_rows(entangler, n, 4)
+    assert rows.shape == (4, n)
+    assert rows[-1].tolist() == [1 << (n - 1 - q) for q in range(n)]  # the last layer: the wire itself
+    perm = native.entangler_permutation(entangler, n)
+    forward = torch.argsort(perm)  # the classical CNOT layer x -> A x
+    torch.testing.assert_close(rows[:-1], forward[rows[1:]])  # one more application per layer back
+
+
+def test_walsh_hadamard_transform_matches_the_dense_matrix():
+    for n in (1, 2, 5, 7, 11):
+        x = torch.randn(3, 2**n, dtype=torch.float64)
+        bits = torch.arange(2**n)
+        parity = torch.zeros(2**n, 2**n, dtype=torch.int64)
+        for b in range(n):
+            parity ^= ((bits[:, None] & bits[None, :]) >> b) & 1
+        dense = (1 - 2 * parity).to(torch.float64)
+        torch.testing.assert_close(closed_form.wht(x), x @ dense, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("n,layers", [(2, 1), (3, 5), (6, 2), (8, 7), (11, 3)])
+def test_closed_form_matches_layers_and_reference_with_gradients(n, layers):
+    theta = _theta(n, layers, seed=n + layers)
+    coeffs = torch.randn(len(IQP), 2**n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    fast_p, fast_g = _value_and_grad(closed_form.probabilities, theta, IQP, coeffs)
+    layer_p, layer_g = _value_and_grad(native._simulate_group, theta, tuple(IQP), coeffs)
+    ref_p, ref_g = _value_and_grad(_reference, theta, IQP, coeffs)
+    assert fast_g.abs().max() > 1e-3
+    for p, g in ((layer_p, layer_g), (ref_p, ref_g)):
+        torch.testing.assert_close(fast_p, p, rtol=0, atol=1e-12)
+        torch.testing.assert_close(fast_g, g, rtol=0, atol=1e-10)
+
+
+_REFERENCE_CACHE: dict = {}
+REFERENCE_SIZES = [(13, 2), (13, 9), (15, 4), (17, 2), (17, 15)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("n,layers", REFERENCE_SIZES)
+def test_fast_paths_match_the_generic_complex_path_at_13_to_17_qubits(n, layers, kernel_mode):
+    theta = _theta(n, layers, seed=n * 7 + layers)
+    coeffs = torch.randn(len(LEARNABLE), 2**n, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    fast_p, fast_g = _value_and_grad(native.probabilities, theta, LEARNABLE, coeffs)
+    if (n, layers) not in _REFERENCE_CACHE:  # shared by the two kernel modes
+        _REFERENCE_CACHE[n, layers] = _value_and_grad(_reference, theta, LEARNABLE, coeffs)
+    ref_p, ref_g = _REFERENCE_CACHE[n, layers]
+    torch.testing.assert_close(fast_p, ref_p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(fast_g, ref_g, rtol=0, atol=1e-9)
+    # and the whole 12-candidate call, static rows included
+    every = native.probabilities(theta, CANDIDATES)
+    torch.testing.assert_close(every[[c.number - 1 for c in LEARNABLE]], ref_p, rtol=0, atol=1e-12)
+
+
+def test_a_basis_map_that_is_not_gf2_linear_gets_no_closed_form(monkeypatch):
+    n = 4
+    shuffled = torch.randperm(2**n, generator=torch.Generator().manual_seed(0))  # not linear: 0 moves
+    monkeypatch.setattr(closed_form, "entangler_permutation", lambda entangler, n: shuffled)
+    assert closed_form.linear_images.__wrapped__(Entangler.CYC, n) is None
+    monkeypatch.setattr(closed_form, "linear_images", closed_form.linear_images.__wrapped__)
+    assert not closed_form.applies(Candidate(99, False, Entangler.CYC, Rotation.RX), n)
+
+
+@pytest.mark.parametrize("n,layers", [(5, 3), (10, 4), (14, 15)])
+def test_float32_end_to_end_agrees_with_float64_values_and_gradients(n, layers):
+    theta = _theta(n, layers, seed=11)
+    coeffs = torch.randn(12, 2**n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    p64, g64 = _value_and_grad(native.probabilities, theta, CANDIDATES, coeffs)
+    p32, g32 = _value_and_grad(native.probabilities, theta.float(), CANDIDATES, coeffs.float())
+    assert p32.dtype == g32.dtype == torch.float32
+    # relative to each row's largest probability: at 14 qubits the entries themselves are ~1e-4.
+    # Measured ~1e-6; float32 phases in the closed form (instead of float64 ones) give ~1e-5.
+    scale = p64.abs().amax(1, keepdim=True)
+    torch.testing.assert_close(p32.double() / scale, p64 / scale, rtol=0, atol=5e-6)
+    torch.testing.assert_close(g32.double() / g64.abs().max(), g64 / g64.abs().max(), rtol=0, atol=1e-5)
+    torch.testing.assert_close(p32.sum(1), torch.ones(12), rtol=0, atol=1e-5)
+
+
+def test_closed_form_float32_keeps_its_phases_accurate_at_depth():
+    # The phases Phi reach sum |theta| (~1e3 rad here): they are built in float64, which keeps the
+    # float32 result at ~1.5e-6 of the largest probability; float32 phases measured ~6e-6.
+    theta = _theta(12, 60, seed=11)
+    p64 = closed_form.probabilities(theta, IQP)
+    p32 = closed_form.probabilities(theta.float(), IQP)
+    assert p32.dtype == torch.float32
+    scale = p64.amax(1, keepdim=True)
+    torch.testing.assert_close(p32.double() / scale, p64 / scale, rtol=0, atol=3e-6)
+
+
+@pytest.mark.parametrize("n,layers", [(2, 3), (5, 4), (9, 3)])
+def test_every_candidate_matches_pennylane_on_both_kernels(n, layers, kernel_mode):
+    theta = _theta(n, layers, seed=n + 100 * layers)
+    coeffs = torch.randn(12, 2**n, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+
+    def run(backend):
+        return _value_and_grad(lambda t, c: probabilities(t, c, backend=backend), theta, CANDIDATES, coeffs)
+
+    (p, g), (ref_p, ref_g) = run("native"), run("pennylane")
+    torch.testing.assert_close(p, ref_p, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g, ref_g, rtol=0, atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,layers", [(2, 2), (3, 4), (11, 3), (12, 2), (13, 3), (14, 5)])
+def test_cpp_kernel_matches_the_torch_layers(n, layers, dtype, monkeypatch):
+    monkeypatch.setenv(kernel.ENV, "auto")
+    if kernel.load() is None:
+        pytest.skip("the C++ kernel could not be built here (compiler or ninja missing)")
+    ry = tuple(c for c in CANDIDATES if c.rotation is Rotation.RY)
+    theta = _theta(n, layers, seed=n * layers, dtype=dtype)
+    coeffs = torch.randn(len(ry), 2**n, generator=torch.Generator().manual_seed(6), dtype=dtype)
+    fast = _value_and_grad(native._simulate_group, theta, ry, coeffs)
+    monkeypatch.setenv(kernel.ENV, "torch")
+    slow = _value_and_grad(native._simulate_group, theta, ry, coeffs)
+    atol = (1e-12, 1e-10) if dtype == torch.float64 else (1e-6, 1e-4)
+    torch.testing.assert_close(fast[0], slow[0], rtol=0, atol=atol[0])
+    torch.testing.assert_close(fast[1], slow[1], rtol=0, atol=atol[1])
+    assert fast[1].abs().max() > 1e-3
+
+
+def test_kernel_mode_comes_from_the_environment(monkeypatch):
+    monkeypatch.setenv(kernel.ENV, "torch")
+    assert kernel.mode() == "torch" and kernel.load() is None
+    monkeypatch.setenv(kernel.ENV, "fortran")
+    with pytest.raises(ValueError, match=kernel.ENV):
+        kernel.mode()
