@@ -340,10 +340,19 @@ def load():
             try:
                 # its import logs a warning about CUDA on CPU-only machines: not ours to show
                 logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+                from torch.utils import cpp_extension
                 from torch.utils.cpp_extension import load_inline
 
+                name = _build_name()  # source, CPU and torch version are in it: a built file is current
+                build_dir = cpp_extension._get_build_directory(name, verbose=False)
+                if os.path.isfile(os.path.join(build_dir, f"{name}.so")):  # skip ninja's ~1 s check
+                    try:
+                        _module = cpp_extension._import_module_from_library(name, build_dir, True)
+                        return _module
+                    except Exception:
+                        pass
                 _module = load_inline(
-                    name=_build_name(),
+                    name=name,
                     cpp_sources=_SOURCE,
                     functions=["forward", "backward"],
                     extra_cflags=["-O3", "-march=native", "-fopenmp"],
