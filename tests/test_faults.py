@@ -227,3 +227,23 @@ def test_sigterm_during_a_deep_first_step_from_the_command_line(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err
     assert time.monotonic() - sent < 5, err
+
+
+def test_the_recorder_hands_the_run_exit_code_to_its_sinks(tmp_path):
+    """wandb gets the real exit code (a run stopped by SIGTERM is 143 there, not 0)."""
+    seen = []
+
+    class Sink:
+        run_id = None
+
+        def log(self, row, step=None):
+            pass
+
+        def summary(self, summary):
+            pass
+
+        def close(self, exit_code=0):
+            seen.append(exit_code)
+
+    Recorder(tmp_path, [Sink()]).close(128 + signal.SIGTERM)
+    assert seen == [143]
