@@ -83,7 +83,7 @@ class OutputDirCheck(Callback):
 
         try:
             preflight(config, Path(config.hydra.run.dir))
-        except DirectoryConflict as err:
+        except (DirectoryConflict, ConfigError) as err:  # before Hydra writes .hydra/ into the directory
             print(f"Error: {err}", file=sys.stderr)
             sys.exit(2)
         except Exception:  # a value that does not even resolve: the run's own checks will name it
