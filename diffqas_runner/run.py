@@ -327,6 +327,12 @@ def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str 
     return [WandbSink(cfg.logger, run_dir, _plain(cfg), group, name, run_id)]
 
 
+# Without train.threads, generators up to this many qubits run on one thread: measured on the idle
+# 2-core machine, Bessel (11 qubits) 9.4 s with 1 thread against 9.8 s with 2, MNIST (17) 56 s
+# against 37 s. The boundary between 11 and 17 is not measured; MiniGrid (13) takes one thread.
+ONE_THREAD_QUBITS = 13
+
+
 class FinishedRun(DirectoryConflict):
     """The run directory holds a finished run that this command would overwrite."""
 
@@ -394,6 +400,8 @@ def run(
                     exp = build(cfg)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, 0, None) from None
+            if not cfg.train.threads and exp.generator.n_qubits <= ONE_THREAD_QUBITS:
+                torch.set_num_threads(1)  # measured faster for small generators (docs/benchmarks.md)
             meta = {"fingerprint": fingerprint(_plain(cfg), BOOKKEEPING_KEYS), "wandb_id": None}
             ckpt = find_checkpoint(cfg, run_dir, meta["fingerprint"])
             done = _guard_finished(cfg, run_dir, ckpt)

@@ -244,6 +244,7 @@ def test_timeseries_smoke_run(tmp_path, task):
     assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"], summary["depth"]) == (11, 1781, 134, 10)
     assert summary["qt_params_paper"] == 135
     assert summary["steps"] == 3 and 0 < summary["metrics"]["test_mse"] < 4  # scaled to [-1, 1]
+    assert summary["torch_threads"] == 1  # the default for a generator of 11 qubits
     assert (out / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task
     assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.train.epochs) == ("rmsprop", 0.01, 10, 100)

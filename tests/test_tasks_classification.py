@@ -27,6 +27,7 @@ def test_missing_data_names_the_path(tmp_path):
 
 def test_evaluate_reports_accuracy_as_a_fraction(data_dir):
     task = ClassificationTask("mnist", data_dir, (1, 5))
+
     def oracle(x):  # the right answer for whichever split is asked
         split = task.test if x is task.test.x else task.train
         return torch.nn.functional.one_hot(split.y, 2).float()
