@@ -328,6 +328,8 @@ def validate(cfg) -> None:
     _check(1 <= cfg.depth <= MAX_DEPTH, "depth", cfg.depth, f"an integer 1..{MAX_DEPTH}")
     _check(0 <= cfg.seed <= SEED_MAX, "seed", cfg.seed, f"an integer 0..{SEED_MAX}")
     _validate_search(cfg.search)
+    if cfg.search.select:
+        _check(cfg.task.kind != TaskKind.rl, "search.select", cfg.search.select, "0 for RL (no validation split to pick on)")
     _validate_task(cfg)
     _validate_train(cfg)
     _validate_qt(cfg.qt)

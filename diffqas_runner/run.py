@@ -26,7 +26,7 @@ from .quantum import candidate
 from .quantum.draw import draw_candidate
 from .record import Recorder
 from .record.failures import FAILURE, clear_failure, write_failure
-from .record.lock import DirectoryInUse, lock_directory
+from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 from .record.progress import Progress
 from .selection import retrain_top_k, select
 from .train import checkpoint
@@ -331,6 +331,7 @@ def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str 
 # 2-core machine, Bessel (11 qubits) 9.4 s with 1 thread against 9.8 s with 2, MNIST (17) 56 s
 # against 37 s. The boundary between 11 and 17 is not measured; MiniGrid (13) takes one thread.
 ONE_THREAD_QUBITS = 13
+DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, restored for every run
 
 
 class FinishedRun(DirectoryConflict):
@@ -382,7 +383,7 @@ def run(
     A failure after that leaves failure.json; SIGTERM/SIGINT raise Interrupted after a checkpoint.
     """
     run_dir = Path(run_dir)
-    lock_directory(run_dir)
+    acquired = lock_directory(run_dir)
     started = time.perf_counter()
     signals = StopSignals()
     exit_code, step = 1, None
@@ -392,8 +393,7 @@ def run(
             validate(cfg)
             if cfg.fresh:
                 _start_fresh(run_dir)
-            if cfg.train.threads:
-                torch.set_num_threads(cfg.train.threads)
+            torch.set_num_threads(cfg.train.threads or DEFAULT_THREADS)  # never a previous run's setting
             seed_everything(cfg.seed)
             try:
                 with signals.immediate():
@@ -421,7 +421,11 @@ def run(
             clear_failure(run_dir)
             trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
             seconds = time.perf_counter() - started + prior_seconds
-            summary = write(cfg, exp, trained, recorder, run_dir, seconds, resumed_step)
+            try:
+                with signals.immediate():  # files are written atomically: a rerun writes them again
+                    summary = write(cfg, exp, trained, recorder, run_dir, seconds, resumed_step)
+            except StopRequested as stop:
+                raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
             log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])
             exit_code = 0
             return summary
@@ -439,3 +443,5 @@ def run(
         finally:
             if recorder is not None:
                 recorder.close(exit_code)
+            if acquired:  # a lock taken here (not by the CLI's callback) ends with the run
+                unlock_directory(run_dir)

@@ -20,10 +20,11 @@ class DirectoryInUse(RuntimeError):
     pass
 
 
-def lock_directory(directory: Path) -> None:
+def lock_directory(directory: Path) -> bool:
+    """Lock `directory` for this process; True if this call took the lock (False: already held)."""
     directory = Path(directory).resolve()
     if directory in _held:
-        return
+        return False
     directory.mkdir(parents=True, exist_ok=True)
     fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -37,6 +38,13 @@ def lock_directory(directory: Path) -> None:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     _held[directory] = fd
+    return True
+
+
+def unlock_directory(directory: Path) -> None:
+    fd = _held.pop(Path(directory).resolve(), None)
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
 
 
 def holds_lock(directory: Path) -> bool:

@@ -19,7 +19,7 @@ from torch.func import functional_call
 
 from ..tasks.minigrid import make_vector_env
 from .checkpoint import StopRequested
-from .supervised import NonFiniteLoss, check_gradients
+from .supervised import NonFiniteLoss, check_gradients, check_parameters
 
 
 @dataclass
@@ -163,6 +163,7 @@ def train_a2c(
                 s.env_steps = env_steps_before
                 raise checkpointer.stopped(stop, s.update, snapshot) from None
             optimizer.step()
+            check_parameters(generator, f"update {s.update + 1}", step=s.update + 1)
             s.update += 1
             since_log["policy"].append(policy_loss.item())
             since_log["value"].append(value_loss.item())

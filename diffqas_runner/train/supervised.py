@@ -28,6 +28,15 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+def check_parameters(module: torch.nn.Module, where: str, step: int | None = None) -> None:
+    """After the optimiser step: raise NonFiniteLoss before a non-finite parameter can be saved."""
+    for name, p in module.named_parameters():
+        if not torch.isfinite(p).all():
+            raise NonFiniteLoss(
+                f"parameter {name} became non-finite in the optimiser step at {where}; the last checkpoint is kept", step=step
+            )
+
+
 def check_gradients(module: torch.nn.Module, where: str) -> None:
     """Raise NonFiniteLoss if any parameter or its gradient is not finite (checked before the optimiser step)."""
     for name, p in module.named_parameters():
@@ -114,6 +123,7 @@ def train_supervised(
         except StopRequested as stop:
             raise checkpointer.stopped(stop, s.step, snapshot) from None
         optimizer.step()
+        check_parameters(generator, f"step {s.step + 1} (epoch {s.epoch})", step=s.step + 1)
         if scheduler is not None:
             scheduler.step()
         s.step += 1
