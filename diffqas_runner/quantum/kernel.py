@@ -76,25 +76,29 @@ inline void rotate_low(T* x, int bits, const T* c, const T* s) {
   }
 }
 
+// Un-rotate n amplitude pairs (lo[k], hi[k]) and their gradients (glo[k], ghi[k]) by one angle;
+// returns this span's share of the angle's gradient, sum_k ghi[k] lo[k] - glo[k] hi[k].
+template <typename T>
+inline T unrotate_span(T* lo, T* hi, T* glo, T* ghi, int64_t n, T cc, T ss) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < n; ++k) {
+    const T a = lo[k], d = hi[k], ga = glo[k], gd = ghi[k];
+    acc += gd * a - ga * d;
+    lo[k] = cc * a + ss * d;
+    hi[k] = cc * d - ss * a;
+    glo[k] = cc * ga + ss * gd;
+    ghi[k] = cc * gd - ss * ga;
+  }
+  return acc;
+}
+
 template <typename T, int ST>
 inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) {
-  const int64_t st = ST > 0 ? ST : st_rt;
+  const int64_t st = ST > 0 ? ST : st_rt;  // a compile-time stride for the smallest bits
   double dot = 0;
-  for (int64_t base = 0; base < size; base += 2 * st) {
-    T* lo = x + base; T* hi = lo + st;
-    T* glo = g + base; T* ghi = glo + st;
-    T acc = 0;
-#pragma omp simd reduction(+ : acc)
-    for (int64_t k = 0; k < st; ++k) {
-      const T a = lo[k], d = hi[k], ga = glo[k], gd = ghi[k];
-      acc += gd * a - ga * d;
-      lo[k] = cc * a + ss * d;
-      hi[k] = cc * d - ss * a;
-      glo[k] = cc * ga + ss * gd;
-      ghi[k] = cc * gd - ss * ga;
-    }
-    dot += acc;
-  }
+  for (int64_t base = 0; base < size; base += 2 * st)
+    dot += unrotate_span(x + base, x + base + st, g + base, g + base + st, st, cc, ss);
   return dot;
 }
 
@@ -156,21 +160,8 @@ inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t wi
     const T cc = c[low + h], ss = s[low + h];
     double dot = 0;
     for (int64_t base = 0; base < rows; base += 2 * st)
-      for (int64_t r = base; r < base + st; ++r) {
-        T* lo = t + r * width; T* hi = t + (r + st) * width;
-        T* glo = tg + r * width; T* ghi = tg + (r + st) * width;
-        T acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t k = 0; k < width; ++k) {
-          const T a = lo[k], d = hi[k], ga = glo[k], gd = ghi[k];
-          acc += gd * a - ga * d;
-          lo[k] = cc * a + ss * d;
-          hi[k] = cc * d - ss * a;
-          glo[k] = cc * ga + ss * gd;
-          ghi[k] = cc * gd - ss * ga;
-        }
-        dot += acc;
-      }
+      for (int64_t r = base; r < base + st; ++r)
+        dot += unrotate_span(t + r * width, t + (r + st) * width, tg + r * width, tg + (r + st) * width, width, cc, ss);
     dots[low + h] += dot;
   }
   for (int64_t r = 0; r < rows; ++r) {
