@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, env
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
@@ -38,15 +39,7 @@ def test_every_option_composes(group, option):
 
 
 def _run(args, cwd, timeout=300, wandb_mode="disabled"):
-    env = {**os.environ, "WANDB_MODE": wandb_mode, "HYDRA_FULL_ERROR": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "diffqas_runner", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return cli(args, cwd, env(WANDB_MODE=wandb_mode), timeout)
 
 
 @pytest.mark.parametrize(

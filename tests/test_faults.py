@@ -4,14 +4,14 @@ directory, MiniGrid checkpoints, signals inside long steps, non-finite gradients
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli
+from helpers import popen as _popen
+from helpers import wait_for as _wait_for
 from omegaconf import OmegaConf
 
 from diffqas_runner.aggregate import aggregate
@@ -25,26 +25,8 @@ from diffqas_runner.train.supervised import NonFiniteLoss, train_supervised
 DIVERGE = "train.lr=1e300"  # RMSprop's first step with this lr makes every weight infinite
 
 
-def _env():
-    return {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-
-
 def _cli(args, cwd, timeout=600):
-    cmd = [sys.executable, "-m", "diffqas_runner", *args]
-    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout)
-
-
-def _popen(args, cwd):
-    cmd = [sys.executable, "-m", "diffqas_runner", *args]
-    return subprocess.Popen(cmd, cwd=cwd, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def _wait_for(path: Path, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
+    return cli(args, cwd, timeout=timeout)
 
 
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])

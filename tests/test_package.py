@@ -1,7 +1,6 @@
 """The package outside the checkout: a built wheel, user configs, --help, device placement, progress lines."""
 
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -9,24 +8,17 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import cli, env
 from torch.utils._python_dispatch import TorchDispatchMode
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _env(**extra):
-    return {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **extra}
+_env = env
 
 
-def _cli(args, cwd, env=None, timeout=300):
-    return subprocess.run(
-        [sys.executable, "-m", "diffqas_runner", *args],
-        cwd=cwd,
-        env=env or _env(),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+def _cli(args, cwd, environ=None, timeout=300):
+    return cli(args, cwd, environ, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -1,16 +1,15 @@
 """Reliability: kill-and-resume equivalence, SIGTERM, determinism, the NaN guard, wandb fallback."""
 
 import json
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import env, wait_for
 
 from diffqas_runner.qt import Generator
 from diffqas_runner.record import Recorder
@@ -43,16 +42,8 @@ def _final(out):
     return {k: summary[k] for k in ("metrics", "structural_weights", "ranking", "steps")}
 
 
-def _wait_for(path: Path, proc, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
-def _env():
-    return {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+_env = env
+_wait_for = wait_for
 
 
 @pytest.mark.parametrize("kind", ["timeseries", pytest.param("classification", marks=pytest.mark.slow)])

@@ -2,12 +2,10 @@
 the selection stage."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from helpers import cli
 
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
@@ -64,9 +62,7 @@ def test_classification_validation_is_a_stratified_seeded_holdout_of_the_trainin
 
 
 def _cli(args, cwd):
-    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
-    cmd = [sys.executable, "-m", "diffqas_runner", *args]
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    return cli(args, cwd)
 
 
 def test_mnist_with_validation_logs_and_optimises_val_accuracy(tmp_path, data_dir):

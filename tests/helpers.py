@@ -1,0 +1,33 @@
+"""What the end-to-end tests share: the CLI as a subprocess, its environment, waiting for a file."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLI = [sys.executable, "-m", "diffqas_runner"]
+
+
+def env(**extra) -> dict:
+    """This process's environment with wandb off and Hydra's short error messages (override with extra)."""
+    return {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0", **extra}
+
+
+def cli(args, cwd, environ=None, timeout=600) -> subprocess.CompletedProcess:
+    """`diffqas-run *args` in cwd, to the end, output captured as text."""
+    return subprocess.run([*CLI, *args], cwd=cwd, env=environ or env(), capture_output=True, text=True, timeout=timeout)
+
+
+def popen(args, cwd) -> subprocess.Popen:
+    """`diffqas-run *args` started in the background, output captured as text."""
+    return subprocess.Popen([*CLI, *args], cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(path: Path, proc, timeout=120) -> None:
+    """Until `path` exists; fails if `proc` ends first or the time runs out."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
