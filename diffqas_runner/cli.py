@@ -38,12 +38,13 @@ class JobFailed(RuntimeError):
     """A multirun job failed; its directory holds failure.json. Raised so the launcher records it."""
 
 
-def _report(message: str) -> None:
-    """One line on stderr, and the same line in the run's log file (when logging is set up)."""
+def _report(message: str, detail: str | None = None) -> None:
+    """One line on stderr, and the same line (plus `detail`, e.g. a traceback) in the run's log file."""
     print(message, file=sys.stderr, flush=True)
+    text = message if detail is None else f"{message}\n{detail}"
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
-            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, message, None, None))
+            handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, text, None, None))
 
 
 def _check_writable(key: str, path: str) -> None:
@@ -97,14 +98,18 @@ class OutputDirCheck(Callback):
 _SWEEP: dict[str, str] = {}
 
 
+def _cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def concurrent_jobs(hc) -> tuple[int, int | None]:
     """(jobs running at once on this machine, cpus given to each job or None) under the launcher in use."""
     launcher = hc.launcher or {}
     target = str(launcher.get("_target_", ""))
-    cores = os.cpu_count() or 1
     if "joblib" in target.lower():
         n = launcher.get("n_jobs", -1) or 1
-        return (cores + 1 + n if n < 0 else n), None
+        return (_cores() + 1 + n if n < 0 else n), None  # joblib's n_jobs=-1 is every core
     if "submitit" in target.lower():
         return 1, launcher.get("cpus_per_task")
     return 1, None
@@ -115,7 +120,7 @@ def default_threads(hc, cfg) -> int | None:
     cpus a submitit job was given, else None (torch's default). Warns once when threads x jobs
     exceed the cores this process can see (each job would then slow the others down)."""
     jobs, cpus = concurrent_jobs(hc) if hc.mode == RunMode.MULTIRUN else (1, None)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = _cores()
     threads = cfg.train.threads
     if threads is None:
         if cpus:
@@ -155,24 +160,19 @@ def _main(cfg) -> float | None:
     except Interrupted as err:  # SIGTERM / SIGINT: checkpoint saved (if a step had run), exit as the signal would
         _report(f"Stopped: {err}")
         sys.exit(128 + err.signum)
-    except (ConfigError, DataError, NonFiniteLoss, DirectoryInUse, OmegaConfBaseException) as err:
+    except Exception as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        _report(f"Error: {err}")
-        if multirun:
-            raise JobFailed(f"job {hc.job.num} ({run_dir}): {err}") from None
-        sys.exit(2)
-    except Exception as err:  # a bug or an environment problem: one line here, the traceback in cli.log
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        for handler in logging.getLogger().handlers:
-            if isinstance(handler, logging.FileHandler):
-                handler.stream.write(traceback.format_exc())
-                handler.flush()
-        _report(f"Error: unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})")
-        if multirun:
-            raise JobFailed(f"job {hc.job.num} ({run_dir}): {type(err).__name__}: {err}") from None
-        sys.exit(1)
+        named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException)
+        if named:  # bad input, missing data, a diverged run: the message says it all
+            message, detail, code = str(err), None, 2
+        else:  # a bug or an environment problem: one line here, the traceback in cli.log
+            message = f"unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})"
+            detail, code = traceback.format_exc(), 1
+        _report(f"Error: {message}", detail)
+        if multirun:  # an ordinary exception: the launcher records a failed job, the others run on
+            raise JobFailed(f"job {hc.job.num} ({run_dir}): {message}") from None
+        sys.exit(code)
     # the value a sweeper optimises: the task's objective (its validation metric when a split is held out)
     return summary["metrics"].get(summary["objective"])
 

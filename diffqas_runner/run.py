@@ -368,10 +368,16 @@ def preflight(config, run_dir: Path) -> None:
     with open_dict(task_config):
         task_config.pop("hydra", None)
     validate(task_config)
-    if task_config.fresh:
-        return
-    fp = fingerprint(_plain(task_config), BOOKKEEPING_KEYS)
-    _guard_finished(task_config, run_dir, find_checkpoint(task_config, run_dir, fp))
+    if not task_config.fresh:
+        _inspect_dir(task_config, run_dir)
+
+
+def _inspect_dir(cfg, run_dir: Path) -> tuple[str, dict | None, dict | None]:
+    """(the config's fingerprint, the checkpoint to resume or None, the summary of this very run if
+    it already finished there, else None); raises DirectoryConflict for another run's results."""
+    fp = fingerprint(_plain(cfg), BOOKKEEPING_KEYS)
+    ckpt = find_checkpoint(cfg, run_dir, fp)
+    return fp, ckpt, _guard_finished(cfg, run_dir, ckpt)
 
 
 def run(
@@ -386,25 +392,24 @@ def run(
     acquired = lock_directory(run_dir)
     started = time.perf_counter()
     signals = StopSignals()
-    exit_code, step = 1, None
+    exit_code = 1
     recorder = None
     with signals:
         try:
             validate(cfg)
             if cfg.fresh:
                 _start_fresh(run_dir)
-            torch.set_num_threads(cfg.train.threads or DEFAULT_THREADS)  # never a previous run's setting
             seed_everything(cfg.seed)
             try:
                 with signals.immediate():
                     exp = build(cfg)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, 0, None) from None
-            if not cfg.train.threads and exp.generator.n_qubits <= ONE_THREAD_QUBITS:
-                torch.set_num_threads(1)  # measured faster for small generators (docs/benchmarks.md)
-            meta = {"fingerprint": fingerprint(_plain(cfg), BOOKKEEPING_KEYS), "wandb_id": None}
-            ckpt = find_checkpoint(cfg, run_dir, meta["fingerprint"])
-            done = _guard_finished(cfg, run_dir, ckpt)
+            small = exp.generator.n_qubits <= ONE_THREAD_QUBITS  # one thread measured faster there
+            # every run sets its own count: never the previous in-process job's
+            torch.set_num_threads(cfg.train.threads or (1 if small else DEFAULT_THREADS))
+            fp, ckpt, done = _inspect_dir(cfg, run_dir)
+            meta = {"fingerprint": fp, "wandb_id": None}
             if done is not None:
                 exit_code = 0
                 return done
@@ -438,7 +443,7 @@ def run(
         except Exception as err:
             exit_code = 2 if isinstance(err, ConfigError | NonFiniteLoss) else 1
             if not (run_dir / "summary.json").exists():  # never beside a finished run's summary
-                write_failure(run_dir, err, getattr(err, "step", step))
+                write_failure(run_dir, err, getattr(err, "step", None))
             raise
         finally:
             if recorder is not None:

@@ -8,11 +8,11 @@ reach the angles, the structural weights and the mapping.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, fields
-from enum import Enum
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from ..config import (
@@ -90,9 +90,8 @@ class GeneratorOptions:
     @classmethod
     def from_config(cls, cfg) -> GeneratorOptions:
         """The options of a composed run config (its `search`, `qt` and `backend` sections)."""
-        qt = {f.name: getattr(cfg.qt, f.name) for f in fields(QTConfig)}
-        qt = {k: tuple(v) if isinstance(v, Sequence) and not isinstance(v, str) else choice(v) if isinstance(v, Enum) else v
-              for k, v in qt.items()}  # fmt: skip
+        qt = OmegaConf.to_container(cfg.qt, resolve=True, enum_to_str=True)  # every QTConfig key, plain
+        qt = {k: tuple(v) if isinstance(v, list) else v for k, v in qt.items()}
         native = choice(cfg.backend.name) == BackendName.native.value
         return cls(
             mode=choice(cfg.search.mode),

@@ -38,11 +38,11 @@ def check_parameters(module: torch.nn.Module, where: str, step: int | None = Non
 
 
 def check_gradients(module: torch.nn.Module, where: str) -> None:
-    """Raise NonFiniteLoss if any parameter or its gradient is not finite (checked before the optimiser step)."""
+    """Raise NonFiniteLoss if a gradient is not finite (before the optimiser step; the parameters
+    themselves are checked after every step, by `check_parameters`)."""
     for name, p in module.named_parameters():
-        for what, value in (("parameter", p), ("gradient", p.grad)):
-            if value is not None and not torch.isfinite(value).all():
-                raise NonFiniteLoss(f"{what} {name} became non-finite at {where}; the optimiser step was not taken")
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            raise NonFiniteLoss(f"gradient {name} became non-finite at {where}; the optimiser step was not taken")
 
 
 @dataclass
