@@ -125,8 +125,9 @@ class TaskConfig:
 @dataclass
 class ClassificationTaskConfig(TaskConfig):
     kind: TaskKind = TaskKind.classification
-    classes: list[int] = field(default_factory=lambda: [1, 5])
-    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP 784-128-64-2
+    # two or more distinct labels 0..9 (relabelled 0..K-1 in this order), or `all`: the ten classes
+    classes: Any = field(default_factory=lambda: [1, 5])
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP 784-128-64-K
     depth: int = 15
     # a stratified, seeded (by `seed`) hold-out of this fraction of the training images as a
     # validation split (val_accuracy, val_loss): what to choose settings on (0: none)
@@ -164,13 +165,44 @@ TASK_SCHEMAS = {
 @dataclass
 class SearchConfig:
     mode: SearchMode = SearchMode.diffqas
-    arch: int | None = None  # fixed mode: candidate 1..12 (SPEC.md section 2)
-    structural: Structural = Structural.raw  # raw (the paper's, initialised to 1/12) | softmax
-    angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all 12 (the paper's) | one each
+    arch: int | None = None  # fixed mode: candidate 1..N of the search space (paper12: SPEC.md section 2)
+    structural: Structural = Structural.raw  # raw (the paper's, initialised to 1/N) | softmax
+    angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all candidates (the paper's) | one each
     retrain_top_k: int = 0  # after DiffQAS: train its K top-ranked candidates alone (run_dir/retrain/arch_N)
     # after DiffQAS: retrain the K best distinct angle-dependent groups alone (run_dir/select/arch_N) and
     # pick the architecture on the validation metric (the training metric without a validation split)
     select: int = 0
+
+
+@dataclass
+class CandidateSpec:
+    """One candidate of a search space, by its parts (quantum/candidates.py says what each means)."""
+
+    init: str = "none"  # none | H
+    # a pattern (chain, ring, all_to_all, stride2, none; cz_<pattern> for CZ gates) or [[control, target], ...]
+    entangler: Any = "chain"
+    gate: str | None = None  # cnot | cz for explicit pairs (null: cnot, or CZ for cz_<pattern>)
+    rotation: Any = "Ry"  # Rx | Ry | Rz | RyRz | ... | Rot (Rz Ry Rz), or a list of axes [Y, Z]
+    name: str | None = None  # null: built from the parts, e.g. H-Cyc-Ry
+
+
+@dataclass
+class ProductSpec:
+    """Every combination init x entangler x rotation, in that order (rotation varies fastest)."""
+
+    init: list[str] = field(default_factory=list)
+    entangler: list[Any] = field(default_factory=list)
+    rotation: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class SearchSpaceConfig:
+    """The candidates DiffQAS searches over and `search.arch` indexes: `product`'s combinations,
+    then the `candidates` listed one by one, numbered from 1 (configs/search_space/*.yaml)."""
+
+    name: str | None = None
+    product: ProductSpec | None = None
+    candidates: list[CandidateSpec] = field(default_factory=list)
 
 
 @dataclass
@@ -186,6 +218,10 @@ class QTConfig:
     theta_init: ThetaInit = ThetaInit.uniform
     theta_std: float = 0.01
     tensor_scale: TensorScale = TensorScale.standardize
+    # finite shots: the probabilities that make the weights are estimated from this many samples
+    # of the circuit's distribution at every step (null: exact probabilities, the paper's)
+    shots: Any = None  # an integer (1e6 is read as 1000000) or null
+    eval_shots: Any = None  # shots for the weights evaluated: null (= qt.shots), an integer, or exact
 
 
 @dataclass
@@ -247,6 +283,7 @@ class RLTrainConfig(TrainConfig):
 class RunConfig:
     task: Any = MISSING  # one of TASK_SCHEMAS, chosen by the task file
     search: SearchConfig = field(default_factory=SearchConfig)
+    search_space: SearchSpaceConfig = field(default_factory=SearchSpaceConfig)  # chosen by search_space=...
     qt: QTConfig = field(default_factory=QTConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -294,6 +331,7 @@ def _positive_ints(cfg, *keys: str) -> None:
 
 SEED_MAX = 2**32 - 1  # numpy's seed range (torch and Python accept more)
 MAX_DEPTH = 1000  # far past any depth in the papers; deeper runs would take hours per step at 17 qubits
+MAX_SHOTS = 10**15  # counts are drawn by binomial splitting, exact as float64 counts up to 2**53
 WANDB_NAME_MAX = 128  # wandb refuses longer project, entity and group names
 WANDB_TAG_MAX = 64
 
@@ -327,7 +365,7 @@ def validate(cfg) -> None:
         )
     _check(1 <= cfg.depth <= MAX_DEPTH, "depth", cfg.depth, f"an integer 1..{MAX_DEPTH}")
     _check(0 <= cfg.seed <= SEED_MAX, "seed", cfg.seed, f"an integer 0..{SEED_MAX}")
-    _validate_search(cfg.search)
+    _validate_search(cfg.search, len(search_space(cfg)))
     if cfg.search.select:
         _check(cfg.task.kind != TaskKind.rl, "search.select", cfg.search.select, "0 for RL (no validation split to pick on)")
     _validate_task(cfg)
@@ -337,16 +375,27 @@ def validate(cfg) -> None:
     _validate_logger(cfg.logger)
 
 
-def _validate_search(search) -> None:
+def search_space(cfg):
+    """The candidates of the run's search space (a ConfigError naming the key if one is malformed)."""
+    from .quantum.candidates import SpaceError, build_space
+
+    node = OmegaConf.to_container(cfg.search_space, resolve=True, enum_to_str=True)
+    try:
+        return build_space(node.get("product"), node.get("candidates") or ())
+    except SpaceError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _validate_search(search, n: int) -> None:
     if search.mode == SearchMode.fixed:
         arch = search.arch
-        _check(arch is not None and 1 <= arch <= 12, "search.arch", arch, "an integer 1..12 with search=fixed")
+        _check(arch is not None and 1 <= arch <= n, "search.arch", arch, f"an integer 1..{n} with search=fixed (the search space's candidates)")
     else:
         _check(search.arch is None, "search.arch", search.arch, "null with search=diffqas (use search=fixed)")
-    _check(0 <= search.retrain_top_k <= 12, "search.retrain_top_k", search.retrain_top_k, "0..12")
+    _check(0 <= search.retrain_top_k <= n, "search.retrain_top_k", search.retrain_top_k, f"0..{n}")
     if search.retrain_top_k:
         _check(search.mode == SearchMode.diffqas, "search.retrain_top_k", search.retrain_top_k, "0 with search=fixed")
-    _check(0 <= search.select <= 12, "search.select", search.select, "0..12 (angle-dependent groups to retrain)")
+    _check(0 <= search.select <= n, "search.select", search.select, f"0..{n} (angle-dependent groups to retrain)")
     if search.select:
         _check(search.mode == SearchMode.diffqas, "search.select", search.select, "0 with search=fixed")
 
@@ -355,12 +404,17 @@ def _validate_task(cfg) -> None:
     task = cfg.task
     hidden = list(task.hidden)
     if task.kind == TaskKind.classification:
-        classes = list(task.classes)
+        classes = task.classes if isinstance(task.classes, str) else list(task.classes)
         _check(
-            len(classes) == 2 and all(0 <= c <= 9 for c in classes) and classes[0] != classes[1],
+            classes == "all"
+            or (
+                len(classes) >= 2
+                and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes)
+                and len(set(classes)) == len(classes)
+            ),
             "task.classes",
             classes,
-            "two different class labels in 0..9",
+            "all, or two or more different class labels in 0..9",
         )
         _check(len(hidden) >= 1 and all(1 <= h <= 4096 for h in hidden), "task.hidden", hidden, "one or more widths 1..4096")
         _check(0 <= task.validation < 1, "task.validation", task.validation, "a number in [0, 1)")
@@ -408,6 +462,20 @@ def _validate_qt(qt) -> None:
     _check(_finite(qt.theta_std) and qt.theta_std > 0, "qt.theta_std", qt.theta_std, "a finite number > 0")
     hidden = list(qt.mapping_hidden)
     _check(all(1 <= h <= 4096 for h in hidden), "qt.mapping_hidden", hidden, "a list of widths 1..4096 ([] = Linear(n+1 -> 1))")
+    _check(qt.shots is None or shot_count(qt.shots) is not None, "qt.shots", qt.shots, "null (exact) or an integer 1..10^15")
+    _check(
+        qt.eval_shots in (None, "exact") or shot_count(qt.eval_shots) is not None,
+        "qt.eval_shots",
+        qt.eval_shots,
+        "null (= qt.shots), exact, or an integer 1..10^15",
+    )
+
+
+def shot_count(value) -> int | None:
+    """A number of shots as an int (1e6 from the command line arrives as a float), or None if it is not one."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value) or value != int(value):
+        return None
+    return int(value) if 1 <= value <= MAX_SHOTS else None
 
 
 def _validate_backend(backend) -> None:

@@ -22,7 +22,6 @@ from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice,
 from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
-from .quantum import candidate
 from .quantum.draw import draw_candidate
 from .record import Recorder
 from .record.failures import FAILURE, clear_failure, write_failure
@@ -251,7 +250,7 @@ def _circuit_figure(cfg, generator: GeneratorSet):
             note += "; ranked above it: angle-independent " + "; ".join(",".join(map(str, g)) for g in above)
         note += "\n"
         number = top[0]
-    cand = candidate(number)
+    cand = generator.first.space[number - 1]
     return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
 
 
@@ -272,7 +271,7 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
     """model.pt, the figures and summary.json (last: a summary means the run finished)."""
     generator, loop = exp.generator, trained.loop
     figures = dict(trained.figures)
-    with torch.no_grad():
+    with torch.no_grad(), generator.evaluating():
         generated = generator()
         state = exp.model.state_dict()
         state.update(generated)
@@ -288,7 +287,10 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
         "task": cfg.task.name,
         "search": cfg.search.mode.value,
         "arch": arch,
-        "arch_name": candidate(arch).name if arch else None,
+        "arch_name": generator.first.space[arch - 1].name if arch else None,
+        "search_space": cfg.search_space.name,
+        "n_candidates": len(generator.first.space),
+        "candidates": [c.name for c in generator.first.space],
         "depth": cfg.depth,
         "backend": cfg.backend.name.value,
         "seed": cfg.seed,
@@ -306,6 +308,8 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
         "steps": loop.step,
         "resumed_from_step": resumed_step,
         "torch_threads": torch.get_num_threads(),
+        "shots": generator.first.options.shots,
+        "eval_shots": generator.first.eval_shots,
     }
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}

@@ -17,7 +17,6 @@ from omegaconf import open_dict
 
 from . import tasks
 from .config import SearchMode, TaskKind
-from .quantum import candidate
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,10 @@ def select(run, cfg, task, run_dir: Path, summary: dict) -> dict:
     rows = []
     for group in groups:
         arch = group[0]
-        log.info("selection: retraining candidate %d (%s) alone", arch, candidate(arch).name)
+        log.info("selection: retraining candidate %d (%s) alone", arch, summary["candidates"][arch - 1])
         child = run(child_config(cfg, arch), run_dir / "select" / f"arch_{arch}", interactive=False)
         rows.append({
-            "arch": arch, "arch_name": candidate(arch).name, "group": group,
+            "arch": arch, "arch_name": summary["candidates"][arch - 1], "group": group,
             "structural_weight": summary["structural_weights"][arch - 1],
             metric: child["metrics"].get(metric), test: child["metrics"].get(test),
         })  # fmt: skip
@@ -85,9 +84,9 @@ def retrain_top_k(run, cfg, run_dir: Path, summary: dict, metric: str) -> dict:
     up = tasks.higher_is_better(metric)
     results = []
     for arch in summary["ranking"][: cfg.search.retrain_top_k]:
-        log.info("retraining candidate %d (%s) alone", arch, candidate(arch).name)
+        log.info("retraining candidate %d (%s) alone", arch, summary["candidates"][arch - 1])
         child = run(child_config(cfg, arch), run_dir / "retrain" / f"arch_{arch}", interactive=False)
-        results.append({"arch": arch, "arch_name": candidate(arch).name, "metrics": child["metrics"]})
+        results.append({"arch": arch, "arch_name": summary["candidates"][arch - 1], "metrics": child["metrics"]})
     values = [r["metrics"][metric] for r in results if r["metrics"].get(metric) is not None]
     best = (max if up else min)(values) if values else None
     own = summary["metrics"].get(metric)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, kernel, native, probabilities
-from diffqas_runner.quantum.candidates import Candidate, Entangler, Rotation
+from diffqas_runner.quantum.candidates import CHAIN, RING, RX, RY, Candidate, Entangler
 
 
 @pytest.fixture(params=["torch", "cpp"])
@@ -41,19 +41,21 @@ def _value_and_grad(fn, theta, cands, coeffs):
     return probs.detach(), theta.grad
 
 
-LEARNABLE = [c for c in CANDIDATES if not c.theta_independent]
+LEARNABLE = [c for c in CANDIDATES if not c.theta_independent(4)]
 IQP = [candidate(7), candidate(10)]
 
 
 def test_closed_form_is_chosen_by_structure_not_by_number():
     assert [c.number for c in CANDIDATES if closed_form.applies(c, 6)] == [7, 10]
     # any no-H Rx candidate with a CNOT entangler qualifies, whatever it is called
-    assert closed_form.applies(Candidate(99, False, Entangler.CYC, Rotation.RX), 5)
-    assert not closed_form.applies(Candidate(99, True, Entangler.CYC, Rotation.RX), 5)
-    assert not closed_form.applies(Candidate(99, False, Entangler.ENT, Rotation.RY), 5)
+    assert closed_form.applies(Candidate(99, "none", RING, RX), 5)
+    assert closed_form.applies(Candidate(99, "none", Entangler("cnot", "all_to_all"), RX), 5)
+    assert not closed_form.applies(Candidate(99, "H", RING, RX), 5)
+    assert not closed_form.applies(Candidate(99, "none", CHAIN, RY), 5)
+    assert not closed_form.applies(Candidate(99, "none", Entangler("cz", "ring"), RX), 5)  # signs: no closed form
 
 
-@pytest.mark.parametrize("entangler", list(Entangler))
+@pytest.mark.parametrize("entangler", [CHAIN, RING, Entangler("cnot", "all_to_all"), Entangler("cnot", "stride2")])
 @pytest.mark.parametrize("n", [2, 3, 6, 9])
 def test_cnot_layer_is_linear_over_gf2_and_parity_rows_follow_it(entangler, n):
     images = closed_form.linear_images(entangler, n)
@@ -114,9 +116,9 @@ def test_a_basis_map_that_is_not_gf2_linear_gets_no_closed_form(monkeypatch):
     n = 4
     shuffled = torch.randperm(2**n, generator=torch.Generator().manual_seed(0))  # not linear: 0 moves
     monkeypatch.setattr(closed_form, "entangler_permutation", lambda entangler, n: shuffled)
-    assert closed_form.linear_images.__wrapped__(Entangler.CYC, n) is None
+    assert closed_form.linear_images.__wrapped__(RING, n) is None
     monkeypatch.setattr(closed_form, "linear_images", closed_form.linear_images.__wrapped__)
-    assert not closed_form.applies(Candidate(99, False, Entangler.CYC, Rotation.RX), n)
+    assert not closed_form.applies(Candidate(99, "none", RING, RX), n)
 
 
 @pytest.mark.parametrize("n,layers", [(5, 3), (10, 4), (14, 15)])
@@ -164,7 +166,7 @@ def test_cpp_kernel_matches_the_torch_layers(n, layers, dtype, monkeypatch):
     monkeypatch.setenv(kernel.ENV, "auto")
     if kernel.load() is None:
         pytest.skip("the C++ kernel could not be built here (compiler or ninja missing)")
-    ry = tuple(c for c in CANDIDATES if c.rotation is Rotation.RY)
+    ry = tuple(c for c in CANDIDATES if c.rotation == RY)
     theta = _theta(n, layers, seed=n * layers, dtype=dtype)
     coeffs = torch.randn(len(ry), 2**n, generator=torch.Generator().manual_seed(6), dtype=dtype)
     fast = _value_and_grad(native._simulate_group, theta, ry, coeffs)

@@ -19,7 +19,7 @@ PAPER_GROUPS = [(1, 3, 4, 6), (2,), (5,), (7,), (8,), (9, 12), (10,), (11,)]
 @pytest.mark.parametrize("n", [2, 3, 4, 7])
 def test_identical_candidates_are_grouped_by_structure_and_confirmed_numerically(n):
     assert output_groups(CANDIDATES, n) == PAPER_GROUPS
-    assert angle_independent(CANDIDATES) == [1, 3, 4, 6, 9, 12]
+    assert angle_independent(CANDIDATES, n) == [1, 3, 4, 6, 9, 12]
     confirm(CANDIDATES, n, 3, probabilities)  # members equal, angle-independent ones constant, groups distinct
 
 
@@ -28,7 +28,7 @@ def test_confirm_catches_a_wrong_grouping(monkeypatch):
     import diffqas_runner.quantum.groups as groups
 
     real = groups._signature
-    monkeypatch.setattr(groups, "_signature", lambda c, n: ("same",) if c.number in (2, 5) else real(c, n))
+    monkeypatch.setattr(groups, "_signature", lambda c, n, depth=None: ("same",) if c.number in (2, 5) else real(c, n, depth))
     with pytest.raises(AssertionError, match=r"group \(2, 5\) differs"):
         confirm(CANDIDATES, 4, 3, probabilities)
 

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import torch
 from omegaconf import OmegaConf
 from torch import nn
 
 from ..config import (
+    ConfigError,
     Angles,
     BackendConfig,
     BackendName,
@@ -28,10 +30,13 @@ from ..config import (
     TensorScale,
     ToolkitNegative,
     choice,
+    shot_count,
 )
 from ..nets import mlp
-from ..quantum import CANDIDATES, N_CANDIDATES, candidate, probabilities
+from ..quantum import CANDIDATES, Candidate, candidate, probabilities
+from ..quantum.candidates import SpaceError, check_wires
 from ..quantum.groups import angle_independent, output_groups
+from . import shots as finite_shots
 
 
 def _values(enum) -> tuple[str, ...]:
@@ -65,7 +70,8 @@ class GeneratorOptions:
     """
 
     mode: str = _SEARCH.mode.value  # diffqas | fixed
-    arch: int | None = _SEARCH.arch  # fixed mode: candidate 1..12
+    arch: int | None = _SEARCH.arch  # fixed mode: candidate 1..len(space)
+    space: tuple[Candidate, ...] = CANDIDATES  # the search space (default: paper12, SPEC.md section 2)
     structural: str = _SEARCH.structural.value  # raw | softmax
     angles: str = _SEARCH.angles.value  # DiffQAS: one (L, n) angle tensor for all candidates | per_candidate
     postprocess: str = _QT.postprocess.value  # toolkit | scale | none
@@ -86,16 +92,26 @@ class GeneratorOptions:
     device: str = PennyLaneDevice.default_qubit.value  # PennyLane device when backend=pennylane
     dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters (backend.precision)
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
+    shots: int | None = _QT.shots  # finite shots per circuit and step (None: exact probabilities)
+    eval_shots: int | str | None = _QT.eval_shots  # for evaluation (eval mode): None (= shots), "exact", N
+    seed: int = 0  # seeds the shot samples (with a step counter: see qt/shots.py)
+    stream: int = 0  # which generator of a GeneratorSet this is (its own samples)
 
     @classmethod
     def from_config(cls, cfg) -> GeneratorOptions:
         """The options of a composed run config (its `search`, `qt` and `backend` sections)."""
         qt = OmegaConf.to_container(cfg.qt, resolve=True, enum_to_str=True)  # every QTConfig key, plain
         qt = {k: tuple(v) if isinstance(v, list) else v for k, v in qt.items()}
+        qt["shots"] = None if qt["shots"] is None else shot_count(qt["shots"])
+        qt["eval_shots"] = qt["eval_shots"] if qt["eval_shots"] in (None, "exact") else shot_count(qt["eval_shots"])
         native = choice(cfg.backend.name) == BackendName.native.value
+        from ..config import search_space
+
         return cls(
             mode=choice(cfg.search.mode),
             arch=cfg.search.arch,
+            space=search_space(cfg),
+            seed=cfg.seed,
             structural=choice(cfg.search.structural),
             angles=choice(cfg.search.angles),
             backend=choice(cfg.backend.name),
@@ -149,24 +165,34 @@ class Generator(nn.Module):
         self.n_params = sum(self.sizes)
         self.n_qubits = n = n_qubits_for(self.n_params)
         self.depth = depth
+        self.space = tuple(opts.space)
         if opts.mode == "diffqas":
-            self.candidates = CANDIDATES
+            self.candidates = self.space
         elif opts.mode == "fixed":
-            self.candidates = (candidate(opts.arch),)
+            self.candidates = (candidate(opts.arch, self.space),)
         else:
             raise ValueError(f"search.mode={opts.mode!r}; allowed: diffqas, fixed")
+        try:
+            check_wires(self.candidates, n)
+        except SpaceError as err:
+            raise ConfigError(str(err)) from None
 
         dtype = opts.dtype
-        # per_candidate: one (L, n) tensor per candidate, stacked (SPEC section 3's open question)
+        # per_candidate: one angle tensor per candidate, stacked (SPEC section 3's open question).
+        # Angles per wire and layer: 1, or k when a candidate has k rotations per wire (each
+        # candidate uses its first ones): (L, n) or (L, n, k).
         self.per_candidate = opts.mode == "diffqas" and opts.angles == "per_candidate"
-        shape = (len(self.candidates), depth, n) if self.per_candidate else (depth, n)
+        k = max(c.rotation.n_angles for c in self.candidates)
+        shape = (depth, n) if k == 1 else (depth, n, k)
+        shape = (len(self.candidates), *shape) if self.per_candidate else shape
         if opts.theta_init == "uniform":
             theta = torch.rand(shape, dtype=dtype) * 2 * math.pi
         else:
             theta = opts.theta_std * torch.randn(shape, dtype=dtype)
         self.theta = nn.Parameter(theta)
         if opts.mode == "diffqas":
-            self.structural = nn.Parameter(torch.full((N_CANDIDATES,), 1.0 / N_CANDIDATES, dtype=dtype))
+            count = len(self.candidates)
+            self.structural = nn.Parameter(torch.full((count,), 1.0 / count, dtype=dtype))
         else:
             self.register_parameter("structural", None)
 
@@ -183,9 +209,12 @@ class Generator(nn.Module):
         # candidate whose output ignores them. SPEC's counts include them (`paper_parameters`).
         if opts.center_output:
             self.mapping[-1].bias.requires_grad_(False)
-        if all(c.theta_independent for c in self.candidates):
+        if all(c.theta_independent(n) for c in self.candidates):
             self.theta.requires_grad_(False)
-        self.groups = output_groups(self.candidates, n)
+        self.groups = output_groups(self.candidates, n, depth)
+        if self.eval_shots is not None or opts.shots is not None:
+            # training steps drawn so far: seeds the next sample, checkpointed with the generator
+            self.register_buffer("shot_counter", torch.zeros((), dtype=torch.int64))
         scales = [1.0 / math.sqrt(fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
         self.register_buffer(
             "scale",
@@ -209,8 +238,16 @@ class Generator(nn.Module):
             return None
         return torch.softmax(self.structural, 0) if self.options.structural == "softmax" else self.structural
 
+    @property
+    def eval_shots(self) -> int | None:
+        """Shots for evaluation: qt.eval_shots, else qt.shots (None: exact)."""
+        value = self.options.eval_shots
+        return None if value == "exact" else (self.options.shots if value is None else int(value))
+
     def probabilities(self) -> torch.Tensor:
-        """Ensemble probabilities P (2**n,): sum_j w_j P_j, or the fixed candidate's P."""
+        """Ensemble probabilities P (2**n,): sum_j w_j P_j, or the fixed candidate's P. With finite
+        shots each P_j is its sampled frequencies (qt/shots.py): `qt.shots` in training mode,
+        `eval_shots` in eval mode (`generator.eval()`)."""
         opts = self.options
         if self.per_candidate:
             probs = torch.cat(
@@ -218,6 +255,12 @@ class Generator(nn.Module):
             )
         else:
             probs = probabilities(self.theta, self.candidates, backend=opts.backend, device=opts.device)
+        shots = opts.shots if self.training else self.eval_shots
+        if shots is not None:
+            stream = finite_shots.TRAIN if self.training else finite_shots.EVAL
+            probs = finite_shots.estimate(probs, shots, (opts.seed, opts.stream, stream, int(self.shot_counter)))
+            if self.training and torch.is_grad_enabled():
+                self.shot_counter += 1
         weights = self.structural_weights()
         return probs[0] if weights is None else weights @ probs
 
@@ -237,7 +280,7 @@ class Generator(nn.Module):
         return None if groups is None else [g[0] for g in groups]
 
     def angle_independent(self) -> list[int]:
-        return angle_independent(self.candidates)
+        return angle_independent(self.candidates, self.n_qubits)
 
     # --- probabilities -> weights ------------------------------------------------------
     def _postprocess(self, probs: torch.Tensor) -> torch.Tensor:
@@ -275,11 +318,14 @@ class Generator(nn.Module):
         return {name: t.view(shape) for name, t, shape in zip(self.names, flat.split(self.sizes), self.shapes)}
 
     def trainable_parameters(self) -> int:
-        """Live parameters: those that can change a generated weight (`qt_params`)."""
-        live = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        if self.per_candidate and self.theta.requires_grad:  # the angle slices of angle-independent candidates
-            live -= self.theta[0].numel() * sum(c.theta_independent for c in self.candidates)
-        return live
+        """Live parameters: those that can change a generated weight (`qt_params`). Angles count
+        only where an angle-dependent candidate uses them."""
+        live = sum(p.numel() for name, p in self.named_parameters() if p.requires_grad and name != "theta")
+        if not self.theta.requires_grad:
+            return live
+        per_layer_wire = self.depth * self.n_qubits
+        used = [c.rotation.n_angles for c in self.candidates if not c.theta_independent(self.n_qubits)]
+        return live + per_layer_wire * (sum(used) if self.per_candidate else max(used))
 
     def paper_parameters(self) -> int:
         """Every parameter, as SPEC section 3 counts them (`qt_params_paper`)."""
@@ -295,7 +341,10 @@ class GeneratorSet(nn.Module):
 
     def __init__(self, groups: Mapping[str, Mapping[str, torch.Size]], depth: int, options: GeneratorOptions | None = None):
         super().__init__()
-        self.parts = nn.ModuleDict({name: Generator(shapes, depth, options) for name, shapes in groups.items()})
+        opts = options or GeneratorOptions()
+        self.parts = nn.ModuleDict(
+            {name: Generator(shapes, depth, replace(opts, stream=i)) for i, (name, shapes) in enumerate(groups.items())}
+        )
         self._first = next(iter(groups))
 
     @property
@@ -308,6 +357,16 @@ class GeneratorSet(nn.Module):
 
     def forward(self) -> dict[str, torch.Tensor]:
         return {k: v for g in self.parts.values() for k, v in g().items()}
+
+    @contextmanager
+    def evaluating(self):
+        """Eval mode for the block (finite shots: `qt.eval_shots`, and no step counted), then back."""
+        was = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was)
 
     def structural_weights(self) -> torch.Tensor | None:
         return self.first.structural_weights()

@@ -1,4 +1,4 @@
-"""Quantum circuits of DiffQAS: the 12 candidates and the simulators that run them."""
+"""Quantum circuits of DiffQAS: candidates, search spaces (paper12 by default) and the simulators."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .candidates import CANDIDATES, N_CANDIDATES, Candidate, Entangler, Rotation, candidate
+from .candidates import CANDIDATES, N_CANDIDATES, Candidate, Entangler, Rotation, build_space, candidate
 
 BACKENDS = ("native", "pennylane")
 
@@ -17,6 +17,7 @@ __all__ = [
     "Candidate",
     "Entangler",
     "Rotation",
+    "build_space",
     "candidate",
     "candidate_probabilities",
     "probabilities",
@@ -26,7 +27,8 @@ __all__ = [
 def probabilities(
     theta: torch.Tensor, cands: Sequence[Candidate], backend: str = "native", device: str = "default.qubit"
 ) -> torch.Tensor:
-    """Probabilities (len(cands), 2**n) of several candidates for shared angles theta (L, n)."""
+    """Probabilities (len(cands), 2**n) of several candidates for shared angles theta (L, n), or
+    (L, n, k) when candidates have up to k rotations per wire."""
     if backend == "native":
         from . import native
 

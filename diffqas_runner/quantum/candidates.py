@@ -1,90 +1,271 @@
-"""The 12 DiffQAS candidate circuits (SPEC.md section 2) as plain data.
+"""Candidate circuits as plain data, and the search spaces built from them.
 
-A candidate is: an optional Hadamard layer on every wire, then L layers of
-(entangler, rotation on every wire). Numbering follows the paper's tables.
+A candidate is: an initial layer (nothing, or H on every wire), then L layers of (entangler,
+rotation layer on every wire). An entangler is a list of two-qubit gates (CNOT or CZ) given by a
+named pattern or by explicit (control, target) pairs; a rotation layer is one or more rotations
+per wire (Rx, Ry, Rz, e.g. Ry then Rz, or Rot = Rz Ry Rz with three angles), each with its own
+angle. `paper12` is SPEC.md section 2's space in its numbering: product(H, none) x (Ent, Cyc) x
+(Rx, Ry, Rz), where Ent is the CNOT chain in brick order and Cyc the CNOT ring.
+
+Both gates are signed permutations of the computational basis (CNOT permutes, CZ flips signs), so
+a whole entangling layer is one signed permutation: `layer_op` composes it once per (entangler, n).
 """
 
 from __future__ import annotations
 
 import itertools
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import Enum
 from functools import lru_cache
 
 import torch
 
+GATES = ("cnot", "cz")
+PATTERNS = ("chain", "ring", "all_to_all", "stride2", "none")
+INITS = ("none", "H")
+AXES = ("X", "Y", "Z")
+ROTATION_NAMES = ("Rx", "Ry", "Rz", "RyRz", "RxRy", "RxRz", "RzRy", "Rot", "... any sequence of Rx/Ry/Rz")
+MAX_CANDIDATES = 256  # each live candidate is a state vector per step: 256 is far past any published space
+# Labels in candidate names; the paper's two keep its names (Ent, Cyc).
+_PATTERN_LABEL = {"chain": "Ent", "ring": "Cyc", "all_to_all": "All", "stride2": "Str2", "none": "NoEnt"}
 
-class Entangler(str, Enum):
-    ENT = "Ent"  # open brick: CNOT(0,1),(2,3),... then (1,2),(3,4),...
-    CYC = "Cyc"  # closed ring: CNOT(q, q+1 mod n) for q = 0..n-1
+
+@dataclass(frozen=True)
+class Entangler:
+    """One entangling layer: `gate` on the pairs of a named `pattern`, or on explicit `pairs`."""
+
+    gate: str = "cnot"
+    pattern: str | None = "chain"
+    pairs: tuple[tuple[int, int], ...] = ()
+
+    @property
+    def label(self) -> str:
+        base = _PATTERN_LABEL[self.pattern] if self.pattern else "Pairs" + "_".join(f"{c}-{t}" for c, t in self.pairs)
+        return base if self.gate == "cnot" else f"CZ{base}"
+
+    def pairs_on(self, n: int) -> list[tuple[int, int]]:
+        """(control, target) pairs on n wires, in application order."""
+        if self.pattern is None:
+            return list(self.pairs)
+        if self.pattern == "chain":  # open brick: (0,1),(2,3),... then (1,2),(3,4),...
+            return [(q, q + 1) for q in range(0, n - 1, 2)] + [(q, q + 1) for q in range(1, n - 1, 2)]
+        if self.pattern == "ring":  # (q, q+1 mod n) for q = 0..n-1
+            return [(q, (q + 1) % n) for q in range(n)]
+        if self.pattern == "all_to_all":
+            return [(a, b) for a in range(n) for b in range(a + 1, n)]
+        if self.pattern == "stride2":
+            return [(q, q + 2) for q in range(n - 2)]
+        return []
 
 
-class Rotation(str, Enum):
-    RX = "Rx"
-    RY = "Ry"
-    RZ = "Rz"
+CHAIN, RING = Entangler("cnot", "chain"), Entangler("cnot", "ring")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """Rotations applied to every wire in this order, each with its own angle."""
+
+    axes: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        return "Rot" if self.axes == ("Z", "Y", "Z") else "".join(f"R{a.lower()}" for a in self.axes)
+
+    @property
+    def n_angles(self) -> int:
+        return len(self.axes)
+
+
+RX, RY, RZ = Rotation(("X",)), Rotation(("Y",)), Rotation(("Z",))
 
 
 @dataclass(frozen=True)
 class Candidate:
     number: int
-    hadamard: bool
+    init: str  # "none" | "H"
     entangler: Entangler
     rotation: Rotation
+    label: str | None = None  # a user's name for it; default: built from the parts
+
+    @property
+    def hadamard(self) -> bool:
+        return self.init == "H"
 
     @property
     def name(self) -> str:
-        parts = (["H"] if self.hadamard else []) + [self.entangler.value, self.rotation.value]
-        return "-".join(parts)
+        if self.label:
+            return self.label
+        return "-".join((["H"] if self.hadamard else []) + [self.entangler.label, self.rotation.label])
 
-    @property
-    def theta_independent(self) -> bool:
-        """Whether the measured distribution cannot depend on the angles.
+    def theta_independent(self, n: int) -> bool:
+        """Whether the measured distribution on n wires cannot depend on the angles (from structure).
 
-        CNOT permutes both the Z basis and the X basis. Rz is diagonal in Z, so with Rz
-        the Z-basis magnitudes are only permuted: the output is the initial distribution
-        carried through the CNOT permutation. Rx is diagonal in X, so if the start is an
-        X basis state (H on |0..0>, i.e. |+..+>) the state stays that X basis state up to
-        a phase and the output is uniform. Every other combination depends on theta.
+        CNOT and CZ are signed permutations of the Z basis. If every rotation is Rz (diagonal in Z),
+        the Z-basis magnitudes are only permuted: the output is the start state's, carried through
+        the CNOTs. CNOT also permutes the X basis (CZ does not), so if every rotation is Rx
+        (diagonal in X), the entangling layer has no sign (CNOTs only, or CZs that cancel) and the
+        start is an X basis state (H on |0..0> = |+..+>), the state stays that X basis state up to
+        a phase: the output is uniform. Every other combination depends on theta in general
+        (checked numerically in the tests).
         """
-        return self.rotation is Rotation.RZ or (self.rotation is Rotation.RX and self.hadamard)
+        axes = set(self.rotation.axes)
+        if axes == {"Z"}:
+            return True
+        return axes == {"X"} and self.hadamard and layer_op(self.entangler, n)[1] is None
 
 
-CANDIDATES: tuple[Candidate, ...] = tuple(
-    Candidate(number, hadamard, ent, rot)
-    for number, (hadamard, ent, rot) in enumerate(
-        itertools.product((True, False), (Entangler.ENT, Entangler.CYC), tuple(Rotation)), start=1
-    )
-)
+@lru_cache(maxsize=256)
+def layer_op(entangler: Entangler, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The entangling layer as a signed permutation: (layer psi)[i] = sign[i] * psi[perm[i]].
+
+    Qubit 0 is the most significant bit; sign is None when every sign is +1 (CNOT only).
+    Composition: applying gate G (out[i] = s_G[i] in[p_G[i]]) after (perm, sign) gives
+    perm[p_G] and s_G * sign[p_G].
+    """
+    idx = torch.arange(2**n, dtype=torch.int64)
+    perm, sign = idx.clone(), torch.ones(2**n, dtype=torch.int8)
+    for a, b in entangler.pairs_on(n):
+        abit, bbit = (idx >> (n - 1 - a)) & 1, (idx >> (n - 1 - b)) & 1
+        if entangler.gate == "cnot":
+            p_gate = idx ^ (abit << (n - 1 - b))
+            perm, sign = perm[p_gate], sign[p_gate]
+        else:
+            sign = sign * (1 - 2 * (abit & bbit)).to(torch.int8)
+    return perm, (None if bool((sign == 1).all()) else sign)
+
+
+def entangler_permutation(entangler: Entangler, n: int) -> torch.Tensor:
+    """Index map `perm` of the layer's basis permutation (its signs aside): see `layer_op`."""
+    return layer_op(entangler, n)[0]
+
+
+# --- building candidates and spaces from configuration -----------------------------------------
+class SpaceError(ValueError):
+    """A search-space entry that cannot be built; the message names its key."""
+
+
+def parse_rotation(value, key: str) -> Rotation:
+    """'Ry', 'RyRz', 'Rot' (= Rz Ry Rz, 3 angles) or a list of axes ['Y', 'Z']."""
+    if isinstance(value, str):
+        if value.strip().lower() == "rot":
+            return Rotation(("Z", "Y", "Z"))
+        tokens = re.fullmatch(r"(?:R[xyzXYZ])+", value.strip())
+        axes = tuple(t[1].upper() for t in re.findall(r"R[xyzXYZ]", value)) if tokens else ()
+    elif isinstance(value, Sequence) and value and all(isinstance(a, str) for a in value):
+        axes = tuple(a.strip().upper().removeprefix("R") for a in value)
+    else:
+        axes = ()
+    if not axes or any(a not in AXES for a in axes) or len(axes) > 3:
+        raise SpaceError(
+            f"{key}={value!r} is not allowed; allowed: one to three rotations per wire, "
+            f"as {', '.join(ROTATION_NAMES)} or a list of axes such as [Y, Z]"
+        )
+    return Rotation(axes)
+
+
+def parse_entangler(value, gate, key: str) -> Entangler:
+    """A pattern name ('ring', 'cz_ring', ...) or explicit [[control, target], ...] pairs."""
+    if gate is not None and gate not in GATES:
+        raise SpaceError(f"{key.rsplit('.', 1)[0]}.gate={gate!r} is not allowed; allowed: {', '.join(GATES)} (or null)")
+    if isinstance(value, str):
+        name = value.strip().lower()
+        named_gate = "cz" if name.startswith("cz_") else None
+        pattern = name.removeprefix("cz_")
+        if pattern not in PATTERNS:
+            allowed = ", ".join(PATTERNS) + " (each also as cz_<name> for CZ gates), or [[control, target], ...]"
+            raise SpaceError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+        if named_gate and gate == "cnot":
+            raise SpaceError(f"{key}={value!r} names CZ gates but gate=cnot; allowed: drop one of them")
+        return Entangler(gate or named_gate or "cnot", pattern)
+    pairs = []
+    if isinstance(value, Sequence) and not isinstance(value, str):
+        for pair in value:
+            if not (isinstance(pair, Sequence) and len(pair) == 2 and all(_is_int(w) for w in pair)):
+                pairs = None
+                break
+            pairs.append((int(pair[0]), int(pair[1])))
+    if not pairs or any(c == t or c < 0 or t < 0 for c, t in pairs):
+        raise SpaceError(
+            f"{key}={value!r} is not allowed; allowed: a pattern name ({', '.join(PATTERNS)}) or a non-empty "
+            "list of [control, target] pairs of distinct wires >= 0"
+        )
+    return Entangler(gate or "cnot", None, tuple(pairs))
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def parse_init(value, key: str) -> str:
+    for allowed in INITS:
+        if isinstance(value, str) and value.strip().lower() == allowed.lower():
+            return allowed
+    if value is None:
+        return "none"
+    raise SpaceError(f"{key}={value!r} is not allowed; allowed: {', '.join(INITS)}")
+
+
+def build_space(product: Mapping | None, candidates: Iterable[Mapping] = (), key: str = "search_space") -> tuple[Candidate, ...]:
+    """The candidates of a space: every combination of `product`'s lists (init x entangler x
+    rotation, in that order, the last varying fastest), then the `candidates` listed one by one.
+    Numbered from 1 in that order."""
+    specs: list[tuple[str, dict]] = []
+    if product:
+        unknown = set(product) - {"init", "entangler", "rotation"}
+        if unknown:
+            raise SpaceError(f"{key}.product.{sorted(unknown)[0]} is not a key; allowed: init, entangler, rotation")
+        lists = []
+        for part in ("init", "entangler", "rotation"):
+            values = product.get(part)
+            if not isinstance(values, Sequence) or isinstance(values, str) or not values:
+                raise SpaceError(f"{key}.product.{part}={values!r} is not allowed; allowed: a non-empty list")
+            lists.append(list(values))
+        for i, (init, ent, rot) in enumerate(itertools.product(*lists)):
+            specs.append((f"{key}.product", {"init": init, "entangler": ent, "rotation": rot}))
+    for i, spec in enumerate(candidates or ()):
+        specs.append((f"{key}.candidates[{i}]", dict(spec)))
+    if not specs:
+        raise SpaceError(f"{key} has no candidates; allowed: a `product` of parts and/or a `candidates` list")
+    if len(specs) > MAX_CANDIDATES:
+        raise SpaceError(f"{key} has {len(specs)} candidates; allowed: at most {MAX_CANDIDATES}")
+    out = []
+    for number, (where, spec) in enumerate(specs, start=1):
+        unknown = set(spec) - {"init", "entangler", "gate", "rotation", "name"}
+        if unknown:
+            raise SpaceError(f"{where}.{sorted(unknown)[0]} is not a key; allowed: init, entangler, gate, rotation, name")
+        label = spec.get("name")
+        if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > 64):
+            raise SpaceError(f"{where}.name={label!r} is not allowed; allowed: null or a non-empty name of <= 64 characters")
+        out.append(
+            Candidate(
+                number,
+                parse_init(spec.get("init", "none"), f"{where}.init"),
+                parse_entangler(spec.get("entangler", "chain"), spec.get("gate"), f"{where}.entangler"),
+                parse_rotation(spec.get("rotation"), f"{where}.rotation"),
+                label.strip() if label else None,
+            )
+        )
+    return tuple(out)
+
+
+def check_wires(cands: Sequence[Candidate], n: int, key: str = "search_space") -> None:
+    """Explicit pairs must name wires of the circuit the target needs (n qubits)."""
+    for cand in cands:
+        for c, t in cand.entangler.pairs:
+            if max(c, t) >= n:
+                raise SpaceError(
+                    f"{key}: candidate {cand.number} ({cand.name}) uses wire {max(c, t)}, but this target needs "
+                    f"{n} qubits; allowed: wires 0..{n - 1}"
+                )
+
+
+PAPER12_PRODUCT = {"init": ["H", "none"], "entangler": ["chain", "ring"], "rotation": ["Rx", "Ry", "Rz"]}
+CANDIDATES: tuple[Candidate, ...] = build_space(PAPER12_PRODUCT)  # paper12, SPEC.md section 2
 N_CANDIDATES = len(CANDIDATES)
 
 
-def candidate(arch: int) -> Candidate:
-    if not isinstance(arch, int) or isinstance(arch, bool) or not 1 <= arch <= N_CANDIDATES:
-        raise ValueError(f"arch={arch!r} is not a candidate; allowed: integers 1..{N_CANDIDATES}")
-    return CANDIDATES[arch - 1]
-
-
-def cnot_pairs(entangler: Entangler, n: int) -> list[tuple[int, int]]:
-    """(control, target) pairs of one entangling layer, in application order."""
-    if n < 2:
-        return []
-    if entangler is Entangler.ENT:
-        return [(q, q + 1) for q in range(0, n - 1, 2)] + [(q, q + 1) for q in range(1, n - 1, 2)]
-    return [(q, (q + 1) % n) for q in range(n)]
-
-
-@lru_cache(maxsize=64)
-def entangler_permutation(entangler: Entangler, n: int) -> torch.Tensor:
-    """Index map `perm` with (layer psi)[i] = psi[perm[i]], qubit 0 the most significant bit.
-
-    A CNOT layer is a permutation of basis states, so the whole layer is one gather.
-    """
-    idx = torch.arange(2**n, dtype=torch.int64)
-    # Pull-back: the amplitude landing on i came from the preimage of i under the layer,
-    # i.e. apply the inverse layer (the CNOTs in reverse order) to the index i.
-    src = idx.clone()
-    for control, target in reversed(cnot_pairs(entangler, n)):
-        cbit = (src >> (n - 1 - control)) & 1
-        src = src ^ (cbit << (n - 1 - target))
-    return src
+def candidate(arch: int, space: Sequence[Candidate] = CANDIDATES) -> Candidate:
+    if not _is_int(arch) or not 1 <= arch <= len(space):
+        raise ValueError(f"arch={arch!r} is not a candidate; allowed: integers 1..{len(space)}")
+    return space[arch - 1]

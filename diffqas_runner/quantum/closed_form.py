@@ -18,8 +18,9 @@ Two Walsh-Hadamard transforms and a scatter: the cost does not grow with the dep
 building the index table. Everything is torch ops, so autograd gives the backward.
 
 Which candidates qualify is decided from the structure, not from their numbers: the rotation
-is Rx, there is no initial H (the start |0..0> is the uniform superposition of the X basis),
-and the entangler's basis permutation is linear over GF(2) (checked on every basis state).
+layer is one Rx per wire, there is no initial H (the start |0..0> is the uniform superposition of
+the X basis), the entangling layer has no sign (a sign pattern is not a permutation in the Hadamard frame)
+and its basis permutation is linear over GF(2) (checked on every basis state).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from functools import lru_cache
 
 import torch
 
-from .candidates import Candidate, Entangler, Rotation, entangler_permutation
+from .candidates import RX, Candidate, Entangler, entangler_permutation, layer_op
 
 # Bits per Walsh-Hadamard GEMM stage (4-5 measured fastest at n = 12..17, float32 and float64).
 WHT_BLOCK = 5
@@ -54,7 +55,12 @@ def linear_images(entangler: Entangler, n: int) -> torch.Tensor | None:
 
 def applies(cand: Candidate, n: int) -> bool:
     """Whether the candidate's output is the IQP closed form above (see the module docstring)."""
-    return cand.rotation is Rotation.RX and not cand.hadamard and linear_images(cand.entangler, n) is not None
+    return (
+        cand.rotation == RX
+        and not cand.hadamard
+        and layer_op(cand.entangler, n)[1] is None
+        and linear_images(cand.entangler, n) is not None
+    )
 
 
 @lru_cache(maxsize=64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .candidates import Candidate, cnot_pairs
+from .candidates import Candidate
 
 
 def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None = None):
@@ -10,7 +10,8 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle, Rectangle
 
-    pairs = cnot_pairs(cand.entangler, n_qubits)
+    pairs = cand.entangler.pairs_on(n_qubits)
+    cz = cand.entangler.gate == "cz"
     # CNOT columns: pairs that share no wire go in one column (the brick's two halves; the ring is sequential)
     columns: list[list[tuple[int, int]]] = []
     for c, t in pairs:
@@ -45,12 +46,15 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
         for c, t in column:
             ax.plot([x, x], [c, t], color="k", lw=0.8, zorder=1)
             ax.add_patch(Circle((x, c), 0.08, color="k", zorder=2))
+            if cz:  # CZ: a dot on both wires
+                ax.add_patch(Circle((x, t), 0.08, color="k", zorder=2))
+                continue
             ax.add_patch(Circle((x, t), 0.18, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
             ax.plot([x - 0.18, x + 0.18], [t, t], color="k", lw=0.8, zorder=3)
             ax.plot([x, x], [t - 0.18, t + 0.18], color="k", lw=0.8, zorder=3)
     x += 1
     for q in range(n_qubits):
-        box(x, q, cand.rotation.value)
+        box(x, q, cand.rotation.label)
     end = x + 0.5
     ax.plot([start, start, end, end], [-0.6, -0.8, -0.8, -0.6], color="tab:blue", lw=1)
     ax.text((start + end) / 2, -0.95, f"x {depth} layers", ha="center", va="bottom", fontsize=8, color="tab:blue")

@@ -4,12 +4,14 @@ DiffQAS's structural weights of candidates with identical outputs receive identi
 and stay equal all run, so a ranking that orders them is only sort tie-breaking. This module
 groups them, so rankings, plots and the selection stage treat each group as one circuit.
 
-Structure alone decides (`Candidate.theta_independent`): an angle-independent candidate's
-output is its start state carried through permutations, so it is uniform when the start is
-|+..+> (H first) and |0..0> when the start is |0..0> (a CNOT never moves |0..0>). Two
-angle-dependent candidates are grouped only when their structure is the same on n wires (the
-same start, the same CNOT pairs in the same order, the same rotation). `confirm` checks the
-grouping numerically.
+Structure alone decides (`Candidate.theta_independent(n)`): an angle-independent candidate's
+output is its start state carried through signed permutations, so it is uniform when the start
+is |+..+> (H first) and |0..0> when the start is |0..0> (CNOT and CZ never move |0..0>). Two
+angle-dependent candidates are grouped only when their structure is the same on n wires: the
+same start, the same rotation layer and the same entangling layer as a signed permutation of the
+basis (so two gate lists that compose to the same layer are one group). At depth 1 the only
+entangling layer acts on the start state; when it fixes it (any layer on |0..0>, CNOTs on
+|+..+>) it is left out. `confirm` checks the grouping numerically.
 """
 
 from __future__ import annotations
@@ -18,44 +20,65 @@ from collections.abc import Sequence
 
 import torch
 
-from .candidates import Candidate, cnot_pairs
+from .candidates import Candidate, layer_op
 
 
-def _signature(cand: Candidate, n: int) -> tuple:
-    if cand.theta_independent:
+def _signature(cand: Candidate, n: int, depth: int | None = None) -> tuple:
+    if cand.theta_independent(n):
         return ("uniform",) if cand.hadamard else ("basis-0",)
-    return ("circuit", cand.hadamard, tuple(cnot_pairs(cand.entangler, n)), cand.rotation)
+    perm, sign = layer_op(cand.entangler, n)
+    layer = (perm.numpy().tobytes(), None if sign is None else sign.numpy().tobytes())
+    axes = tuple(enumerate(cand.rotation.axes))  # (angle slot, axis): the slot says which angle it uses
+    if depth == 1:  # one layer: an entangler that fixes the start does nothing, nor a final Rz
+        if not cand.hadamard or sign is None:
+            layer = None
+        while axes and axes[-1][1] == "Z":
+            axes = axes[:-1]
+        while axes and not cand.hadamard and axes[0][1] == "Z":  # nor an Rz acting first on |0>
+            axes = axes[1:]
+    diagonal = layer is None or bool((perm == torch.arange(2**n)).all())
+    if diagonal and not cand.hadamard and len(axes) == 1 and axes[0][1] in "XY":
+        # Rx = S Ry S^-1 with S = diag(1, i) on every wire, and S commutes with CZs, fixes |0..0>
+        # and leaves the probabilities alone: from |0..0> with a diagonal entangler they agree.
+        axes = ((axes[0][0], "X|Y"),)
+    return ("circuit", cand.hadamard, layer, axes)
 
 
-def output_groups(cands: Sequence[Candidate], n: int) -> list[tuple[int, ...]]:
-    """Candidate numbers grouped by identical output on n qubits, each group ascending, groups in
-    the order of their lowest number."""
+def output_groups(cands: Sequence[Candidate], n: int, depth: int | None = None) -> list[tuple[int, ...]]:
+    """Candidate numbers grouped by identical output on n qubits (at `depth` layers; None: any
+    depth >= 2), each group ascending, groups in the order of their lowest number."""
     groups: dict[tuple, list[int]] = {}
     for cand in cands:
-        groups.setdefault(_signature(cand, n), []).append(cand.number)
+        groups.setdefault(_signature(cand, n, depth), []).append(cand.number)
     return sorted((tuple(sorted(g)) for g in groups.values()), key=lambda g: g[0])
 
 
-def angle_independent(cands: Sequence[Candidate]) -> list[int]:
-    return sorted(c.number for c in cands if c.theta_independent)
+def angle_independent(cands: Sequence[Candidate], n: int) -> list[int]:
+    return sorted(c.number for c in cands if c.theta_independent(n))
 
 
-def confirm(cands: Sequence[Candidate], n: int, depth: int, probabilities, seed: int = 0, atol: float = 1e-12) -> None:
+def confirm(
+    cands: Sequence[Candidate], n: int, depth: int, probabilities, seed: int = 0, atol: float = 1e-12, distinct: bool = True
+) -> None:
     """Check the structural claims numerically at two random angle sets: members of a group give
-    the same probabilities, angle-independent candidates the same at both, and different groups
-    differ. `probabilities(theta, cands)` is a simulator. Raises AssertionError otherwise."""
+    the same probabilities, angle-independent candidates the same at both, and (`distinct`)
+    different groups differ. `probabilities(theta, cands)` is a simulator. Raises AssertionError
+    otherwise. (Different structures can coincide by accident, e.g. Rx and Ry layers on |0..0>
+    with no entangler, so `distinct` is for spaces whose members are known to differ.)"""
     gen = torch.Generator().manual_seed(seed)
-    thetas = [torch.rand(depth, n, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
+    k = max(c.rotation.n_angles for c in cands)
+    shape = (depth, n) if k == 1 else (depth, n, k)
+    thetas = [torch.rand(shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
     probs = [probabilities(t, list(cands)) for t in thetas]
     index = {c.number: i for i, c in enumerate(cands)}
-    groups = output_groups(cands, n)
+    groups = output_groups(cands, n, depth)
     for group in groups:
         for p in probs:
             for member in group[1:]:
                 assert torch.allclose(p[index[member]], p[index[group[0]]], atol=atol), f"group {group} differs"
-    for number in angle_independent(cands):
+    for number in angle_independent(cands, n):
         assert torch.allclose(probs[0][index[number]], probs[1][index[number]], atol=atol), f"{number} depends on theta"
-    for a in groups:
+    for a in groups if distinct else ():
         for b in groups:
             if a[0] < b[0]:
                 assert not torch.allclose(probs[0][index[a[0]]], probs[0][index[b[0]]], atol=atol), f"{a} and {b} agree"

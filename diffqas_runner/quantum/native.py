@@ -1,7 +1,7 @@
 """The project's own state-vector simulator for the DiffQAS candidate circuits.
 
 How it is fast (measured with scripts/bench_backends.py):
-- Candidates whose output cannot depend on theta (`Candidate.theta_independent`) are
+- Candidates whose output cannot depend on theta (`Candidate.theta_independent(n)`) are
   simulated once per (n, L, dtype, device) and cached, with no autograd graph.
 - The others run together, one batch of rows per rotation kind, in real arithmetic only.
   Ry circuits are real. An Rx layer is D R'^n D with D = diag((-i)^popcount(x)) and the real
@@ -31,7 +31,7 @@ from functools import lru_cache
 import torch
 
 from . import closed_form, kernel
-from .candidates import Candidate, Rotation, entangler_permutation
+from .candidates import Candidate, entangler_permutation, layer_op
 
 # Wires per Kronecker block: 2**BLOCK-sized GEMMs balance flops against memory passes.
 BLOCK = 4
@@ -57,10 +57,31 @@ def _gather(x: torch.Tensor, plan: tuple) -> torch.Tensor:
     return _SignedGather.apply(x, *plan)
 
 
-def _single_qubit(kind: Rotation, angles: torch.Tensor) -> torch.Tensor:
-    """(n, 2, 2) real matrices: Ry(angle), or R'(angle) for Rx (see the module docstring)."""
+def _rotation(axis: str, angles: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(..., 2, 2) complex matrices R_axis(angle) = exp(-i angle sigma_axis / 2)."""
+    c, s = torch.cos(angles / 2).to(dtype), torch.sin(angles / 2).to(dtype)
+    zero = torch.zeros_like(c)
+    if axis == "X":
+        rows = [torch.stack([c, -1j * s], -1), torch.stack([-1j * s, c], -1)]
+    elif axis == "Y":
+        rows = [torch.stack([c, -s], -1), torch.stack([s, c], -1)]
+    else:
+        rows = [torch.stack([c - 1j * s, zero], -1), torch.stack([zero, c + 1j * s], -1)]
+    return torch.stack(rows, -2)
+
+
+def _single_qubit(mode: str, angles: torch.Tensor, axes: tuple[str, ...] = ()) -> torch.Tensor:
+    """(..., n, 2, 2) matrices of one rotation layer: real Ry(angle) ("ry"), real R'(angle) for Rx
+    ("rx", see the module docstring), or the complex product R_ak ... R_a1 ("complex", angles
+    (..., n, k) with the first axis applied first)."""
+    if mode == "complex":
+        cdtype = torch.complex128 if angles.dtype == torch.float64 else torch.complex64
+        out = _rotation(axes[0], angles[..., 0], cdtype)
+        for k in range(1, len(axes)):
+            out = _rotation(axes[k], angles[..., k], cdtype) @ out
+        return out
     c, s = torch.cos(angles / 2), torch.sin(angles / 2)
-    if kind is Rotation.RY:
+    if mode == "ry":
         rows = [torch.stack([c, -s], -1), torch.stack([s, c], -1)]
     else:
         rows = [torch.stack([c, s], -1), torch.stack([s, -c], -1)]
@@ -93,18 +114,23 @@ def _layout_positions(rows: int, n: int, axes: list[int]) -> torch.Tensor:
 
 
 def _signed_source(cands: Sequence[Candidate], n: int, is_rx: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """For every standard position (row, x): where its value comes from after one CNOT layer.
+    """For every standard position (row, x): where its value comes from after one entangling layer,
+    and its sign (None if all are +1).
 
-    Ry rows: (row, src(x)). Rx rows come in (real, imag) pairs and carry the phase
-    (-i)^(popcount(x) + popcount(src(x))) of D P D, i.e. a swap of the pair and a sign.
+    Ry and complex rows: (row, src(x)) times the layer's sign s(x) (CZ gates). Rx rows come in
+    (real, imag) pairs and carry the phase (-i)^(popcount(x) + popcount(src(x))) of D P D, i.e. a
+    swap of the pair and a sign, times s(x) (a real diagonal commutes with D).
     """
     dim = 2**n
     x = torch.arange(dim)
+    ones = torch.ones(dim)
     sources, signs = [], []
     for cand in cands:
-        src = entangler_permutation(cand.entangler, n)
+        src, layer_sign = layer_op(cand.entangler, n)
+        layer_sign = ones if layer_sign is None else layer_sign.to(torch.float64)
         if not is_rx:
             sources.append(len(sources) * dim + src)
+            signs.append(layer_sign)
             continue
         base = len(sources) * dim
         popcount = lambda v: sum(((v >> b) & 1) for b in range(n))  # noqa: E731
@@ -113,11 +139,12 @@ def _signed_source(cands: Sequence[Candidate], n: int, is_rx: bool) -> tuple[tor
         swap = (m % 2) == 1
         re_src = torch.where(swap, base + dim + src, base + src)
         im_src = torch.where(swap, base + src, base + dim + src)
-        re_sign = torch.where((m == 2) | (m == 3), -1.0, 1.0)
-        im_sign = torch.where((m == 1) | (m == 2), -1.0, 1.0)
+        re_sign = torch.where((m == 2) | (m == 3), -1.0, 1.0) * layer_sign
+        im_sign = torch.where((m == 1) | (m == 2), -1.0, 1.0) * layer_sign
         sources += [re_src, im_src]
         signs += [re_sign, im_sign]
-    return torch.cat(sources), (torch.cat(signs) if is_rx else None)
+    sign = torch.cat(signs)
+    return torch.cat(sources), (None if bool((sign == 1).all()) else sign)
 
 
 def _gather_plan(out_pos, in_pos, source, sign, dtype, device):
@@ -129,8 +156,8 @@ def _gather_plan(out_pos, in_pos, source, sign, dtype, device):
 
 
 @lru_cache(maxsize=32)
-def _plan(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype, device: str) -> _Plan:
-    is_rx = cands[0].rotation is Rotation.RX
+def _plan(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype, device: str, mode: str) -> _Plan:
+    is_rx = mode == "rx"
     rows = len(cands) * (2 if is_rx else 1)
     if n >= 2 * BLOCK:
         edges = [round(i * n / 4) for i in range(5)]
@@ -188,24 +215,61 @@ def _permutations(cands: tuple[Candidate, ...], n: int) -> torch.Tensor:
     return torch.stack([entangler_permutation(c.entangler, n) for c in cands]).to(torch.int32)
 
 
-def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
-    """Probabilities (len(cands), 2**n) of candidates sharing one rotation kind (Rx or Ry)."""
-    n_layers, n = theta.shape
-    kind = cands[0].rotation
-    is_rx = kind is Rotation.RX
-    mats = _single_qubit(kind, theta)  # (L, n, 2, 2)
-    flat = _first_layer(cands, mats[0], is_rx)
-    if not is_rx and n_layers > 1 and theta.device.type == "cpu" and kernel.load() is not None:
-        state = kernel.RyLayers.apply(flat.view(len(cands), 2**n), theta[1:], _permutations(cands, n))
-        return state.square()
-    plan = _plan(cands, n, theta.dtype, str(theta.device))
-    blocks = [_kron(mats[1:, a : a + w]) for a, w in plan.blocks]  # each (L-1, 2**w, 2**w)
+def _start_fixed(cand: Candidate, n: int) -> bool:
+    """Whether the first entangler leaves the start state alone: CNOTs and CZs fix |0..0>, CNOTs
+    fix |+..+>, CZs do not (they flip the signs of some of its terms)."""
+    return not cand.hadamard or layer_op(cand.entangler, n)[1] is None
+
+
+def _mode(cand: Candidate, n: int) -> str:
+    """Which path simulates the candidate, from its structure (see the module docstring)."""
+    if cand.theta_independent(n):
+        return "static"
+    if closed_form.applies(cand, n):
+        return "closed_form"
+    return _layer_mode(cand)
+
+
+def _layer_mode(cand: Candidate) -> str:
+    """The layer-by-layer path: real for Ry, real (re, im) pairs for Rx, complex for the rest."""
+    return {("Y",): "ry", ("X",): "rx"}.get(cand.rotation.axes, "complex")
+
+
+def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str | None = None) -> torch.Tensor:
+    """Probabilities (len(cands), 2**n) of candidates sharing one path and one rotation layer:
+    "ry" (real), "rx" (real (re, im) row pairs) or "complex" (any rotations, complex amplitudes).
+    theta: (L, n) for one-angle rotations, (L, n, k) for k angles per wire."""
+    n_layers, n = theta.shape[:2]
+    mode = mode or _layer_mode(cands[0])
+    is_rx = mode == "rx"
+    mats = _single_qubit(mode, theta, cands[0].rotation.axes)  # (L, n, 2, 2)
+    if all(_start_fixed(c, n) for c in cands):
+        flat = _first_layer(cands, mats[0], is_rx)
+        first = 1
+        signed = any(layer_op(c.entangler, n)[1] is not None for c in cands)
+        if mode == "ry" and not signed and n_layers > 1 and theta.device.type == "cpu" and kernel.load() is not None:
+            state = kernel.RyLayers.apply(flat.view(len(cands), 2**n), theta[1:], _permutations(cands, n))
+            return state.square()
+    else:  # a CZ entangler on |+..+>: start from the start state and run every layer
+        dim = 2**n
+        plus, zero = torch.full((dim,), dim**-0.5, dtype=torch.float64), torch.eye(1, dim, dtype=torch.float64)[0]
+        start = torch.stack([plus if c.hadamard else zero for c in cands])
+        if is_rx:  # the tracked phi = D^-1 psi: phi[x] = i^popcount(x) psi[x], as (real, imaginary) rows
+            x = torch.arange(dim)
+            turns = sum(((x >> b) & 1) for b in range(n)) % 4
+            re = torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=torch.float64)[turns]
+            im = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float64)[turns]
+            start = torch.stack([start * re, start * im], 1)
+        flat = start.to(dtype=mats.dtype, device=theta.device).reshape(-1)
+        first = 0
+    plan = _plan(cands, n, theta.dtype, str(theta.device), mode)
+    blocks = [_kron(mats[first:, a : a + w]) for a, w in plan.blocks]  # each (L - first, 2**w, 2**w)
     final_plan = None  # the state is still in the standard layout
-    for layer in range(1, n_layers):
-        flat = _gather(flat, plan.first_to_a if layer == 1 else plan.c_to_a)
-        flat = _rotate(flat, [u[layer - 1] for u in blocks], plan)
+    for layer in range(first, n_layers):
+        flat = _gather(flat, plan.first_to_a if final_plan is None else plan.c_to_a)
+        flat = _rotate(flat, [u[layer - first] for u in blocks], plan)
         final_plan = plan.to_standard
-    probs = flat.square()
+    probs = torch.view_as_real(flat).square().sum(-1) if flat.is_complex() else flat.square()
     if final_plan is not None:
         probs = _gather(probs, final_plan)
     probs = probs.view(plan.rows, 2**n)
@@ -214,56 +278,79 @@ def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.
     return probs
 
 
+def _angles(theta: torch.Tensor, cand: Candidate) -> torch.Tensor:
+    """The candidate's angles from the shared tensor: (L, n) for one rotation per wire, else
+    (L, n, k) with its first k of the tensor's angles per wire."""
+    k = cand.rotation.n_angles
+    if theta.dim() == 2:
+        if k != 1:
+            raise ValueError(f"candidate {cand.number} ({cand.name}) needs {k} angles per wire; theta must be (L, n, >= {k})")
+        return theta
+    if theta.shape[2] < k:
+        raise ValueError(f"candidate {cand.number} ({cand.name}) needs {k} angles per wire; theta has {theta.shape[2]}")
+    return theta[..., 0] if k == 1 else theta[..., :k]
+
+
 def _simulate_any(theta: torch.Tensor, cand: Candidate) -> torch.Tensor:
-    """Reference simulation of one candidate with complex amplitudes (any rotation kind)."""
-    n_layers, n = theta.shape
+    """Reference simulation of one candidate with complex amplitudes, gate by gate (any structure)."""
+    angles = _angles(theta, cand)
+    angles = angles[..., None] if angles.dim() == 2 else angles
+    n_layers, n = angles.shape[:2]
     complex_dtype = torch.complex128 if theta.dtype == torch.float64 else torch.complex64
     state = torch.zeros(2**n, dtype=complex_dtype, device=theta.device)
     if cand.hadamard:
         state[:] = 2 ** (-n / 2)
     else:
         state[0] = 1
-    perm = entangler_permutation(cand.entangler, n).to(theta.device)
+    perm, sign = layer_op(cand.entangler, n)
+    perm = perm.to(theta.device)
     paulis = {
-        Rotation.RX: torch.tensor([[0, 1], [1, 0]], dtype=complex_dtype),
-        Rotation.RY: torch.tensor([[0, -1j], [1j, 0]], dtype=complex_dtype),
-        Rotation.RZ: torch.tensor([[1, 0], [0, -1]], dtype=complex_dtype),
+        "X": torch.tensor([[0, 1], [1, 0]], dtype=complex_dtype),
+        "Y": torch.tensor([[0, -1j], [1j, 0]], dtype=complex_dtype),
+        "Z": torch.tensor([[1, 0], [0, -1]], dtype=complex_dtype),
     }
-    pauli = paulis[cand.rotation].to(theta.device)
     eye = torch.eye(2, dtype=complex_dtype, device=theta.device)
     for layer in range(n_layers):
         state = state[perm]
+        if sign is not None:
+            state = state * sign.to(device=theta.device, dtype=complex_dtype)
         for q in range(n):
-            t = theta[layer, q].to(complex_dtype)
-            gate = torch.cos(t / 2) * eye - 1j * torch.sin(t / 2) * pauli
-            state = torch.einsum("ij,ajb->aib", gate, state.view(2**q, 2, -1)).reshape(-1)
+            for k, axis in enumerate(cand.rotation.axes):
+                t = angles[layer, q, k].to(complex_dtype)
+                gate = torch.cos(t / 2) * eye - 1j * torch.sin(t / 2) * paulis[axis].to(theta.device)
+                state = torch.einsum("ij,ajb->aib", gate, state.view(2**q, 2, -1)).reshape(-1)
     return torch.view_as_real(state).square().sum(-1)
 
 
 @lru_cache(maxsize=256)
 def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     with torch.no_grad():
-        return _simulate_any(torch.zeros(n_layers, n, dtype=dtype, device=device), cand)
+        return _simulate_any(torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device), cand)
 
 
 def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tensor:
-    """Measurement probabilities (len(cands), 2**n) for the shared angles theta (L, n)."""
-    if theta.dim() != 2 or theta.shape[1] < 2 or theta.shape[0] < 1:
-        raise ValueError(f"theta must have shape (L, n) with L >= 1 and n >= 2, got {tuple(theta.shape)}")
+    """Measurement probabilities (len(cands), 2**n) for the shared angles theta: (L, n), or
+    (L, n, k) when some candidate has k rotations per wire (each uses its first ones)."""
+    if theta.dim() not in (2, 3) or theta.shape[1] < 2 or theta.shape[0] < 1:
+        raise ValueError(f"theta must have shape (L, n) or (L, n, k) with L >= 1 and n >= 2, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"theta dtype must be float32 or float64, got {theta.dtype}")
-    n_layers, n = theta.shape
+    n_layers, n = theta.shape[:2]
     rows: dict[int, torch.Tensor] = {}
-    groups: dict[Rotation | str, list[int]] = {}
+    groups: dict[tuple, list[int]] = {}
     for i, cand in enumerate(cands):
-        if cand.theta_independent:
+        angles = _angles(theta, cand)  # checks the angle count for every candidate
+        mode = _mode(cand, n)
+        if mode == "static":
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
-        elif closed_form.applies(cand, n):
-            groups.setdefault("closed_form", []).append(i)
         else:
-            groups.setdefault(cand.rotation, []).append(i)
-    for kind, members in groups.items():
-        simulate = closed_form.probabilities if kind == "closed_form" else _simulate_group
-        probs = simulate(theta, tuple(cands[i] for i in members))
+            groups.setdefault((mode, cand.rotation), []).append(i)
+    for (mode, rotation), members in groups.items():
+        members_c = tuple(cands[i] for i in members)
+        angles = _angles(theta, members_c[0])
+        if mode == "closed_form":
+            probs = closed_form.probabilities(angles, members_c)
+        else:
+            probs = _simulate_group(angles, members_c, mode)
         rows.update(zip(members, probs.unbind(0)))
     return torch.stack([rows[i] for i in range(len(cands))])

@@ -1,4 +1,4 @@
-"""Binary image classification (MNIST / FashionMNIST, two classes relabelled 0/1)."""
+"""Image classification (MNIST / FashionMNIST): two classes relabelled 0/1 (the paper), or up to all ten (0..K-1)."""
 
 from __future__ import annotations
 
@@ -69,8 +69,9 @@ def check_raw_files(root: Path, dataset: str, train: bool) -> None:
         raise DataError(f"{labels} holds {n_labels:,} labels but {images.name} holds {n_images:,} images; re-copy the pair")
 
 
-def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[int, int], download: bool) -> Split:
-    """The two classes of one split as in-memory tensors (ToTensor then Normalize(0.5, 0.5))."""
+def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[int, ...], download: bool) -> Split:
+    """The chosen classes of one split as in-memory tensors (ToTensor then Normalize(0.5, 0.5)),
+    labelled 0..K-1 in the order of `classes`."""
     from torchvision import datasets
 
     cls = getattr(datasets, DATASETS[dataset])
@@ -89,7 +90,7 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
     except Exception as err:  # anything else torchvision cannot read
         raise DataError(f"data_dir={str(root)!r}: cannot read {DATASETS[dataset]} ({type(err).__name__}: {err})") from err
     targets = ds.targets
-    keep = (targets == classes[0]) | (targets == classes[1])
+    keep = torch.isin(targets, torch.tensor(classes))
     for label in classes:
         if not bool((targets == label).any()):
             raise DataError(
@@ -97,8 +98,9 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
                 f"of class {label}; allowed: task.classes present in the data"
             )
     x = ds.data[keep].reshape(int(keep.sum()), -1).float().div(255).sub(0.5).div(0.5)
-    y = (targets[keep] == classes[1]).long()
-    return Split(x, y)
+    relabel = torch.full((int(targets.max()) + 1,), -1, dtype=torch.long)
+    relabel[list(classes)] = torch.arange(len(classes))
+    return Split(x, relabel[targets[keep].long()])
 
 
 def stratified_holdout(y: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -129,8 +131,8 @@ class ClassificationTask:
         validation: float = 0.0, seed: int = 0,
     ):  # fmt: skip
         self.name = name
-        self.classes = tuple(int(c) for c in classes)
-        self.widths = [784, *hidden, 2]
+        self.classes = tuple(range(10)) if classes == "all" else tuple(int(c) for c in classes)
+        self.widths = [784, *hidden, len(self.classes)]
         train = load_split(name, data_dir, True, self.classes, download)
         self.test = load_split(name, data_dir, False, self.classes, download)
         # validation: a stratified, seeded hold-out of the training images (never the test set),

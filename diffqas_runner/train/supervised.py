@@ -90,7 +90,7 @@ def train_supervised(
         order.set_state(s.order)
 
     def evaluate() -> dict[str, float]:
-        with torch.no_grad():
+        with torch.no_grad(), generator.evaluating():
             params = generator()
             return task.evaluate(lambda x: functional_call(model, params, (x,)))
 
