@@ -389,7 +389,12 @@ def search_space(cfg):
 def _validate_search(search, n: int) -> None:
     if search.mode == SearchMode.fixed:
         arch = search.arch
-        _check(arch is not None and 1 <= arch <= n, "search.arch", arch, f"an integer 1..{n} with search=fixed (the search space's candidates)")
+        _check(
+            arch is not None and 1 <= arch <= n,
+            "search.arch",
+            arch,
+            f"an integer 1..{n} with search=fixed (the search space's candidates)",
+        )
     else:
         _check(search.arch is None, "search.arch", search.arch, "null with search=diffqas (use search=fixed)")
     _check(0 <= search.retrain_top_k <= n, "search.retrain_top_k", search.retrain_top_k, f"0..{n}")

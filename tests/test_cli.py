@@ -269,3 +269,19 @@ def test_library_defaults_are_the_cli_defaults():
     from diffqas_runner.qt.generator import GeneratorOptions
 
     assert GeneratorOptions.from_config(_compose([])) == GeneratorOptions()
+
+
+@pytest.mark.parametrize(
+    "value, ok",
+    [("all", True), ("[3,1,7]", True), ("[0,1,2,3,4,5,6,7,8,9]", True), ("[1]", False), ("[1,1]", False),
+     ("[1,10]", False), ("some", False), ("[true,false]", False)],
+)  # fmt: skip
+def test_task_classes_accepts_all_or_distinct_labels(value, ok):
+    from diffqas_runner.config import ConfigError, validate
+
+    cfg = _compose(["task=mnist", f"task.classes={value}"])
+    if ok:
+        validate(cfg)
+    else:
+        with pytest.raises(ConfigError, match=r"task.classes=.* is not allowed; allowed: all, or two or more different"):
+            validate(cfg)

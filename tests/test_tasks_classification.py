@@ -35,3 +35,48 @@ def test_evaluate_reports_accuracy_as_a_fraction(data_dir):
     perfect = task.evaluate(oracle)
     assert perfect["train_accuracy"] == 1.0
     assert perfect["test_accuracy"] == 1.0
+
+
+def test_all_ten_classes_keep_every_image_labelled_by_digit(data_dir):
+    task = ClassificationTask("mnist", data_dir, "all")
+    assert task.train.x.shape == (8330, 784) and task.test.x.shape == (1670, 784)  # the whole offline subset
+    assert task.widths == [784, 128, 64, 10]
+    assert sum(p.numel() for p in task.build_model().parameters()) == 109_386  # issue 19
+    from torchvision import datasets
+
+    raw = datasets.MNIST(str(data_dir), train=False)
+    assert torch.equal(task.test.y, raw.targets)  # labels 0..9 are the digits themselves
+
+
+def test_a_class_list_is_relabelled_in_its_order(data_dir):
+    task = ClassificationTask("fashion_mnist", data_dir, [7, 0, 3])
+    assert task.widths[-1] == 3 and task.test.x.shape == (3000, 784)
+    from torchvision import datasets
+
+    raw = datasets.FashionMNIST(str(data_dir), train=False)
+    kept = raw.targets[torch.isin(raw.targets, torch.tensor([7, 0, 3]))]
+    assert torch.equal(task.test.y, torch.tensor([{7: 0, 0: 1, 3: 2}[int(t)] for t in kept]))
+
+
+def test_ten_class_validation_holdout_is_stratified(data_dir):
+    task = ClassificationTask("mnist", data_dir, "all", validation=0.1, seed=0)
+    whole = ClassificationTask("mnist", data_dir, "all")
+    for label in range(10):
+        n = int((whole.train.y == label).sum())
+        assert int((task.val.y == label).sum()) == round(n * 0.1)
+
+
+@pytest.mark.slow
+def test_ten_class_mnist_learns_from_the_qt_generator(tmp_path, data_dir):
+    """`task.classes=all`: 784-128-64-10 (109,386 weights, 17 qubits) trained through DiffQAS; 40
+    steps lift test accuracy well above chance (0.11) and the loss below ln 10."""
+    import json
+
+    from helpers import cli
+
+    args = ["task=mnist", "task.classes=all", "train.max_steps=40", "logger=none", f"data_dir={data_dir}"]
+    res = cli([*args, f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["classical_params"] == 109_386 and summary["n_qubits"] == 17
+    assert summary["metrics"]["test_accuracy"] > 0.15 and summary["metrics"]["test_loss"] < 2.25

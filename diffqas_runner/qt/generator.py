@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from ..config import (
-    ConfigError,
     Angles,
     BackendConfig,
     BackendName,
+    ConfigError,
     InputNorm,
     PennyLaneDevice,
     Postprocess,

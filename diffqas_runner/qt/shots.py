@@ -37,4 +37,4 @@ def frequencies(probs: torch.Tensor, shots: int, seed: tuple[int, ...]) -> torch
 
 def estimate(probs: torch.Tensor, shots: int, seed: tuple[int, ...]) -> torch.Tensor:
     """The sampled frequencies in the forward pass, the exact probabilities' gradient in the backward."""
-    return probs + (frequencies(probs, shots, seed) - probs).detach()
+    return frequencies(probs, shots, seed) + (probs - probs.detach())  # exactly the frequencies, exactly P's gradient

@@ -25,7 +25,7 @@ GATES = ("cnot", "cz")
 PATTERNS = ("chain", "ring", "all_to_all", "stride2", "none")
 INITS = ("none", "H")
 AXES = ("X", "Y", "Z")
-ROTATION_NAMES = ("Rx", "Ry", "Rz", "RyRz", "RxRy", "RxRz", "RzRy", "Rot", "... any sequence of Rx/Ry/Rz")
+ROTATIONS_ALLOWED = "Rx, Ry, Rz, a sequence such as RyRz (Ry then Rz), Rot (Rz Ry Rz), or a list of axes such as [Y, Z]"
 MAX_CANDIDATES = 256  # each live candidate is a state vector per step: 256 is far past any published space
 # Labels in candidate names; the paper's two keep its names (Ent, Cyc).
 _PATTERN_LABEL = {"chain": "Ent", "ring": "Cyc", "all_to_all": "All", "stride2": "Str2", "none": "NoEnt"}
@@ -150,17 +150,14 @@ def parse_rotation(value, key: str) -> Rotation:
     if isinstance(value, str):
         if value.strip().lower() == "rot":
             return Rotation(("Z", "Y", "Z"))
-        tokens = re.fullmatch(r"(?:R[xyzXYZ])+", value.strip())
-        axes = tuple(t[1].upper() for t in re.findall(r"R[xyzXYZ]", value)) if tokens else ()
+        tokens = re.fullmatch(r"(?:[Rr][xyzXYZ])+", value.strip())
+        axes = tuple(t[1].upper() for t in re.findall(r"[Rr][xyzXYZ]", value)) if tokens else ()
     elif isinstance(value, Sequence) and value and all(isinstance(a, str) for a in value):
         axes = tuple(a.strip().upper().removeprefix("R") for a in value)
     else:
         axes = ()
     if not axes or any(a not in AXES for a in axes) or len(axes) > 3:
-        raise SpaceError(
-            f"{key}={value!r} is not allowed; allowed: one to three rotations per wire, "
-            f"as {', '.join(ROTATION_NAMES)} or a list of axes such as [Y, Z]"
-        )
+        raise SpaceError(f"{key}={value!r} is not allowed; allowed: one to three rotations per wire: {ROTATIONS_ALLOWED}")
     return Rotation(axes)
 
 
@@ -221,7 +218,7 @@ def build_space(product: Mapping | None, candidates: Iterable[Mapping] = (), key
             if not isinstance(values, Sequence) or isinstance(values, str) or not values:
                 raise SpaceError(f"{key}.product.{part}={values!r} is not allowed; allowed: a non-empty list")
             lists.append(list(values))
-        for i, (init, ent, rot) in enumerate(itertools.product(*lists)):
+        for init, ent, rot in itertools.product(*lists):
             specs.append((f"{key}.product", {"init": init, "entangler": ent, "rotation": rot}))
     for i, spec in enumerate(candidates or ()):
         specs.append((f"{key}.candidates[{i}]", dict(spec)))

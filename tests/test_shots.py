@@ -1,0 +1,128 @@
+"""Finite shots (issue 19): sampled frequencies, the straight-through gradient, seeding, the
+train/eval streams, resuming, and the CLI keys."""
+
+import json
+
+import pytest
+import torch
+from helpers import cli
+
+from diffqas_runner.qt import shots
+from diffqas_runner.qt.generator import Generator, GeneratorOptions, GeneratorSet
+
+SHAPES = {"w": torch.Size([200])}  # 8 qubits
+
+
+def test_frequencies_are_a_seeded_multinomial_draw():
+    p = torch.softmax(torch.randn(3, 64, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 1)
+    f = shots.frequencies(p, 1000, (0, 0, 0, 5))
+    counts = f * 1000
+    assert torch.allclose(counts, counts.round()) and torch.allclose(f.sum(1), torch.ones(3, dtype=torch.float64))
+    assert torch.equal(f, shots.frequencies(p, 1000, (0, 0, 0, 5)))  # same seed, same draw
+    assert not torch.equal(f, shots.frequencies(p, 1000, (0, 0, 0, 6)))
+    # unbiased: the mean of many draws approaches P (std of the mean ~ sqrt(p / (N * draws)))
+    mean = torch.stack([shots.frequencies(p, 1000, (1, i)) for i in range(400)]).mean(0)
+    assert (mean - p).abs().max() < 5 * (p.max() / (1000 * 400)) ** 0.5
+    # error shrinks like 1/sqrt(N)
+    err = [(shots.frequencies(p, n, (2,)) - p).abs().sum().item() for n in (10**3, 10**7)]
+    assert err[1] < err[0] / 30
+
+
+def test_straight_through_keeps_the_exact_gradient():
+    theta = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    coeffs = torch.randn(5, dtype=torch.float64)
+    p = torch.softmax(theta, 0)[None]
+    est = shots.estimate(p, 100, (0,))
+    assert torch.equal(est.detach(), shots.frequencies(p, 100, (0,)))
+    (est * coeffs).sum().backward()
+    exact = torch.autograd.grad((torch.softmax(theta, 0) * coeffs).sum(), theta)[0]
+    torch.testing.assert_close(theta.grad, exact, rtol=0, atol=1e-15)
+
+
+def test_generator_with_shots_draws_a_new_sample_each_training_step_and_is_reproducible():
+    torch.manual_seed(0)
+    gen = Generator(SHAPES, 2, GeneratorOptions(shots=1000, seed=3))
+    torch.manual_seed(0)
+    exact = Generator(SHAPES, 2, GeneratorOptions())
+    w1 = gen()["w"]
+    w2 = gen()["w"]
+    assert int(gen.shot_counter) == 2 and not torch.equal(w1, w2)
+    assert not torch.allclose(w1, exact()["w"], atol=1e-3)
+    # the same seed and counter give the same sample
+    torch.manual_seed(0)
+    again = Generator(SHAPES, 2, GeneratorOptions(shots=1000, seed=3))
+    assert torch.equal(again()["w"], w1)
+    # gradients reach the angles and the structural weights
+    (gen()["w"] ** 2).sum().backward()
+    assert gen.theta.grad.abs().max() > 0 and gen.structural.grad.abs().max() > 0
+
+
+def test_evaluation_uses_eval_shots_without_advancing_and_matches_the_written_model():
+    torch.manual_seed(0)
+    gen = GeneratorSet({"a": SHAPES}, 2, GeneratorOptions(shots=1000, eval_shots=50, seed=1))
+    torch.manual_seed(0)
+    exact_eval = GeneratorSet({"a": SHAPES}, 2, GeneratorOptions(shots=1000, eval_shots="exact", seed=1))
+    torch.manual_seed(0)
+    exact = GeneratorSet({"a": SHAPES}, 2, GeneratorOptions())
+    gen()  # one training step
+    with torch.no_grad(), gen.evaluating():
+        e1, e2 = gen()["w"], gen()["w"]
+    assert torch.equal(e1, e2) and int(gen.first.shot_counter) == 1  # same step: same evaluation sample
+    assert gen.training
+    with torch.no_grad(), exact_eval.evaluating(), exact.evaluating():
+        torch.testing.assert_close(exact_eval()["w"], exact()["w"], rtol=0, atol=0)
+
+
+def test_many_shots_approach_the_exact_weights():
+    def weights(n):
+        torch.manual_seed(0)
+        return Generator(SHAPES, 2, GeneratorOptions(shots=n, seed=0))()["w"]
+
+    torch.manual_seed(0)
+    exact = Generator(SHAPES, 2, GeneratorOptions())()["w"]
+    errors = [(weights(n) - exact).abs().mean().item() for n in (10**3, 10**9)]
+    assert errors[1] < errors[0] / 100
+
+
+def test_the_shot_counter_is_checkpointed():
+    gen = Generator(SHAPES, 2, GeneratorOptions(shots=100))
+    gen()
+    gen()
+    state = gen.state_dict()
+    assert int(state["shot_counter"]) == 2
+    fresh = Generator(SHAPES, 2, GeneratorOptions(shots=100))
+    fresh.load_state_dict(state)
+    assert torch.equal(fresh()["w"], gen()["w"])
+    assert "shot_counter" not in Generator(SHAPES, 2).state_dict()  # exact runs: state unchanged
+
+
+def test_cli_records_shots_and_refuses_bad_counts(tmp_path):
+    res = cli(["task=bessel", "qt.shots=1e3", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    assert summary["shots"] == 1000 and summary["eval_shots"] == 1000
+    for bad, key in (
+        ("qt.shots=0", "qt.shots=0"),
+        ("qt.shots=2.5", "qt.shots=2.5"),
+        ("qt.eval_shots=many", "qt.eval_shots='many'"),
+    ):
+        res = cli(["task=bessel", bad, "logger=none", f"hydra.run.dir={tmp_path / 'b'}"], tmp_path)
+        assert res.returncode != 0 and f"{key} is not allowed" in res.stderr, res.stderr
+    assert not (tmp_path / "b" / "summary.json").exists()
+
+
+@pytest.mark.parametrize("eval_shots, expected", [("exact", None), ("500", 500)])
+def test_eval_shots_is_resolved_in_the_summary(tmp_path, eval_shots, expected):
+    res = cli(
+        [
+            "task=bessel",
+            "qt.shots=1000",
+            f"qt.eval_shots={eval_shots}",
+            "debug=smoke",
+            "logger=none",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        tmp_path,
+    )
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["eval_shots"] == expected
