@@ -196,9 +196,10 @@ def _readme_commands() -> list[str]:
 
 @pytest.mark.slow
 def test_the_readme_is_a_short_manual_whose_commands_compose(tmp_path):
-    """README.md stays under 15,000 characters, and every `diffqas-run` command in it composes as
+    """README.md stays under 16,000 characters (15,000 until it gained the search-space, shots and
+    ten-class section), and every `diffqas-run` command in it composes as
     written (`--cfg job`: nothing runs; placeholders such as PATH get a real value)."""
-    assert len((REPO / "README.md").read_text()) < 15_000
+    assert len((REPO / "README.md").read_text()) < 16_000
     commands = _readme_commands()
     assert len(commands) >= 8
     mine = tmp_path / "my_configs" / "experiment"

@@ -263,3 +263,12 @@ def test_arch_beyond_the_space_is_refused(tmp_path):
     assert res.returncode != 0 and "search.arch=13 is not allowed; allowed: an integer 1..12" in res.stderr
     res = cli(["task=bessel", "search_space=wide32", "search=fixed", "search.arch=33", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert "an integer 1..32" in res.stderr and not (tmp_path / "summary.json").exists()
+
+
+def test_the_readme_search_space_example_builds():
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    block = text.split("```yaml\nname: mine\n", 1)[1].split("```", 1)[0]
+    spec = yaml.safe_load("name: mine\n" + block)
+    space = build_space(spec["product"], spec["candidates"])
+    assert [c.name for c in space] == ["H-Cyc-Ry", "H-Cyc-Rot", "H-CZEnt-Ry", "H-CZEnt-Rot", "my-cz"]
+    confirm(space, 4, 2, probabilities)

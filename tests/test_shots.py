@@ -126,3 +126,17 @@ def test_eval_shots_is_resolved_in_the_summary(tmp_path, eval_shots, expected):
     )
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "summary.json").read_text())["eval_shots"] == expected
+
+
+def test_model_pt_reproduces_the_reported_metrics_under_finite_shots(tmp_path):
+    """The final evaluation and model.pt use the same evaluation sample (same step counter)."""
+    from diffqas_runner.nets import LSTMRegressor
+    from diffqas_runner.tasks.timeseries import TimeSeriesTask
+
+    res = cli(["task=bessel", "qt.shots=300", "train.max_steps=5", "logger=none", f"hydra.run.dir={tmp_path}"], tmp_path)
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    model = LSTMRegressor(1, 20)
+    model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
+    metrics = TimeSeriesTask("bessel", hidden=20, window=4, train_fraction=0.67).evaluate(model)
+    assert metrics["test_mse"] == pytest.approx(summary["metrics"]["test_mse"], rel=1e-6)
