@@ -98,6 +98,14 @@ def _metric_rows(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _paper(summary: dict, metric: str) -> float | None:
+    """The paper's number for this configuration: only in its own space (another space's arch N is
+    another circuit). Summaries from before search spaces existed are paper12's."""
+    if summary.get("search_space", "paper12") != "paper12":
+        return None
+    return paper_value(summary["task"], summary["search"], summary["arch"], metric)
+
+
 def group_jobs(jobs: list[Job]) -> tuple[list[Group], list[str]]:
     """Configurations (sorted: task, DiffQAS first, then candidates 1..12) and the keys that vary among them."""
     keys = sorted({k for j in jobs for k in j.config} - IGNORED)
@@ -122,7 +130,13 @@ def _std(values: list[float]) -> float:
 
 def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
     metric_names = sorted({m for g in groups for j in g.jobs for m in j.summary["metrics"]})
-    shown = [k for k in varying if k not in ("search.mode", "search.arch", "task.name")]
+    # a search space is told apart by its name (its parts still separate the groups)
+    shown = [
+        k
+        for k in varying
+        if k not in ("search.mode", "search.arch", "task.name")
+        and not (k.startswith("search_space.") and k != "search_space.name")
+    ]
     columns = ["task", "model", *shown, "n_seeds", "seeds"]
     rows = []
     for g in groups:
@@ -136,7 +150,7 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
             row[f"{m}_mean"] = statistics.fmean(values) if values else float("nan")
             row[f"{m}_std"] = _std(values)
             row[f"{m}_best"] = (max if higher_is_better(m) else min)(values) if values else float("nan")
-            row[f"{m}_paper"] = paper_value(s["task"], s["search"], s["arch"], m)
+            row[f"{m}_paper"] = _paper(s, m)
         retrains = [j.summary["retrain"] for j in g.jobs if j.summary.get("retrain")]
         if retrains:
             best = [r["best"] for r in retrains if r["best"] is not None]
@@ -261,7 +275,7 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
         values = [j.summary["metrics"].get(metric, float("nan")) for j in g.jobs]
         means.append(statistics.fmean(values))
         stds.append(0.0 if len(values) < 2 else statistics.stdev(values))
-        papers.append(paper_value(g.first["task"], g.first["search"], g.first["arch"], metric))
+        papers.append(_paper(g.first, metric))
     xs = list(range(len(groups)))
     ax.bar(xs, means, yerr=stds, color=["tab:red" if g.first["search"] == "diffqas" else "tab:blue" for g in groups], capsize=2)
     marked = [(x, p) for x, p in zip(xs, papers) if p is not None]

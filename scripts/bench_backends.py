@@ -1,14 +1,15 @@
 #!/usr/bin/env python
 """Time one Quantum-Train generator step per backend, side by side, and its peak memory.
 
-A step is what training does once per optimisation step: all 12 candidates with shared
-angles (forward and backward), the DiffQAS weighted sum, the Linear(n+1 -> 1) mapping.
+A step is what training does once per optimisation step: all candidates of the search space
+(`--search-space`, default paper12's 12) with shared angles (forward and backward), the DiffQAS
+weighted sum, the Linear(n+1 -> 1) mapping.
 Each (n, L, backend, precision) runs in a fresh subprocess so its peak RSS is its own; all
 ratios printed come from this one invocation.
 
     python scripts/bench_backends.py [--sizes 8x10,12x10,14x15,17x15] [--json PATH]
         [--backends native,default.qubit,lightning.qubit] [--precision float64,float32]
-        [--threads N] [--memory-mb MB]
+        [--threads N] [--memory-mb MB] [--search-space paper12|wide32|PATH.yaml]
 
 `--precision` applies to the native backends; the PennyLane backends always run in float64.
 Backend native-torch is native with its C++ kernel switched off (the pure-torch fallback).
@@ -41,7 +42,23 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def one_config(n: int, layers: int, backend: str, precision: str, repeats: int, budget: float, threads: int | None) -> dict:
+def load_space(name: str):
+    """A packaged search space by name, or a search-space YAML file by path."""
+    from pathlib import Path
+
+    import yaml
+
+    from diffqas_runner.cli import CONFIG_DIR
+    from diffqas_runner.quantum import build_space
+
+    path = Path(name) if name.endswith(".yaml") else Path(CONFIG_DIR, "search_space", f"{name}.yaml")
+    spec = yaml.safe_load(path.read_text())
+    return build_space(spec.get("product"), spec.get("candidates") or ())
+
+
+def one_config(
+    n: int, layers: int, backend: str, precision: str, repeats: int, budget: float, threads: int | None, space: str
+) -> dict:
     import torch
 
     from diffqas_runner.qt.generator import Generator, GeneratorOptions
@@ -56,6 +73,7 @@ def one_config(n: int, layers: int, backend: str, precision: str, repeats: int, 
         backend="native" if native else "pennylane",
         device="default.qubit" if native else backend,
         tensor_scale="none",
+        space=load_space(space),
         dtype=torch.float32 if precision == "float32" else torch.float64,
     )
     load = os.getloadavg()[0]
@@ -80,6 +98,8 @@ def one_config(n: int, layers: int, backend: str, precision: str, repeats: int, 
     return {
         "n": n,
         "L": layers,
+        "search_space": space,
+        "n_candidates": len(generator.candidates),
         "backend": backend,
         "kernel": kernel,
         "precision": precision,
@@ -153,11 +173,13 @@ def main() -> None:
         help="skip a size whose peak RSS, projected from the backend's previous size, exceeds this (default: 80%% of RAM)",
     )
     parser.add_argument("--json", help="write the rows as a JSON list to this path")
+    parser.add_argument("--search-space", default="paper12", help="a packaged space (paper12, wide32) or a YAML file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: n,L,backend,precision in a subprocess
     args = parser.parse_args()
     if args.one:
         n, layers, backend, precision = args.one.split(",")
-        print(json.dumps(one_config(int(n), int(layers), backend, precision, args.repeats, args.budget, args.threads)))
+        row = one_config(int(n), int(layers), backend, precision, args.repeats, args.budget, args.threads, args.search_space)
+        print(json.dumps(row))
         return
 
     precisions = args.precision.split(",")
@@ -171,6 +193,7 @@ def main() -> None:
     info["command"] = " ".join(["python", *sys.argv])
     print(f"# {info['cpu']}, {info['cores']} cores, {info['memory_mb']} MB, Python {info['python']}, {info['date']}")
     print(f"# torch threads: {args.threads or 'torch default'}; memory budget {memory_mb:.0f} MB; load {os.getloadavg()}")
+    print(f"# search space: {args.search_space}")
     head = ("n", 3), ("L", 3), ("backend", 16), ("precision", 9), ("step_s", 10), ("peak_mb", 9), ("threads", 7), ("load", 5)
     print(" ".join(f"{name:>{width}}" for name, width in head), f"{'x native':>9}")
     rows, too_slow, previous = [], set(), {}
@@ -185,8 +208,19 @@ def main() -> None:
             if projected is not None and projected > memory_mb:
                 print(f"{label}  skipped: projected peak RSS {projected:.0f} MB > --memory-mb {memory_mb:.0f}")
                 continue
-            cmd = [sys.executable, __file__, "--one", f"{n},{layers},{backend},{precision}", "--repeats", str(args.repeats),
-                   "--budget", str(args.budget)] + (["--threads", str(args.threads)] if args.threads else [])  # fmt: skip
+            cmd = [
+                sys.executable,
+                __file__,
+                "--one",
+                f"{n},{layers},{backend},{precision}",
+                "--repeats",
+                str(args.repeats),
+                "--budget",
+                str(args.budget),
+                "--search-space",
+                args.search_space,
+            ]
+            cmd += ["--threads", str(args.threads)] if args.threads else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             row = {**json.loads(out.strip().splitlines()[-1]), **info}
             rows.append(row)

@@ -135,3 +135,19 @@ def test_evaluate_refuses_bad_arguments_with_one_line(tmp_path):
                          ([str(tmp_path / "none")], "not found")):  # fmt: skip
         proc = subprocess.run([sys.executable, "-m", "diffqas_runner.evaluate", *args], capture_output=True, text=True)
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_a_sweep_over_search_spaces_aggregates_by_space_name(tmp_path):
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "diffqas_runner", "-m", "task=bessel", "debug=smoke", "logger=none", "search=fixed",
+           "search.arch=8", "search_space=paper12,wide32", "train.threads=1", f"hydra.sweep.dir={sweep}"]  # fmt: skip
+    env = {**os.environ, "WANDB_MODE": "disabled", "HYDRA_FULL_ERROR": "0"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    aggregate(sweep)
+    with (sweep / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["search_space.name"], r["model"]) for r in rows] == [("paper12", "8 Ent-Ry"), ("wide32", "8 H-Cyc-RyRz")]
+    assert "search_space.product.rotation" not in rows[0]  # the space is named, not spelled out
+    # the paper's Table II number belongs to paper12's candidate 8 only
+    assert float(rows[0]["test_mse_paper"]) == 1.41e-4 and rows[1]["test_mse_paper"] == ""
