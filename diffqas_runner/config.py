@@ -175,34 +175,21 @@ class SearchConfig:
 
 
 @dataclass
-class CandidateSpec:
-    """One candidate of a search space, by its parts (quantum/candidates.py says what each means)."""
-
-    init: str = "none"  # none | H
-    # a pattern (chain, ring, all_to_all, stride2, none; cz_<pattern> for CZ gates) or [[control, target], ...]
-    entangler: Any = "chain"
-    gate: str | None = None  # cnot | cz for explicit pairs (null: cnot, or CZ for cz_<pattern>)
-    rotation: Any = "Ry"  # Rx | Ry | Rz | RyRz | ... | Rot (Rz Ry Rz), or a list of axes [Y, Z]
-    name: str | None = None  # null: built from the parts, e.g. H-Cyc-Ry
-
-
-@dataclass
-class ProductSpec:
-    """Every combination init x entangler x rotation, in that order (rotation varies fastest)."""
-
-    init: list[str] = field(default_factory=list)
-    entangler: list[Any] = field(default_factory=list)
-    rotation: list[Any] = field(default_factory=list)
-
-
-@dataclass
 class SearchSpaceConfig:
     """The candidates DiffQAS searches over and `search.arch` indexes: `product`'s combinations,
-    then the `candidates` listed one by one, numbered from 1 (configs/search_space/*.yaml)."""
+    then the `candidates` listed one by one, numbered from 1 (configs/search_space/*.yaml).
 
-    name: str | None = None
-    product: ProductSpec | None = None
-    candidates: list[CandidateSpec] = field(default_factory=list)
+    product: {init: [none, H], entangler: [...], rotation: [...]}: every combination, rotation
+    varying fastest. candidates: [{init, entangler, gate, rotation, name}, ...] where entangler is
+    a pattern (chain, ring, all_to_all, stride2, none; cz_<pattern> for CZ gates) or
+    [[control, target], ...], gate cnot | cz (for explicit pairs), rotation Rx | Ry | Rz | RyRz |
+    ... | Rot (Rz Ry Rz) or a list of axes [Y, Z], name optional (default: from the parts).
+    The parts are untyped here so that `search_space()` (quantum/candidates.py) checks them with
+    one-line messages naming the key."""
+
+    name: Any = None
+    product: Any = None
+    candidates: Any = None
 
 
 @dataclass
@@ -380,6 +367,13 @@ def search_space(cfg):
     from .quantum.candidates import SpaceError, build_space
 
     node = OmegaConf.to_container(cfg.search_space, resolve=True, enum_to_str=True)
+    name = node.get("name")
+    _check(
+        name is None or (isinstance(name, str) and 0 < len(name) <= 64 and name.isprintable()),
+        "search_space.name",
+        name,
+        "null or a printable name of 1..64 characters",
+    )
     try:
         return build_space(node.get("product"), node.get("candidates") or ())
     except SpaceError as err:
@@ -409,11 +403,12 @@ def _validate_task(cfg) -> None:
     task = cfg.task
     hidden = list(task.hidden)
     if task.kind == TaskKind.classification:
-        classes = task.classes if isinstance(task.classes, str) else list(task.classes)
+        classes = task.classes if not OmegaConf.is_list(task.classes) else list(task.classes)
         _check(
             classes == "all"
             or (
-                len(classes) >= 2
+                isinstance(classes, list)
+                and len(classes) >= 2
                 and all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c <= 9 for c in classes)
                 and len(set(classes)) == len(classes)
             ),

@@ -18,10 +18,11 @@ from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks
-from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, validate
+from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, shot_count, validate
 from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
+from .quantum.candidates import space_digest
 from .quantum.draw import draw_candidate
 from .record import Recorder
 from .record.failures import FAILURE, clear_failure, write_failure
@@ -74,7 +75,13 @@ def build_scheduler(optimizer, train_cfg, total: int):
 
 
 def _plain(cfg) -> dict:
-    return OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    """The config as plain data, shot counts as ints (`qt.shots=1e3` and `=1000` are one run)."""
+    plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    qt = plain.get("qt", {})
+    for key in ("shots", "eval_shots"):
+        if shot_count(qt.get(key)) is not None:
+            qt[key] = shot_count(qt[key])
+    return plain
 
 
 @dataclass
@@ -289,6 +296,7 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
         "arch": arch,
         "arch_name": generator.first.space[arch - 1].name if arch else None,
         "search_space": cfg.search_space.name,
+        "search_space_digest": space_digest(generator.first.space),
         "n_candidates": len(generator.first.space),
         "candidates": [c.name for c in generator.first.space],
         "depth": cfg.depth,

@@ -274,7 +274,7 @@ def test_library_defaults_are_the_cli_defaults():
 @pytest.mark.parametrize(
     "value, ok",
     [("all", True), ("[3,1,7]", True), ("[0,1,2,3,4,5,6,7,8,9]", True), ("[1]", False), ("[1,1]", False),
-     ("[1,10]", False), ("some", False), ("[true,false]", False)],
+     ("[1,10]", False), ("some", False), ("[true,false]", False), ("5", False), ("null", False)],
 )  # fmt: skip
 def test_task_classes_accepts_all_or_distinct_labels(value, ok):
     from diffqas_runner.config import ConfigError, validate

@@ -272,3 +272,55 @@ def test_the_readme_search_space_example_builds():
     space = build_space(spec["product"], spec["candidates"])
     assert [c.name for c in space] == ["H-Cyc-Ry", "H-Cyc-Rot", "H-CZEnt-Ry", "H-CZEnt-Rot", "my-cz"]
     confirm(space, 4, 2, probabilities)
+
+
+def test_cz_from_zero_state_x_and_y_layers_are_one_group_unless_they_mix():
+    """From |0..0> through CZs only, X and Y rotations swap (groups.py says why) unless a layer
+    holds X, Y and Z; with H first, or a CNOT, they do not."""
+    rotations = ("RxRz", "RyRz", "RzRx", "RzRy", "RxRy", "RyRx", "Rx", "Ry", "RxRyRz", "RyRxRz")
+    specs = [{"entangler": "cz_ring", "rotation": r} for r in rotations]
+    specs += [{"init": "H", "entangler": "cz_ring", "rotation": r} for r in ("RxRz", "RyRz")]
+    specs += [{"entangler": "ring", "rotation": r} for r in ("RxRz", "RyRz")]
+    space = build_space(None, specs)
+    groups = output_groups(space, 4, 3)
+    assert groups == [(1, 2), (3, 4), (5, 6), (7, 8), (9,), (10,), (11,), (12,), (13,), (14,)]
+    confirm(space, 4, 3, probabilities)
+
+
+def test_depth_one_drops_a_final_rz_before_deciding_independence():
+    space = build_space(None, [{"init": "H", "entangler": "ring", "rotation": "RxRz"}, {"init": "H", "rotation": "RyRz"}])
+    assert space[0].theta_independent(4, depth=1) and not space[0].theta_independent(4)
+    assert angle_independent(space, 4, 1) == [1] and angle_independent(space, 4, 3) == []
+    confirm(space, 4, 1, probabilities)
+    confirm(space, 4, 3, probabilities)
+    fixed = Generator({"w": torch.Size([10])}, 1, GeneratorOptions(space=space, mode="fixed", arch=1))
+    assert not fixed.theta.requires_grad  # nothing to train in it at depth 1
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("product: [H, none]", r"search_space\.product=\['H', 'none'\] is not allowed; allowed: null or a mapping"),
+        ("candidates: [H-Cyc-Ry]", r"search_space\.candidates\[0\]='H-Cyc-Ry' is not allowed; allowed: a mapping"),
+        ("candidates: {init: H}", r"search_space\.candidates=\{'init': 'H'\} is not allowed; allowed: a list"),
+        ("candidates:\n  - {rotation: Ry, foo: 1}", r"search_space\.candidates\[0\]\.foo is not a key"),
+        ("name: [1, 2]\ncandidates:\n  - {rotation: Ry}", r"search_space\.name=\[1, 2\] is not allowed"),
+    ],
+)
+def test_malformed_space_files_get_one_line_errors(tmp_path, text, message):
+    import re
+
+    (tmp_path / "cfg" / "search_space").mkdir(parents=True)
+    (tmp_path / "cfg" / "search_space" / "bad.yaml").write_text(text + "\n")
+    args = ["--config-dir", str(tmp_path / "cfg"), "task=bessel", "search_space=bad", "debug=smoke", "logger=none"]
+    res = cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
+    errors = [line for line in res.stderr.splitlines() if line.startswith("Error")]
+    assert res.returncode == 2 and len(errors) == 1 and re.search(message, errors[0]), res.stderr
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_gate_names_are_case_insensitive_and_every_candidate_wire_is_checked():
+    assert build_space(None, [{"entangler": [[0, 1]], "gate": "CZ", "rotation": "Ry"}])[0].entangler.gate == "cz"
+    space = build_space(None, [{"rotation": "Ry"}, {"entangler": [[0, 12]], "rotation": "Ry"}])
+    with pytest.raises(ConfigError, match="candidate 2 .* uses wire 12"):  # not in use, still refused
+        Generator({"w": torch.Size([300])}, 2, GeneratorOptions(space=space, mode="fixed", arch=1))

@@ -140,3 +140,51 @@ def test_model_pt_reproduces_the_reported_metrics_under_finite_shots(tmp_path):
     model.load_state_dict(torch.load(tmp_path / "model.pt", weights_only=True))
     metrics = TimeSeriesTask("bessel", hidden=20, window=4, train_fraction=0.67).evaluate(model)
     assert metrics["test_mse"] == pytest.approx(summary["metrics"]["test_mse"], rel=1e-6)
+
+
+def test_a_run_stopped_inside_a_step_resumes_to_the_same_samples(tmp_path, monkeypatch):
+    """A signal after the step's forward (the counter already advanced) must not shift the samples
+    of the resumed run: the loop sets the counter to the step it is computing."""
+    import signal
+
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    import diffqas_runner.train.supervised as supervised
+    from diffqas_runner.cli import CONFIG_DIR
+    from diffqas_runner.run import run
+    from diffqas_runner.train.checkpoint import Interrupted, StopRequested
+
+    def config():
+        GlobalHydra.instance().clear()
+        overrides = ["task=bessel", "logger=none", "train.max_steps=5", "progress=off", "qt.shots=50"]
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            return compose(config_name="config", overrides=overrides)
+
+    whole = run(config(), tmp_path / "a", interactive=False)
+    real, calls = supervised.functional_call, []
+
+    def stop_in_step_three(model, params, args):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 3:
+                raise StopRequested(signal.SIGINT)
+        return real(model, params, args)
+
+    monkeypatch.setattr(supervised, "functional_call", stop_in_step_three)
+    with pytest.raises(Interrupted):
+        run(config(), tmp_path / "b", interactive=False)
+    monkeypatch.setattr(supervised, "functional_call", real)
+    saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
+    assert saved["loop"]["step"] == 2  # the stopped step is redone on resume
+    resumed = run(config(), tmp_path / "b", interactive=False)
+    assert resumed["metrics"] == whole["metrics"] and resumed["resumed_from_step"] == 2
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_same_shot_count_written_two_ways_is_one_run(tmp_path):
+    args = ["task=bessel", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"]
+    assert cli([*args, "qt.shots=1e3"], tmp_path).returncode == 0
+    res = cli([*args, "qt.shots=1000"], tmp_path)  # the finished run, not "other settings"
+    assert res.returncode == 0 and "already holds this finished run" in res.stderr, res.stderr

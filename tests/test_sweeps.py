@@ -151,3 +151,15 @@ def test_a_sweep_over_search_spaces_aggregates_by_space_name(tmp_path):
     assert "search_space.product.rotation" not in rows[0]  # the space is named, not spelled out
     # the paper's Table II number belongs to paper12's candidate 8 only
     assert float(rows[0]["test_mse_paper"]) == 1.41e-4 and rows[1]["test_mse_paper"] == ""
+
+
+def test_the_papers_numbers_go_to_paper12_by_its_circuits_not_its_name():
+    from diffqas_runner.aggregate import _paper
+    from diffqas_runner.quantum import CANDIDATES
+    from diffqas_runner.quantum.candidates import space_digest
+
+    summary = {"task": "bessel", "search": "fixed", "arch": 8, "search_space": "paper12"}
+    assert _paper({**summary, "search_space_digest": space_digest(CANDIDATES)}, "test_mse") == 1.41e-4
+    reordered = space_digest(CANDIDATES[::-1])  # a space still called paper12, other circuits per number
+    assert _paper({**summary, "search_space_digest": reordered}, "test_mse") is None
+    assert _paper({"task": "bessel", "search": "fixed", "arch": 8}, "test_mse") == 1.41e-4  # older summaries

@@ -173,7 +173,7 @@ class Generator(nn.Module):
         else:
             raise ValueError(f"search.mode={opts.mode!r}; allowed: diffqas, fixed")
         try:
-            check_wires(self.candidates, n)
+            check_wires(self.space, n)  # every candidate of the space, used here or not
         except SpaceError as err:
             raise ConfigError(str(err)) from None
 
@@ -209,11 +209,12 @@ class Generator(nn.Module):
         # candidate whose output ignores them. SPEC's counts include them (`paper_parameters`).
         if opts.center_output:
             self.mapping[-1].bias.requires_grad_(False)
-        if all(c.theta_independent(n) for c in self.candidates):
+        if all(c.theta_independent(n, depth) for c in self.candidates):
             self.theta.requires_grad_(False)
         self.groups = output_groups(self.candidates, n, depth)
         if self.eval_shots is not None or opts.shots is not None:
-            # training steps drawn so far: seeds the next sample, checkpointed with the generator
+            # which step's sample is drawn next: the trainers set it (`at_step`) before every step,
+            # a training forward advances it; checkpointed with the generator
             self.register_buffer("shot_counter", torch.zeros((), dtype=torch.int64))
         scales = [1.0 / math.sqrt(fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
         self.register_buffer(
@@ -237,6 +238,12 @@ class Generator(nn.Module):
         if self.structural is None:
             return None
         return torch.softmax(self.structural, 0) if self.options.structural == "softmax" else self.structural
+
+    def at_step(self, step: int) -> None:
+        """Finite shots: the next training sample is step `step`'s (evaluations after it use the
+        same counter value + 1, like the written model). No-op with exact probabilities."""
+        if hasattr(self, "shot_counter"):
+            self.shot_counter.fill_(step)
 
     @property
     def eval_shots(self) -> int | None:
@@ -280,7 +287,7 @@ class Generator(nn.Module):
         return None if groups is None else [g[0] for g in groups]
 
     def angle_independent(self) -> list[int]:
-        return angle_independent(self.candidates, self.n_qubits)
+        return angle_independent(self.candidates, self.n_qubits, self.depth)
 
     # --- probabilities -> weights ------------------------------------------------------
     def _postprocess(self, probs: torch.Tensor) -> torch.Tensor:
@@ -324,7 +331,7 @@ class Generator(nn.Module):
         if not self.theta.requires_grad:
             return live
         per_layer_wire = self.depth * self.n_qubits
-        used = [c.rotation.n_angles for c in self.candidates if not c.theta_independent(self.n_qubits)]
+        used = [c.rotation.n_angles for c in self.candidates if not c.theta_independent(self.n_qubits, self.depth)]
         return live + per_layer_wire * (sum(used) if self.per_candidate else max(used))
 
     def paper_parameters(self) -> int:
@@ -357,6 +364,10 @@ class GeneratorSet(nn.Module):
 
     def forward(self) -> dict[str, torch.Tensor]:
         return {k: v for g in self.parts.values() for k, v in g().items()}
+
+    def at_step(self, step: int) -> None:
+        for g in self.parts.values():
+            g.at_step(step)
 
     @contextmanager
     def evaluating(self):

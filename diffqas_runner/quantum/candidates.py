@@ -13,6 +13,7 @@ a whole entangling layer is one signed permutation: `layer_op` composes it once 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -98,8 +99,9 @@ class Candidate:
             return self.label
         return "-".join((["H"] if self.hadamard else []) + [self.entangler.label, self.rotation.label])
 
-    def theta_independent(self, n: int) -> bool:
-        """Whether the measured distribution on n wires cannot depend on the angles (from structure).
+    def theta_independent(self, n: int, depth: int | None = None) -> bool:
+        """Whether the measured distribution on n wires (at `depth` layers; None: any depth >= 2)
+        cannot depend on the angles (from structure).
 
         CNOT and CZ are signed permutations of the Z basis. If every rotation is Rz (diagonal in Z),
         the Z-basis magnitudes are only permuted: the output is the start state's, carried through
@@ -107,10 +109,14 @@ class Candidate:
         (diagonal in X), the entangling layer has no sign (CNOTs only, or CZs that cancel) and the
         start is an X basis state (H on |0..0> = |+..+>), the state stays that X basis state up to
         a phase: the output is uniform. Every other combination depends on theta in general
-        (checked numerically in the tests).
+        (checked numerically in the tests). At depth 1 a final Rz changes no probability, so it is
+        left out first.
         """
-        axes = set(self.rotation.axes)
-        if axes == {"Z"}:
+        axes = list(self.rotation.axes)
+        while depth == 1 and axes and axes[-1] == "Z":
+            axes.pop()
+        axes = set(axes)
+        if axes <= {"Z"}:
             return True
         return axes == {"X"} and self.hadamard and layer_op(self.entangler, n)[1] is None
 
@@ -163,6 +169,7 @@ def parse_rotation(value, key: str) -> Rotation:
 
 def parse_entangler(value, gate, key: str) -> Entangler:
     """A pattern name ('ring', 'cz_ring', ...) or explicit [[control, target], ...] pairs."""
+    gate = gate.strip().lower() if isinstance(gate, str) else gate
     if gate is not None and gate not in GATES:
         raise SpaceError(f"{key.rsplit('.', 1)[0]}.gate={gate!r} is not allowed; allowed: {', '.join(GATES)} (or null)")
     if isinstance(value, str):
@@ -208,6 +215,11 @@ def build_space(product: Mapping | None, candidates: Iterable[Mapping] = (), key
     rotation, in that order, the last varying fastest), then the `candidates` listed one by one.
     Numbered from 1 in that order."""
     specs: list[tuple[str, dict]] = []
+    if product is not None and not isinstance(product, Mapping):
+        allowed = "null or a mapping of init, entangler, rotation lists"
+        raise SpaceError(f"{key}.product={product!r} is not allowed; allowed: {allowed}")
+    if candidates is not None and (isinstance(candidates, str | Mapping) or not isinstance(candidates, Sequence)):
+        raise SpaceError(f"{key}.candidates={candidates!r} is not allowed; allowed: a list of candidates")
     if product:
         unknown = set(product) - {"init", "entangler", "rotation"}
         if unknown:
@@ -221,6 +233,9 @@ def build_space(product: Mapping | None, candidates: Iterable[Mapping] = (), key
         for init, ent, rot in itertools.product(*lists):
             specs.append((f"{key}.product", {"init": init, "entangler": ent, "rotation": rot}))
     for i, spec in enumerate(candidates or ()):
+        if not isinstance(spec, Mapping):
+            example = "{init: H, entangler: ring, rotation: Ry}"
+            raise SpaceError(f"{key}.candidates[{i}]={spec!r} is not allowed; allowed: a mapping such as {example}")
         specs.append((f"{key}.candidates[{i}]", dict(spec)))
     if not specs:
         raise SpaceError(f"{key} has no candidates; allowed: a `product` of parts and/or a `candidates` list")
@@ -232,8 +247,8 @@ def build_space(product: Mapping | None, candidates: Iterable[Mapping] = (), key
         if unknown:
             raise SpaceError(f"{where}.{sorted(unknown)[0]} is not a key; allowed: init, entangler, gate, rotation, name")
         label = spec.get("name")
-        if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > 64):
-            raise SpaceError(f"{where}.name={label!r} is not allowed; allowed: null or a non-empty name of <= 64 characters")
+        if label is not None and (not isinstance(label, str) or not label.strip() or len(label) > 64 or not label.isprintable()):
+            raise SpaceError(f"{where}.name={label!r} is not allowed; allowed: null or a printable name of 1..64 characters")
         out.append(
             Candidate(
                 number,
@@ -257,9 +272,17 @@ def check_wires(cands: Sequence[Candidate], n: int, key: str = "search_space") -
                 )
 
 
+def space_digest(cands: Sequence[Candidate]) -> str:
+    """A short hash of the candidates' structures in order (names aside): two spaces with the same
+    digest simulate the same circuits under the same numbers, whatever they are called."""
+    parts = [(c.init, c.entangler.gate, c.entangler.pattern, c.entangler.pairs, c.rotation.axes) for c in cands]
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
 PAPER12_PRODUCT = {"init": ["H", "none"], "entangler": ["chain", "ring"], "rotation": ["Rx", "Ry", "Rz"]}
 CANDIDATES: tuple[Candidate, ...] = build_space(PAPER12_PRODUCT)  # paper12, SPEC.md section 2
 N_CANDIDATES = len(CANDIDATES)
+PAPER12_DIGEST = space_digest(CANDIDATES)
 
 
 def candidate(arch: int, space: Sequence[Candidate] = CANDIDATES) -> Candidate:

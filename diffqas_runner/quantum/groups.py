@@ -24,7 +24,7 @@ from .candidates import Candidate, layer_op
 
 
 def _signature(cand: Candidate, n: int, depth: int | None = None) -> tuple:
-    if cand.theta_independent(n):
+    if cand.theta_independent(n, depth):
         return ("uniform",) if cand.hadamard else ("basis-0",)
     perm, sign = layer_op(cand.entangler, n)
     layer = (perm.numpy().tobytes(), None if sign is None else sign.numpy().tobytes())
@@ -37,10 +37,15 @@ def _signature(cand: Candidate, n: int, depth: int | None = None) -> tuple:
         while axes and not cand.hadamard and axes[0][1] == "Z":  # nor an Rz acting first on |0>
             axes = axes[1:]
     diagonal = layer is None or bool((perm == torch.arange(2**n)).all())
-    if diagonal and not cand.hadamard and len(axes) == 1 and axes[0][1] in "XY":
-        # Rx = S Ry S^-1 with S = diag(1, i) on every wire, and S commutes with CZs, fixes |0..0>
-        # and leaves the probabilities alone: from |0..0> with a diagonal entangler they agree.
-        axes = ((axes[0][0], "X|Y"),)
+    if diagonal and not cand.hadamard and not {"X", "Y", "Z"} <= {a for _, a in axes}:
+        # From |0..0> with a diagonal entangler (CZs only) X and Y rotations swap. Conjugating by
+        # S = diag(1, i) on every wire maps Rx(t) -> Ry(-t), Ry(t) -> Rx(t), Rz -> Rz; by Z, every
+        # Rx and Ry angle changes sign; complex conjugation flips the Rx and Rz angles. All three
+        # commute with CZ, fix |0..0> and change no probability. Without Y (or without X) the
+        # first two swap the axes exactly; without Z all three do. So Rx/Ry, RxRz/RyRz and
+        # RxRy/RyRx are one group each; a layer with X, Y and Z is left alone.
+        swapped = tuple((k, {"X": "Y", "Y": "X"}.get(a, a)) for k, a in axes)
+        axes = min(axes, swapped)
     return ("circuit", cand.hadamard, layer, axes)
 
 
@@ -53,8 +58,8 @@ def output_groups(cands: Sequence[Candidate], n: int, depth: int | None = None) 
     return sorted((tuple(sorted(g)) for g in groups.values()), key=lambda g: g[0])
 
 
-def angle_independent(cands: Sequence[Candidate], n: int) -> list[int]:
-    return sorted(c.number for c in cands if c.theta_independent(n))
+def angle_independent(cands: Sequence[Candidate], n: int, depth: int | None = None) -> list[int]:
+    return sorted(c.number for c in cands if c.theta_independent(n, depth))
 
 
 def confirm(
@@ -76,7 +81,7 @@ def confirm(
         for p in probs:
             for member in group[1:]:
                 assert torch.allclose(p[index[member]], p[index[group[0]]], atol=atol), f"group {group} differs"
-    for number in angle_independent(cands, n):
+    for number in angle_independent(cands, n, depth):
         assert torch.allclose(probs[0][index[number]], probs[1][index[number]], atol=atol), f"{number} depends on theta"
     for a in groups if distinct else ():
         for b in groups:

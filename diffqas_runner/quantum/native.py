@@ -221,9 +221,9 @@ def _start_fixed(cand: Candidate, n: int) -> bool:
     return not cand.hadamard or layer_op(cand.entangler, n)[1] is None
 
 
-def _mode(cand: Candidate, n: int) -> str:
+def _mode(cand: Candidate, n: int, depth: int | None = None) -> str:
     """Which path simulates the candidate, from its structure (see the module docstring)."""
-    if cand.theta_independent(n):
+    if cand.theta_independent(n, depth):
         return "static"
     if closed_form.applies(cand, n):
         return "closed_form"
@@ -340,7 +340,7 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tens
     groups: dict[tuple, list[int]] = {}
     for i, cand in enumerate(cands):
         angles = _angles(theta, cand)  # checks the angle count for every candidate
-        mode = _mode(cand, n)
+        mode = _mode(cand, n, n_layers)
         if mode == "static":
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
         else:  # signed (CZ) layers apart: the C++ kernel takes the sign-free Ry rows

@@ -111,6 +111,7 @@ def train_a2c(
             try:
                 with checkpointer.signals.immediate() if checkpointer is not None else nullcontext():
                     # 1. rollout: n_steps of every environment copy with this update's (frozen) weights
+                    generator.at_step(s.update)  # finite shots: this update's sample (also after a resume)
                     params = generator()
                     frozen = {k: v.detach() for k, v in params.items()}
                     obs, acts = [], []

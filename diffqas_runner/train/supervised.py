@@ -107,6 +107,7 @@ def train_supervised(
         try:
             with checkpointer.signals.immediate() if checkpointer is not None else nullcontext():
                 # forward and backward: a signal here abandons the step at once (nothing has changed yet)
+                generator.at_step(s.step)  # finite shots: this step's sample, also when a resumed run redoes it
                 output = functional_call(model, generator(), (x_train[idx],))
                 loss = task.loss(output, y_train[idx])
                 if not torch.isfinite(loss):
