@@ -99,7 +99,7 @@ def test_help_names_the_program_and_lists_every_user_group_only():
         if line.startswith("  ") and not line.startswith("   "):  # a group's line; deeper lines continue it
             group, words = words[0], words[1:]
         listed[group] = listed.get(group, "") + " " + " ".join(words)
-    assert set(listed) == {"task", "search", "backend", "logger", "debug", "experiment", "hparams_search"}
+    assert set(listed) == {"task", "search", "search_space", "backend", "logger", "debug", "experiment", "hparams_search"}
     for group, options_text in listed.items():
         names = {w.strip(",()") for w in options_text.split()}
         options = sorted(p.stem for p in (REPO / "configs" / group).glob("*.yaml"))

@@ -1,24 +1,27 @@
-"""The project's own state-vector simulator for the DiffQAS candidate circuits.
+"""The project's own state-vector simulator for any candidate circuit (quantum/candidates.py).
 
-How it is fast (measured with scripts/bench_backends.py):
-- Candidates whose output cannot depend on theta (`Candidate.theta_independent(n)`) are
+Each candidate takes the fastest path its structure allows (`_mode`; measured with
+scripts/bench_backends.py):
+- Candidates whose output cannot depend on theta (`Candidate.theta_independent`) are
   simulated once per (n, L, dtype, device) and cached, with no autograd graph.
-- The others run together, one batch of rows per rotation kind, in real arithmetic only.
-  Ry circuits are real. An Rx layer is D R'^n D with D = diag((-i)^popcount(x)) and the real
+- IQP candidates (one Rx per wire, no H, a sign-free CNOT layer: paper12's 7 and 10) use the
+  closed form of `closed_form` (two Walsh-Hadamard transforms, whatever the depth).
+- The others run in batches of rows sharing one path and rotation layer. Ry circuits are real
+  (CZ signs included). An Rx layer is D R'^n D with D = diag((-i)^popcount(x)) and the real
   R'(t) = [[cos t/2, sin t/2], [sin t/2, -cos t/2]], so tracking phi = D^-1 psi turns each
-  CNOT layer P into the signed permutation D P D of the stacked (real, imaginary) rows and
-  the rotation into a real matrix: half the flops of complex arithmetic.
+  entangling layer P into the signed permutation D P D of the stacked (real, imaginary) rows and
+  the rotation into a real matrix: half the flops of complex arithmetic. Any other rotation
+  layer (RyRz, Rot, ...) runs on the same machinery with complex amplitudes: the generic path.
 - A rotation layer on n wires is 4 small Kronecker blocks applied as plain GEMMs: the state
   is kept in a layout where the two blocks it applies sit at the ends of the index (one GEMM
   from the left, one from the right), one transpose exposes the other two, and the layout
-  changes are folded into the CNOT gather, which is one precomputed index per layer.
-- Candidates that are IQP circuits (Rx without H: 7 and 10) use the closed form of
-  `closed_form` (two Walsh-Hadamard transforms, whatever the depth) instead of layers.
-- On CPU, the Ry rows' layers after the first run in a fused C++ kernel with an adjoint
+  changes are folded into the entangler's gather, which is one precomputed index per layer.
+- On CPU, sign-free Ry rows' layers after the first run in a fused C++ kernel with an adjoint
   backward (`kernel`, built on first use; pure torch below is the fallback, forced with
   DIFFQAS_NATIVE_KERNEL=torch).
-- The first layer acts on a product state that every CNOT layer fixes (|0..0> or |+..+>),
-  so its output is a Kronecker product of 2-vectors.
+- The first layer acts on a product state (|0..0> or |+..+>) that the first entangler fixes
+  (unless CZs act on |+..+>: then the dense start state goes through every layer), so its
+  output is a Kronecker product of 2-vectors.
 Basis order everywhere outside this module: qubit 0 is the most significant bit.
 """
 
