@@ -69,6 +69,9 @@ def test_evaluation_uses_eval_shots_without_advancing_and_matches_the_written_mo
         e1, e2 = gen()["w"], gen()["w"]
     assert torch.equal(e1, e2) and int(gen.first.shot_counter) == 1  # same step: same evaluation sample
     assert gen.training
+    with gen.first.evaluating():  # a lone Generator (Python callers of the training loops) has it too
+        assert not gen.first.training
+    assert gen.first.training
     with torch.no_grad(), exact_eval.evaluating(), exact.evaluating():
         torch.testing.assert_close(exact_eval()["w"], exact()["w"], rtol=0, atol=0)
 

@@ -121,6 +121,20 @@ class GeneratorOptions:
         )
 
 
+class _Evaluating:
+    """`with generator.evaluating():` eval mode for the block (finite shots: `qt.eval_shots`, and no
+    step counted), then the previous mode. For Generator and GeneratorSet alike."""
+
+    @contextmanager
+    def evaluating(self):
+        was = self.training
+        self.eval()
+        try:
+            yield self
+        finally:
+            self.train(was)
+
+
 def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The shift and divisor that standardise x. A constant vector (an angle-independent
     candidate) gets divisor 1, so float rounding is never blown up into weights; a one-element
@@ -144,7 +158,7 @@ def fan_in(shape: torch.Size) -> int:
     return int(shape[1:].numel()) if len(shape) > 1 else int(shape[0])
 
 
-class Generator(nn.Module):
+class Generator(_Evaluating, nn.Module):
     def __init__(self, shapes: Mapping[str, torch.Size], depth: int, options: GeneratorOptions | None = None):
         super().__init__()
         opts = options or GeneratorOptions()
@@ -339,7 +353,7 @@ class Generator(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
 
-class GeneratorSet(nn.Module):
+class GeneratorSet(_Evaluating, nn.Module):
     """One generator per parameter group of the target (RL: actor and critic), called as one.
 
     Calling it returns every generated tensor, merged; the structural weights and ranking reported
@@ -368,16 +382,6 @@ class GeneratorSet(nn.Module):
     def at_step(self, step: int) -> None:
         for g in self.parts.values():
             g.at_step(step)
-
-    @contextmanager
-    def evaluating(self):
-        """Eval mode for the block (finite shots: `qt.eval_shots`, and no step counted), then back."""
-        was = self.training
-        self.eval()
-        try:
-            yield self
-        finally:
-            self.train(was)
 
     def structural_weights(self) -> torch.Tensor | None:
         return self.first.structural_weights()
