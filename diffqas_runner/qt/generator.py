@@ -30,6 +30,7 @@ from ..config import (
     TensorScale,
     ToolkitNegative,
     choice,
+    search_space,
     shot_count,
 )
 from ..nets import mlp
@@ -105,8 +106,6 @@ class GeneratorOptions:
         qt["shots"] = None if qt["shots"] is None else shot_count(qt["shots"])
         qt["eval_shots"] = qt["eval_shots"] if qt["eval_shots"] in (None, "exact") else shot_count(qt["eval_shots"])
         native = choice(cfg.backend.name) == BackendName.native.value
-        from ..config import search_space
-
         return cls(
             mode=choice(cfg.search.mode),
             arch=cfg.search.arch,
@@ -254,8 +253,8 @@ class Generator(_Evaluating, nn.Module):
         return torch.softmax(self.structural, 0) if self.options.structural == "softmax" else self.structural
 
     def at_step(self, step: int) -> None:
-        """Finite shots: the next training sample is step `step`'s (evaluations after it use the
-        same counter value + 1, like the written model). No-op with exact probabilities."""
+        """Finite shots: the next training sample is step `step`'s; evaluations after the step use
+        the counter as the step left it, as the written model does. No-op with exact probabilities."""
         if hasattr(self, "shot_counter"):
             self.shot_counter.fill_(step)
 
