@@ -362,6 +362,23 @@ def validate(cfg) -> None:
     _validate_logger(cfg.logger)
 
 
+def search_space_file(name: str):
+    """The candidates of a packaged space (`paper12`, `wide32`) or of a search-space YAML file, as
+    a run would build them (for scripts and tests)."""
+    from importlib.resources import files
+
+    path = name if name.endswith(".yaml") else files("diffqas_runner.configs") / "search_space" / f"{name}.yaml"
+    return search_space(OmegaConf.create({"search_space": OmegaConf.load(path)}))
+
+
+def normalize_shots(qt: dict) -> dict:
+    """A plain `qt` section with its shot counts as ints (`1e3` from the command line is 1000)."""
+    for key in ("shots", "eval_shots"):
+        if shot_count(qt.get(key)) is not None:
+            qt[key] = shot_count(qt[key])
+    return qt
+
+
 def search_space(cfg):
     """The candidates of the run's search space (a ConfigError naming the key if one is malformed)."""
     from .quantum.candidates import SpaceError, build_space

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks
-from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, shot_count, validate
+from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, normalize_shots, validate
 from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
@@ -77,10 +77,7 @@ def build_scheduler(optimizer, train_cfg, total: int):
 def _plain(cfg) -> dict:
     """The config as plain data, shot counts as ints (`qt.shots=1e3` and `=1000` are one run)."""
     plain = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    qt = plain.get("qt", {})
-    for key in ("shots", "eval_shots"):
-        if shot_count(qt.get(key)) is not None:
-            qt[key] = shot_count(qt[key])
+    normalize_shots(plain.get("qt", {}))
     return plain
 
 

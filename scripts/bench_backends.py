@@ -42,25 +42,12 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def load_space(name: str):
-    """A packaged search space by name, or a search-space YAML file by path."""
-    from pathlib import Path
-
-    import yaml
-
-    from diffqas_runner.cli import CONFIG_DIR
-    from diffqas_runner.quantum import build_space
-
-    path = Path(name) if name.endswith(".yaml") else Path(CONFIG_DIR, "search_space", f"{name}.yaml")
-    spec = yaml.safe_load(path.read_text())
-    return build_space(spec.get("product"), spec.get("candidates") or ())
-
-
 def one_config(
     n: int, layers: int, backend: str, precision: str, repeats: int, budget: float, threads: int | None, space: str
 ) -> dict:
     import torch
 
+    from diffqas_runner.config import search_space_file
     from diffqas_runner.qt.generator import Generator, GeneratorOptions
 
     if threads:
@@ -73,7 +60,7 @@ def one_config(
         backend="native" if native else "pennylane",
         device="default.qubit" if native else backend,
         tensor_scale="none",
-        space=load_space(space),
+        space=search_space_file(space),
         dtype=torch.float32 if precision == "float32" else torch.float64,
     )
     load = os.getloadavg()[0]

@@ -11,8 +11,7 @@ import torch
 import yaml
 from helpers import cli
 
-from diffqas_runner.cli import CONFIG_DIR
-from diffqas_runner.config import ConfigError
+from diffqas_runner.config import ConfigError, search_space_file
 from diffqas_runner.qt.generator import Generator, GeneratorOptions
 from diffqas_runner.quantum import CANDIDATES, native, probabilities
 from diffqas_runner.quantum.candidates import (
@@ -25,13 +24,7 @@ from diffqas_runner.quantum.candidates import (
 )
 from diffqas_runner.quantum.groups import angle_independent, confirm, output_groups
 
-
-def _space(name: str):
-    spec = yaml.safe_load(Path(CONFIG_DIR, "search_space", f"{name}.yaml").read_text())
-    return build_space(spec.get("product"), spec.get("candidates") or ())
-
-
-WIDE = _space("wide32")
+WIDE = search_space_file("wide32")
 
 
 def _random_candidates(count: int, n: int, seed: int) -> list[Candidate]:
@@ -61,7 +54,7 @@ def _value_and_grad(fn, theta, cands, coeffs):
 
 # --- the spaces as data ---------------------------------------------------------------------
 def test_paper12_file_is_the_papers_space_in_its_numbering():
-    assert _space("paper12") == CANDIDATES
+    assert search_space_file("paper12") == CANDIDATES
     assert [c.name for c in CANDIDATES][:3] == ["H-Ent-Rx", "H-Ent-Ry", "H-Ent-Rz"]
     assert CANDIDATES[10].name == "Cyc-Ry"
 

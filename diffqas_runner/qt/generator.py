@@ -30,8 +30,8 @@ from ..config import (
     TensorScale,
     ToolkitNegative,
     choice,
+    normalize_shots,
     search_space,
-    shot_count,
 )
 from ..nets import mlp
 from ..quantum import CANDIDATES, Candidate, candidate, probabilities
@@ -101,10 +101,8 @@ class GeneratorOptions:
     @classmethod
     def from_config(cls, cfg) -> GeneratorOptions:
         """The options of a composed run config (its `search`, `qt` and `backend` sections)."""
-        qt = OmegaConf.to_container(cfg.qt, resolve=True, enum_to_str=True)  # every QTConfig key, plain
+        qt = normalize_shots(OmegaConf.to_container(cfg.qt, resolve=True, enum_to_str=True))  # every QTConfig key
         qt = {k: tuple(v) if isinstance(v, list) else v for k, v in qt.items()}
-        qt["shots"] = None if qt["shots"] is None else shot_count(qt["shots"])
-        qt["eval_shots"] = qt["eval_shots"] if qt["eval_shots"] in (None, "exact") else shot_count(qt["eval_shots"])
         native = choice(cfg.backend.name) == BackendName.native.value
         return cls(
             mode=choice(cfg.search.mode),

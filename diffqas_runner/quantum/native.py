@@ -346,8 +346,8 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tens
         mode = _mode(cand, n, n_layers)
         if mode == "static":
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
-        else:  # signed (CZ) layers apart: the C++ kernel takes the sign-free Ry rows
-            signed = layer_op(cand.entangler, n)[1] is not None
+        else:  # Ry rows with signed (CZ) layers apart: the C++ kernel takes the sign-free ones
+            signed = mode == "ry" and layer_op(cand.entangler, n)[1] is not None
             groups.setdefault((mode, cand.rotation, signed), []).append(i)
     for (mode, _, _), members in groups.items():
         members_c = tuple(cands[i] for i in members)
