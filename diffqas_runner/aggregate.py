@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 
 from .config import BOOKKEEPING_KEYS, flatten
 from .paper import paper_value
+from .quantum.groups import group_weight
 from .record import atomic_write
 from .record.failures import FAILURE, failed_jobs
 from .tasks import higher_is_better
@@ -157,13 +158,6 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
             row[f"{m}_std"] = _std(values)
             row[f"{m}_best"] = (max if higher_is_better(m) else min)(values) if values else float("nan")
             row[f"{m}_paper"] = _paper(s, m)
-        retrains = [j.summary["retrain"] for j in g.jobs if j.summary.get("retrain")]
-        if retrains:
-            best = [r["best"] for r in retrains if r["best"] is not None]
-            gaps = [r["gap"] for r in retrains if r["gap"] is not None]
-            row["retrain_top_k"] = len(retrains[0]["candidates"])
-            row[f"retrain_best_{retrains[0]['metric']}_mean"] = statistics.fmean(best) if best else None
-            row["discrete_gap_mean"] = statistics.fmean(gaps) if gaps else None
         row["qt_params"] = s["qt_params"]
         row["wall_seconds_mean"] = statistics.fmean(j.summary["wall_seconds"] for j in g.jobs)
         rows.append(row)
@@ -171,8 +165,7 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
         columns += [f"{m}_mean", f"{m}_std", f"{m}_best"]
         if any(row[f"{m}_paper"] is not None for row in rows):
             columns.append(f"{m}_paper")
-    extra = [k for k in dict.fromkeys(k for row in rows for k in row) if k.startswith(("retrain_", "discrete_gap"))]
-    columns += [*extra, "qt_params", "wall_seconds_mean"]
+    columns += ["qt_params", "wall_seconds_mean"]
     return columns, rows
 
 
@@ -266,7 +259,7 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
                 members = job.summary.get("ranking_groups") or [[i + 1] for i in range(len(series[0][1]))]
                 independent = set(job.summary.get("angle_independent") or [])
                 for group in sorted(members):
-                    ax.plot(steps, [w[group[0] - 1] for _, w in series], label=",".join(map(str, group)),
+                    ax.plot(steps, [group_weight(w, group) for _, w in series], label=",".join(map(str, group)),
                             ls="--" if group[0] in independent else "-")  # fmt: skip
             ax.set_title(f"{g.first['task']} DiffQAS structural weights (seed {job.summary['seed']})", fontsize=9)
             ax.set_xlabel("step")

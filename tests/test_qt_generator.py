@@ -83,13 +83,13 @@ def test_fixed_candidate_has_no_structural_weights_and_ranking():
 
 
 def test_ranking_orders_groups_by_structural_weight():
-    """Weights 1..12 (never equal within a group in training, but set so here): a group ranks by its
-    largest member's weight and is listed once, by its lowest number."""
+    """Weights 1..12 (never unequal within a group in training, but set so here): a group ranks by
+    its members' mean weight and is listed once, by its lowest number."""
     gen = Generator({"w": torch.Size([100])}, 2)
     with torch.no_grad():
         gen.structural.copy_(torch.arange(1, 13, dtype=torch.float64))
-    assert gen.ranking_groups() == [[9, 12], [11], [10], [8], [7], [1, 3, 4, 6], [5], [2]]
-    assert gen.ranking() == [9, 11, 10, 8, 7, 1, 5, 2]
+    assert gen.ranking_groups() == [[11], [9, 12], [10], [8], [7], [5], [1, 3, 4, 6], [2]]  # 9,12: 10.5; 1,3,4,6: 3.5
+    assert gen.ranking() == [11, 9, 10, 8, 7, 5, 1, 2]
 
 
 def test_generated_weights_export_to_a_plain_module():

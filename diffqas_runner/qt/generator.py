@@ -21,6 +21,8 @@ from ..config import (
     BackendConfig,
     BackendName,
     ConfigError,
+    Precision,
+    RunConfig,
     InputNorm,
     PennyLaneDevice,
     Postprocess,
@@ -36,7 +38,7 @@ from ..config import (
 from ..nets import mlp
 from ..quantum import CANDIDATES, Candidate, candidate, probabilities
 from ..quantum.candidates import SpaceError, check_wires
-from ..quantum.groups import angle_independent, output_groups
+from ..quantum.groups import angle_independent, group_weight, output_groups
 from . import shots as finite_shots
 
 
@@ -58,7 +60,8 @@ def n_qubits_for(n_params: int) -> int:
     return max(2, math.ceil(math.log2(n_params)))
 
 
-_SEARCH, _QT, _BACKEND = SearchConfig(), QTConfig(), BackendConfig()
+_SEARCH, _QT, _BACKEND, _RUN_SEED = SearchConfig(), QTConfig(), BackendConfig(), RunConfig.seed
+DTYPES = {Precision.float64.value: torch.float64, Precision.float32.value: torch.float32}  # backend.precision
 
 
 @dataclass
@@ -91,11 +94,11 @@ class GeneratorOptions:
     tensor_scale: str = _QT.tensor_scale.value
     backend: str = _BACKEND.name.value
     device: str = PennyLaneDevice.default_qubit.value  # PennyLane device when backend=pennylane
-    dtype: torch.dtype = torch.float64  # of the simulation and the QT parameters (backend.precision)
+    dtype: torch.dtype = DTYPES[_BACKEND.precision.value]  # of the simulation and the QT parameters
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
     shots: int | None = _QT.shots  # finite shots per circuit and step (None: exact probabilities)
     eval_shots: int | str | None = _QT.eval_shots  # for evaluation (eval mode): None (= shots), "exact", N
-    seed: int = 0  # seeds the shot samples (with a step counter: see qt/shots.py)
+    seed: int = _RUN_SEED  # seeds the shot samples (with a step counter: see qt/shots.py)
     stream: int = 0  # which generator of a GeneratorSet this is (its own samples)
 
     @classmethod
@@ -113,7 +116,7 @@ class GeneratorOptions:
             angles=choice(cfg.search.angles),
             backend=choice(cfg.backend.name),
             device=PennyLaneDevice.default_qubit.value if native else cfg.backend.device,
-            dtype=torch.float64 if choice(cfg.backend.precision) == "float64" else torch.float32,
+            dtype=DTYPES[choice(cfg.backend.precision)],
             **qt,
         )
 
@@ -222,7 +225,16 @@ class Generator(_Evaluating, nn.Module):
             self.mapping[-1].bias.requires_grad_(False)
         if all(c.theta_independent(n, depth) for c in self.candidates):
             self.theta.requires_grad_(False)
-        self.groups = output_groups(self.candidates, n, depth)
+        # Candidates with identical outputs in this mode (see quantum/groups.py): with per-candidate
+        # angles only the angle-independent ones. Under finite shots a group is measured once per
+        # step and its members share those frequencies, so they stay identical there too.
+        self.groups = output_groups(self.candidates, n, depth, shared_angles=not self.per_candidate)
+        position = {c.number: i for i, c in enumerate(self.candidates)}
+        row_group = torch.empty(len(self.candidates), dtype=torch.int64)
+        for k, group in enumerate(self.groups):
+            row_group[[position[m] for m in group]] = k
+        self.register_buffer("group_heads", torch.tensor([position[g[0]] for g in self.groups]), persistent=False)
+        self.register_buffer("row_group", row_group, persistent=False)
         if self.eval_shots is not None or opts.shots is not None:
             # which step's sample is drawn next: the trainers set it (`at_step`) before every step,
             # a training forward advances it; checkpointed with the generator
@@ -274,23 +286,30 @@ class Generator(_Evaluating, nn.Module):
         else:
             probs = probabilities(self.theta, self.candidates, backend=opts.backend, device=opts.device)
         shots = opts.shots if self.training else self.eval_shots
-        if shots is not None:
+        if shots is not None:  # one draw per group of identical candidates, shared by its members
             stream = finite_shots.TRAIN if self.training else finite_shots.EVAL
-            probs = finite_shots.estimate(probs, shots, (opts.seed, opts.stream, stream, int(self.shot_counter)))
+            key = (opts.seed, opts.stream, stream, int(self.shot_counter))
+            probs = finite_shots.estimate(probs, shots, key, self.group_heads, self.row_group)
             if self.training and torch.is_grad_enabled():
                 self.shot_counter += 1
         weights = self.structural_weights()
         return probs[0] if weights is None else weights @ probs
 
-    def ranking_groups(self) -> list[list[int]] | None:
-        """Groups of candidates with identical outputs (members ascending), best group first: a
-        group's weight is its members' largest (they are equal in practice: identical outputs get
-        identical gradients); ties go to the lower candidate number."""
+    def group_weights(self) -> dict[tuple[int, ...], float] | None:
+        """Each group's structural weight: its members' mean (`quantum.groups.group_weight`)."""
         weights = self.structural_weights()
         if weights is None:
             return None
         w = weights.detach().tolist()
-        return [list(g) for g in sorted(self.groups, key=lambda g: (-max(w[i - 1] for i in g), g[0]))]
+        return {g: group_weight(w, g) for g in self.groups}
+
+    def ranking_groups(self) -> list[list[int]] | None:
+        """Groups of candidates with identical outputs in this mode (members ascending), best group
+        first by `group_weights`; ties go to the lower candidate number."""
+        weights = self.group_weights()
+        if weights is None:
+            return None
+        return [list(g) for g in sorted(self.groups, key=lambda g: (-weights[g], g[0]))]
 
     def ranking(self) -> list[int] | None:
         """Each group once, by its lowest number, best first (see `ranking_groups`)."""
@@ -388,6 +407,9 @@ class GeneratorSet(_Evaluating, nn.Module):
 
     def ranking_groups(self) -> list[list[int]] | None:
         return self.first.ranking_groups()
+
+    def group_weights(self) -> dict[tuple[int, ...], float] | None:
+        return self.first.group_weights()
 
     def angle_independent(self) -> list[int]:
         return self.first.angle_independent()

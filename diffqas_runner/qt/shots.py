@@ -2,7 +2,9 @@
 
 What a step does with `qt.shots=N`: every candidate circuit in use is "measured" N times, i.e.
 its counts are one draw of Multinomial(N, P_j) over the 2**n basis states (numpy's multinomial,
-O(2**n) whatever N), and the frequencies P^_j = counts / N replace P_j in the forward pass. The
+O(2**n) whatever N), and the frequencies P^_j = counts / N replace P_j in the forward pass.
+Candidates with identical outputs (quantum/groups.py) are one circuit: measured once, their
+members share the frequencies, so their structural weights stay equal as with exact P. The
 ensemble is then sum_j w_j P^_j: with raw structural weights it is not a distribution (entries
 can be negative), so it cannot be sampled as one; on hardware each circuit is its own experiment.
 
@@ -35,6 +37,16 @@ def frequencies(probs: torch.Tensor, shots: int, seed: tuple[int, ...]) -> torch
     return torch.from_numpy(counts / shots).to(dtype=probs.dtype, device=probs.device)
 
 
-def estimate(probs: torch.Tensor, shots: int, seed: tuple[int, ...]) -> torch.Tensor:
-    """The sampled frequencies in the forward pass, the exact probabilities' gradient in the backward."""
-    return frequencies(probs, shots, seed) + (probs - probs.detach())  # exactly the frequencies, exactly P's gradient
+def estimate(
+    probs: torch.Tensor, shots: int, seed: tuple[int, ...], heads: torch.Tensor | None = None, rows: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The sampled frequencies in the forward pass, the exact probabilities' gradient in the backward.
+
+    `heads`/`rows`: rows with identical probabilities (a group of identical candidates) are measured
+    once: `heads` are the rows drawn, `rows[i]` the draw row i shows. Every row keeps the gradient
+    of its own P."""
+    if heads is None:
+        freq = frequencies(probs, shots, seed)
+    else:
+        freq = frequencies(probs[heads], shots, seed)[rows]
+    return freq + (probs - probs.detach())  # exactly the frequencies, exactly P's gradient

@@ -49,13 +49,29 @@ def _signature(cand: Candidate, n: int, depth: int | None = None) -> tuple:
     return ("circuit", cand.hadamard, layer, axes)
 
 
-def output_groups(cands: Sequence[Candidate], n: int, depth: int | None = None) -> list[tuple[int, ...]]:
+def output_groups(
+    cands: Sequence[Candidate], n: int, depth: int | None = None, shared_angles: bool = True
+) -> list[tuple[int, ...]]:
     """Candidate numbers grouped by identical output on n qubits (at `depth` layers; None: any
-    depth >= 2), each group ascending, groups in the order of their lowest number."""
+    depth >= 2), each group ascending, groups in the order of their lowest number.
+
+    `shared_angles=False` (DiffQAS with `search.angles=per_candidate`): each candidate has angles
+    of its own, so two angle-dependent candidates are identical only as functions, not in a run;
+    only angle-independent candidates (whose output is a constant) are grouped then."""
     groups: dict[tuple, list[int]] = {}
     for cand in cands:
-        groups.setdefault(_signature(cand, n, depth), []).append(cand.number)
+        signature = _signature(cand, n, depth)
+        if not shared_angles and signature[0] == "circuit":
+            signature = (*signature, cand.number)
+        groups.setdefault(signature, []).append(cand.number)
     return sorted((tuple(sorted(g)) for g in groups.values()), key=lambda g: g[0])
+
+
+def group_weight(weights: Sequence[float], group: Sequence[int]) -> float:
+    """One structural weight per group: its members' mean (members are numbered from 1). In a run
+    the members' weights are equal (identical outputs get identical gradients); the mean is the
+    one number every report (ranking, selection, circuit.png, plots) uses for the group."""
+    return sum(float(weights[i - 1]) for i in group) / len(group)
 
 
 def angle_independent(cands: Sequence[Candidate], n: int, depth: int | None = None) -> list[int]:
