@@ -168,7 +168,6 @@ class SearchConfig:
     arch: int | None = None  # fixed mode: candidate 1..N of the search space (paper12: SPEC.md section 2)
     structural: Structural = Structural.raw  # raw (the paper's, initialised to 1/N) | softmax
     angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all candidates (the paper's) | one each
-    retrain_top_k: int = 0  # after DiffQAS: train its K top-ranked candidates alone (run_dir/retrain/arch_N)
     # after DiffQAS: retrain the K best distinct angle-dependent groups alone (run_dir/select/arch_N) and
     # pick the architecture on the validation metric (the training metric without a validation split)
     select: int = 0
@@ -221,7 +220,7 @@ class BackendConfig:
 
 @dataclass
 class LoggerConfig:
-    name: LoggerName = LoggerName.none
+    name: LoggerName = LoggerName.wandb  # as configs/config.yaml chooses (logger: wandb)
     mode: WandbMode = WandbMode.offline
     project: str = "diffqas-qt"
     entity: str | None = None
@@ -408,9 +407,6 @@ def _validate_search(search, n: int) -> None:
         )
     else:
         _check(search.arch is None, "search.arch", search.arch, "null with search=diffqas (use search=fixed)")
-    _check(0 <= search.retrain_top_k <= n, "search.retrain_top_k", search.retrain_top_k, f"0..{n}")
-    if search.retrain_top_k:
-        _check(search.mode == SearchMode.diffqas, "search.retrain_top_k", search.retrain_top_k, "0 with search=fixed")
     _check(0 <= search.select <= n, "search.select", search.select, f"0..{n} (angle-dependent groups to retrain)")
     if search.select:
         _check(search.mode == SearchMode.diffqas, "search.select", search.select, "0 with search=fixed")

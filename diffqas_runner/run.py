@@ -1,4 +1,4 @@
-"""One experiment, start to finish: validate, build, restore, train, write. Callable without Hydra."""
+"""One experiment, start to finish: validate, build, restore, train, select, write. Callable without Hydra."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from .record import Recorder
 from .record.failures import FAILURE, clear_failure, write_failure
 from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 from .record.progress import Progress
-from .selection import retrain_top_k, select
+from .selection import select
 from .train import checkpoint
 from .train.checkpoint import (
     CHECKPOINT,
@@ -247,7 +247,7 @@ def _circuit_figure(cfg, generator: GeneratorSet):
         groups = generator.ranking_groups()
         top = next((g for g in groups if g[0] not in independent), groups[0])
         above = [g for g in groups[: groups.index(top)]]
-        weight = generator.structural_weights()[top[0] - 1].item()
+        weight = generator.group_weights()[tuple(top)]
         members = f" (group {', '.join(map(str, top))})" if len(top) > 1 else ""
         note = f"DiffQAS top angle-dependent{members}, w = {weight:.3f}"
         if above:
@@ -258,8 +258,12 @@ def _circuit_figure(cfg, generator: GeneratorSet):
     return draw_candidate(cand, generator.n_qubits, cfg.depth, f"{note} {cand.number}: {cand.name}")
 
 
+GROUP_KEYS = ("structural_weights", "ranking", "ranking_groups", "group_weights")
+
+
 def _generator_summary(g) -> dict:
     weights = g.structural_weights()
+    group_weights = g.group_weights()
     return {
         "n_qubits": g.n_qubits,
         "classical_params": g.n_params,
@@ -268,25 +272,14 @@ def _generator_summary(g) -> dict:
         "structural_weights": None if weights is None else weights.detach().tolist(),
         "ranking": g.ranking(),
         "ranking_groups": g.ranking_groups(),
+        "group_weights": None if group_weights is None else [group_weights[tuple(grp)] for grp in g.ranking_groups()],
     }
 
 
-def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: Path, seconds: float, resumed_step) -> dict:
-    """model.pt, the figures and summary.json (last: a summary means the run finished)."""
+def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_step) -> dict:
+    """summary.json's content for a trained run (the selection stage adds its own keys)."""
     generator, loop = exp.generator, trained.loop
-    figures = dict(trained.figures)
-    with torch.no_grad(), generator.evaluating():
-        generated = generator()
-        state = exp.model.state_dict()
-        state.update(generated)
-        if not exp.rl:
-            figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
-    figures["circuit.png"] = _circuit_figure(cfg, generator)
-    for fig_name, figure in figures.items():
-        recorder.save_figure(fig_name, figure)
-    recorder.save_model(state)
     arch = cfg.search.arch if cfg.search.mode == SearchMode.fixed else None
-    weights = generator.structural_weights()
     summary = {
         "task": cfg.task.name,
         "search": cfg.search.mode.value,
@@ -303,9 +296,7 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
         "classical_params": exp.classical_params,
         "qt_params": generator.trainable_parameters(),
         "qt_params_paper": generator.paper_parameters(),
-        "structural_weights": None if weights is None else weights.detach().tolist(),
-        "ranking": generator.ranking(),
-        "ranking_groups": generator.ranking_groups(),
+        **{k: v for k, v in _generator_summary(generator.first).items() if k in GROUP_KEYS},
         "angle_independent": generator.angle_independent(),
         "metrics": loop.metrics,
         "objective": exp.task.objective,
@@ -318,12 +309,32 @@ def write(cfg, exp: Experiment, trained: Trained, recorder: Recorder, run_dir: P
     }
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}
-    if cfg.search.mode == SearchMode.diffqas and cfg.search.retrain_top_k:
-        summary["retrain"] = retrain_top_k(run, cfg, run_dir, summary, exp.task.metric)
-    if cfg.search.mode == SearchMode.diffqas and cfg.search.select:
-        summary.update(select(run, cfg, exp.task, run_dir, summary))
-    recorder.write_summary(summary)
     return summary
+
+
+def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
+    """After DiffQAS: `search.select=K` retrains the best groups alone and names the circuit
+    (selection.py); its keys for summary.json ({} when there is nothing to select)."""
+    if cfg.search.mode != SearchMode.diffqas or not cfg.search.select:
+        return {}
+    return select(run, cfg, exp.task, run_dir, summary)
+
+
+def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict) -> None:
+    """model.pt, the figures and summary.json (last: a summary means the run finished)."""
+    generator = exp.generator
+    figures = dict(figures)
+    with torch.no_grad(), generator.evaluating():
+        generated = generator()
+        state = exp.model.state_dict()
+        state.update(generated)
+        if not exp.rl:
+            figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
+    figures["circuit.png"] = _circuit_figure(cfg, generator)
+    for fig_name, figure in figures.items():
+        recorder.save_figure(fig_name, figure)
+    recorder.save_model(state)
+    recorder.write_summary(summary)
 
 
 def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str | None = None):
@@ -351,8 +362,7 @@ def _start_fresh(run_dir: Path) -> None:
     """fresh=true: remove a previous run's results from run_dir (its .hydra/ is Hydra's, rewritten anyway)."""
     for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", "selected_model.pt", FAILURE):
         (run_dir / name).unlink(missing_ok=True)
-    for sub in ("retrain", "select"):
-        shutil.rmtree(run_dir / sub, ignore_errors=True)
+    shutil.rmtree(run_dir / "select", ignore_errors=True)
 
 
 def _guard_finished(cfg, run_dir: Path, ckpt: dict | None) -> dict | None:
@@ -408,6 +418,11 @@ def run(
             validate(cfg)
             if cfg.fresh:
                 _start_fresh(run_dir)
+            fp, ckpt, done = _inspect_dir(cfg, run_dir)  # a finished run: nothing to load or build
+            if done is not None:
+                exit_code = 0
+                return done
+            meta = {"fingerprint": fp, "wandb_id": None}
             seed_everything(cfg.seed)
             try:
                 with signals.immediate():
@@ -417,11 +432,6 @@ def run(
             small = exp.generator.n_qubits <= ONE_THREAD_QUBITS  # one thread measured faster there
             # every run sets its own count: never the previous in-process job's
             torch.set_num_threads(cfg.train.threads or (1 if small else DEFAULT_THREADS))
-            fp, ckpt, done = _inspect_dir(cfg, run_dir)
-            meta = {"fingerprint": fp, "wandb_id": None}
-            if done is not None:
-                exit_code = 0
-                return done
             checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, signals)
             resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
             prior_seconds = resumed.seconds if resumed else 0.0
@@ -435,9 +445,11 @@ def run(
             clear_failure(run_dir)
             trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
             seconds = time.perf_counter() - started + prior_seconds
+            summary = summarize(cfg, exp, trained, seconds, resumed_step)
+            summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
             try:
                 with signals.immediate():  # files are written atomically: a rerun writes them again
-                    summary = write(cfg, exp, trained, recorder, run_dir, seconds, resumed_step)
+                    write(cfg, exp, recorder, trained.figures, summary)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
             log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])

@@ -1,9 +1,8 @@
 """After a DiffQAS run: retrain candidates alone to turn the ranking into an answer.
 
 `select` (search.select=K) retrains the K best distinct angle-dependent groups and names the
-architecture on the validation metric; `retrain_top_k` (search.retrain_top_k=K) is the older,
-plainer form: the K top-ranked entries and the discretisation gap on the task's main metric.
-Both call back into `run` (passed in) for each child, in run_dir/select|retrain/arch_N.
+architecture on the validation metric. It calls back into `run` (passed in) for each child, in
+run_dir/select/arch_N.
 """
 
 from __future__ import annotations
@@ -27,7 +26,6 @@ def child_config(cfg, arch: int):
     with open_dict(sub):
         sub.search.mode = SearchMode.fixed.value
         sub.search.arch = arch
-        sub.search.retrain_top_k = 0
         sub.search.select = 0
         sub.resume = None
         sub.fresh = False
@@ -56,7 +54,7 @@ def select(run, cfg, task, run_dir: Path, summary: dict) -> dict:
         child = run(child_config(cfg, arch), run_dir / "select" / f"arch_{arch}", interactive=False)
         rows.append({
             "arch": arch, "arch_name": summary["candidates"][arch - 1], "group": group,
-            "structural_weight": summary["structural_weights"][arch - 1],
+            "structural_weight": summary["group_weights"][summary["ranking_groups"].index(group)],
             metric: child["metrics"].get(metric), test: child["metrics"].get(test),
         })  # fmt: skip
     rows.append({
@@ -76,24 +74,4 @@ def select(run, cfg, task, run_dir: Path, summary: dict) -> dict:
             "candidates": rows,
             "best_model": None if overall is None else ("diffqas" if overall["arch"] is None else overall["arch"]),
         },
-    }
-
-
-def retrain_top_k(run, cfg, run_dir: Path, summary: dict, metric: str) -> dict:
-    """Discretise: train the top-k ranked candidates alone (same config and seed) in run_dir/retrain/arch_N."""
-    up = tasks.higher_is_better(metric)
-    results = []
-    for arch in summary["ranking"][: cfg.search.retrain_top_k]:
-        log.info("retraining candidate %d (%s) alone", arch, summary["candidates"][arch - 1])
-        child = run(child_config(cfg, arch), run_dir / "retrain" / f"arch_{arch}", interactive=False)
-        results.append({"arch": arch, "arch_name": summary["candidates"][arch - 1], "metrics": child["metrics"]})
-    values = [r["metrics"][metric] for r in results if r["metrics"].get(metric) is not None]
-    best = (max if up else min)(values) if values else None
-    own = summary["metrics"].get(metric)
-    return {
-        "metric": metric,
-        "candidates": results,
-        "best": best,
-        # discrete minus ensemble, signed so that > 0 means the discrete circuit is better
-        "gap": None if best is None or own is None else (best - own if up else own - best),
     }

@@ -97,7 +97,6 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
         (["+train.foo=1"], "train.foo is not a key"),
         (["task.kind=rl"], "task.kind='rl'"),
         (["task=bessel", "task.window=1000"], "task.window=1000"),
-        (["search=fixed", "search.arch=3", "search.retrain_top_k=2"], "search.retrain_top_k=2"),
         (["search=fixed", "search.arch=3", "search.select=2"], "search.select=2"),
     ],
 )

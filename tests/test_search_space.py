@@ -55,8 +55,11 @@ def _value_and_grad(fn, theta, cands, coeffs):
 # --- the spaces as data ---------------------------------------------------------------------
 def test_paper12_file_is_the_papers_space_in_its_numbering():
     assert search_space_file("paper12") == CANDIDATES
-    assert [c.name for c in CANDIDATES][:3] == ["H-Ent-Rx", "H-Ent-Ry", "H-Ent-Rz"]
-    assert CANDIDATES[10].name == "Cyc-Ry"
+    spec = "H-Ent-Rx H-Ent-Ry H-Ent-Rz H-Cyc-Rx H-Cyc-Ry H-Cyc-Rz Ent-Rx Ent-Ry Ent-Rz Cyc-Rx Cyc-Ry Cyc-Rz"  # SPEC.md 2
+    assert [c.name for c in CANDIDATES] == spec.split()
+    parts = [(c.init, c.entangler.gate, c.entangler.pattern, c.rotation.axes) for c in CANDIDATES]
+    assert parts[:2] == [("H", "cnot", "chain", ("X",)), ("H", "cnot", "chain", ("Y",))]
+    assert parts[10:] == [("none", "cnot", "ring", ("Y",)), ("none", "cnot", "ring", ("Z",))]
 
 
 def test_wide32_holds_32_candidates_built_from_its_parts():
@@ -317,3 +320,10 @@ def test_gate_names_are_case_insensitive_and_every_candidate_wire_is_checked():
     space = build_space(None, [{"rotation": "Ry"}, {"entangler": [[0, 12]], "rotation": "Ry"}])
     with pytest.raises(ConfigError, match="candidate 2 .* uses wire 12"):  # not in use, still refused
         Generator({"w": torch.Size([300])}, 2, GeneratorOptions(space=space, mode="fixed", arch=1))
+
+
+def test_the_schema_offers_the_devices_the_pennylane_backend_has():
+    from diffqas_runner.config import PennyLaneDevice
+    from diffqas_runner.quantum import pennylane
+
+    assert tuple(d.value for d in PennyLaneDevice) == pennylane.DEVICES

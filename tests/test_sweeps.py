@@ -77,24 +77,6 @@ def test_every_experiment_preset_composes(preset):
     assert cfg.hydra.sweeper.params, "a preset is a sweep: it sets hydra.sweeper.params"
 
 
-def test_retrain_top_k_reports_the_discretisation_gap(tmp_path):
-    out = tmp_path / "sweep" / "0"
-    cmd = [sys.executable, "-m", "diffqas_runner", "task=bessel", "debug=smoke", "logger=none", "search.retrain_top_k=2",
-           f"hydra.run.dir={out}"]  # fmt: skip
-    proc = subprocess.run(cmd, env={**os.environ, "WANDB_MODE": "disabled"}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    summary = json.loads((out / "summary.json").read_text())
-    retrain = summary["retrain"]
-    assert [c["arch"] for c in retrain["candidates"]] == summary["ranking"][:2]
-    for c in retrain["candidates"]:
-        child = json.loads((out / "retrain" / f"arch_{c['arch']}" / "summary.json").read_text())
-        assert child["search"] == "fixed" and child["arch"] == c["arch"] and child["metrics"] == c["metrics"]
-    best = min(c["metrics"]["test_mse"] for c in retrain["candidates"])
-    assert retrain["best"] == best and retrain["gap"] == summary["metrics"]["test_mse"] - best
-    rows = aggregate(out.parent, plots=False)
-    assert len(rows) == 1 and rows[0]["discrete_gap_mean"] == retrain["gap"]  # the children are not rows of their own
-
-
 def test_optuna_preset_runs_and_reports_the_best_trial(tmp_path):
     sweep = tmp_path / "opt"
     cmd = [sys.executable, "-m", "diffqas_runner", "-m", "hparams_search=bessel_optuna", "debug=smoke", "logger=none",

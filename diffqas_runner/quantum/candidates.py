@@ -279,8 +279,17 @@ def space_digest(cands: Sequence[Candidate]) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-PAPER12_PRODUCT = {"init": ["H", "none"], "entangler": ["chain", "ring"], "rotation": ["Rx", "Ry", "Rz"]}
-CANDIDATES: tuple[Candidate, ...] = build_space(PAPER12_PRODUCT)  # paper12, SPEC.md section 2
+def _packaged_space(name: str) -> tuple[Candidate, ...]:
+    """A space shipped in configs/search_space/ (the one source of its definition)."""
+    from importlib.resources import files
+
+    import yaml
+
+    node = yaml.safe_load(files("diffqas_runner.configs").joinpath("search_space", f"{name}.yaml").read_text())
+    return build_space(node.get("product"), node.get("candidates") or (), key=f"search_space {name}")
+
+
+CANDIDATES: tuple[Candidate, ...] = _packaged_space("paper12")  # SPEC.md section 2
 N_CANDIDATES = len(CANDIDATES)
 PAPER12_DIGEST = space_digest(CANDIDATES)
 

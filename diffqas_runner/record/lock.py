@@ -3,7 +3,8 @@
 A run (or a sweep's launching process) holds `<dir>/.lock` from its start to its exit. A second
 process asking for the same directory fails at once with `DirectoryInUse`, naming the holder's
 pid; a SIGKILLed holder never leaves a stale lock behind. Within one process a directory is
-locked once and the lock is kept until the process exits.
+locked once; `unlock_directory` releases it (run() does for a lock it took, so long in-process
+sweeps do not accumulate descriptors), and the OS releases every lock when the process exits.
 """
 
 from __future__ import annotations
@@ -45,7 +46,3 @@ def unlock_directory(directory: Path) -> None:
     fd = _held.pop(Path(directory).resolve(), None)
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
-
-
-def holds_lock(directory: Path) -> bool:
-    return Path(directory).resolve() in _held

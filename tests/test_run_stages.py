@@ -1,0 +1,43 @@
+"""run()'s stages (issue 23.6): validate, inspect the directory, build, restore, train, select,
+write. A finished run answers before any data is loaded or generator built."""
+
+import json
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+
+from diffqas_runner import run as run_module
+from diffqas_runner.cli import CONFIG_DIR
+
+
+def _compose(overrides):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=overrides)
+
+
+def test_a_finished_run_is_nothing_to_do_before_data_or_generator(tmp_path, monkeypatch):
+    cfg = _compose(["task=bessel", "debug=smoke", "logger=none", "depth=2"])
+    first = run_module.run(cfg, tmp_path / "run", interactive=False)
+    assert (tmp_path / "run" / "summary.json").exists()
+
+    def no_build(_cfg):
+        raise AssertionError("a finished run must not build anything")
+
+    monkeypatch.setattr(run_module, "build", no_build)
+    again = run_module.run(cfg, tmp_path / "run", interactive=False)
+    assert again == json.loads((tmp_path / "run" / "summary.json").read_text()) == json.loads(json.dumps(first))
+    with pytest.raises(AssertionError, match="must not build"):  # an unfinished directory does build
+        run_module.run(cfg, tmp_path / "other", interactive=False)
+
+
+def test_write_only_writes_files_and_select_is_its_own_stage():
+    import inspect
+
+    source = inspect.getsource(run_module.write)
+    assert "select" not in source and "run(" not in source  # no child runs inside the atomic-write window
+    stages = inspect.getsource(run_module.run)
+    names = ("validate", "_inspect_dir", "build", "restore", "train", "select_stage", "write")
+    order = [stages.index(f"{name}(") for name in names]
+    assert order == sorted(order)
