@@ -2,16 +2,21 @@ PYTHON ?= python
 # Image data for MNIST/FashionMNIST: DIFFQAS_DATA_DIR if set; the tests then fall back to
 # ../shared/data next to the checkout, the runner to ./data.
 
-.PHONY: install test test-fast smoke run bench lint clean
+.PHONY: install test test-fast test-slow test-all smoke run bench lint clean
 
 install:  ## install the package (editable) and the dev tools, at the versions CI tests (constraints.txt)
 	$(PYTHON) -m pip install -c constraints.txt -e ".[dev]"
 
-test:  ## the whole suite, slow checks included (CI runs this)
-	$(PYTHON) -m pytest
-
-test-fast:
+test:  ## the default suite: everything but the tests marked slow (a few minutes on 2 cores)
 	$(PYTHON) -m pytest -m "not slow"
+
+test-fast: test  ## the old name of `make test`
+
+test-slow:  ## the longer checks only (CI runs them after `make test`)
+	$(PYTHON) -m pytest -m slow
+
+test-all:  ## both
+	$(PYTHON) -m pytest
 
 smoke:  ## three steps of the Bessel experiment, local files only (no data needed)
 	$(PYTHON) -m diffqas_runner task=bessel debug=smoke logger=none

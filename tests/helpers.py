@@ -1,5 +1,7 @@
 """What the end-to-end tests share: the CLI as a subprocess, its environment, waiting for a file."""
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -24,10 +26,26 @@ def popen(args, cwd) -> subprocess.Popen:
     return subprocess.Popen([*CLI, *args], cwd=cwd, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for(path: Path, proc, timeout=120) -> None:
-    """Until `path` exists; fails if `proc` ends first or the time runs out."""
+def wait_for(path: Path, proc, timeout=600) -> None:
+    """Until `path` exists; fails if `proc` ends first (or after `timeout`, a safety net only)."""
+    wait_until(path.exists, proc, f"{path} never appeared", timeout)
+
+
+def wait_until(condition, proc, what: str = "the condition never held", timeout=600) -> None:
+    """Until `condition()` holds: the state a test needs, however slow the machine; fails if
+    `proc` ends first. `timeout` is only a safety net against a hung process."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not condition():
         assert proc.poll() is None, proc.communicate()
-        assert time.monotonic() < deadline, f"{path} never appeared"
+        assert time.monotonic() < deadline, what
         time.sleep(0.02)
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The complete rows of a run's metrics.jsonl so far (a line being written is skipped)."""
+    path = run_dir / "metrics.jsonl"
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else ():
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
