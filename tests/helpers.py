@@ -1,6 +1,7 @@
 """What the end-to-end tests share: the CLI as a subprocess, its environment, waiting for a file."""
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -31,3 +32,9 @@ def wait_for(path: Path, proc, timeout=120) -> None:
         assert proc.poll() is None, proc.communicate()
         assert time.monotonic() < deadline, f"{path} never appeared"
         time.sleep(0.02)
+
+
+def kernel_required() -> bool:
+    """CI's promise (.ci/run sets DIFFQAS_REQUIRE_KERNEL=1): where a C++ compiler is on PATH, the
+    C++ kernel builds, so its tests fail instead of skipping when it does not."""
+    return os.environ.get("DIFFQAS_REQUIRE_KERNEL") == "1" and shutil.which(os.environ.get("CXX", "c++")) is not None
