@@ -494,6 +494,11 @@ def shot_count(value) -> int | None:
 def _validate_backend(backend) -> None:
     device = backend.device
     if backend.name == BackendName.native:
+        from .quantum.kernel import check_environment
+
+        message = check_environment()  # DIFFQAS_NATIVE_KERNEL: refused here, not after the model is built
+        if message:
+            raise ConfigError(message)
         ok = device in ("cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
         _check(ok, "backend.device", device, "cpu, cuda or cuda:N with backend=native")
         if device.startswith("cuda"):

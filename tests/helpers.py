@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -49,3 +50,9 @@ def metrics_rows(run_dir: Path) -> list[dict]:
         with contextlib.suppress(json.JSONDecodeError):
             rows.append(json.loads(line))
     return rows
+
+
+def kernel_required() -> bool:
+    """CI's promise (.ci/run sets DIFFQAS_REQUIRE_KERNEL=1): where a C++ compiler is on PATH, the
+    C++ kernel builds, so its tests fail instead of skipping when it does not."""
+    return os.environ.get("DIFFQAS_REQUIRE_KERNEL") == "1" and shutil.which(os.environ.get("CXX", "c++")) is not None

@@ -7,6 +7,7 @@ import random
 from pathlib import Path
 
 import pytest
+import reference
 import torch
 import yaml
 from helpers import cli
@@ -43,6 +44,11 @@ def _random_candidates(count: int, n: int, seed: int) -> list[Candidate]:
 def _theta(shape, seed):
     gen = torch.Generator().manual_seed(seed)
     return torch.rand(shape, generator=gen, dtype=torch.float64) * 4 * torch.pi - 2 * torch.pi
+
+
+def _pennylane(theta, cands):
+    """The structural claims are confirmed against a simulator that shares no code with them."""
+    return probabilities(theta, cands, backend="pennylane")
 
 
 def _value_and_grad(fn, theta, cands, coeffs):
@@ -156,15 +162,26 @@ def test_fast_paths_are_chosen_by_structure():
 
 
 def test_fast_paths_match_the_gate_by_gate_reference_at_13_qubits():
+    """Values against tests/reference.py (no code shared); gradients against autograd through
+    `native._simulate_any` (its values checked against the reference too) and, along one random
+    direction, against a central difference of the reference."""
     n, layers = 13, 3
     live = [c for c in WIDE if not c.theta_independent(n)]
     theta = _theta((layers, n, 2), seed=7)
     coeffs = torch.randn(len(live), 2**n, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     p, g = _value_and_grad(native.probabilities, theta, live, coeffs)
-    ref = lambda t, cands: torch.stack([native._simulate_any(t, c) for c in cands])  # noqa: E731
-    ref_p, ref_g = _value_and_grad(ref, theta, live, coeffs)
+    generic = lambda t, cands: torch.stack([native._simulate_any(t, c) for c in cands])  # noqa: E731
+    generic_p, generic_g = _value_and_grad(generic, theta, live, coeffs)
+    ref_p = reference.probabilities(theta, live)
     torch.testing.assert_close(p, ref_p, rtol=0, atol=1e-12)
-    torch.testing.assert_close(g, ref_g, rtol=0, atol=1e-9)
+    torch.testing.assert_close(generic_p, ref_p, rtol=0, atol=1e-12)
+    torch.testing.assert_close(g, generic_g, rtol=0, atol=1e-9)
+    few = [0, len(live) // 2, len(live) - 1]  # three candidates: four reference runs each
+    direction = _theta((layers, n, 2), seed=8)
+    coeffs_few = coeffs[few]
+    _, g_few = _value_and_grad(native.probabilities, theta, [live[i] for i in few], coeffs_few)
+    slope = reference.directional_derivative(theta, [live[i] for i in few], coeffs_few, direction)
+    assert abs(float((g_few * direction).sum()) - slope) < 1e-7 * max(1.0, abs(slope))
 
 
 def test_theta_shape_must_carry_the_angles_a_candidate_needs():
@@ -175,7 +192,7 @@ def test_theta_shape_must_carry_the_angles_a_candidate_needs():
 # --- groups and angle-independence from structure, confirmed ------------------------------------
 @pytest.mark.parametrize("n,depth", [(3, 2), (4, 3), (5, 1)])
 def test_wide32_groups_and_independence_are_confirmed_numerically(n, depth):
-    confirm(WIDE, n, depth, probabilities)  # members equal, independent ones constant, groups distinct
+    confirm(WIDE, n, depth, _pennylane)  # members equal, independent ones constant, groups distinct
     assert angle_independent(WIDE, n) == [1, 3, 5, 7, 9, 11, 15, 19, 23, 27, 31]
 
 
@@ -191,10 +208,10 @@ def test_wide32_grouping_at_17_qubits():
 def test_random_user_candidates_structure_claims_hold(seed):
     n = 4
     cands = _random_candidates(16, n, 100 + seed)
-    confirm(cands, n, 3, probabilities, distinct=False)
+    confirm(cands, n, 3, reference.probabilities, distinct=False)
     # and nothing claimed angle-dependent is constant (the structural rule is complete here)
     thetas = [_theta((3, n, 3), s) for s in (1, 2)]
-    probs = [probabilities(t, cands) for t in thetas]
+    probs = [reference.probabilities(t, cands) for t in thetas]
     for i, c in enumerate(cands):
         constant = torch.allclose(probs[0][i], probs[1][i], atol=1e-12)
         assert constant == c.theta_independent(n), c
@@ -267,7 +284,7 @@ def test_the_readme_search_space_example_builds():
     spec = yaml.safe_load("name: mine\n" + block)
     space = build_space(spec["product"], spec["candidates"])
     assert [c.name for c in space] == ["H-Cyc-Ry", "H-Cyc-Rot", "H-CZEnt-Ry", "H-CZEnt-Rot", "my-cz"]
-    confirm(space, 4, 2, probabilities)
+    confirm(space, 4, 2, _pennylane)
 
 
 def test_cz_from_zero_state_x_and_y_layers_are_one_group_unless_they_mix():
@@ -280,15 +297,15 @@ def test_cz_from_zero_state_x_and_y_layers_are_one_group_unless_they_mix():
     space = build_space(None, specs)
     groups = output_groups(space, 4, 3)
     assert groups == [(1, 2), (3, 4), (5, 6), (7, 8), (9,), (10,), (11,), (12,), (13,), (14,)]
-    confirm(space, 4, 3, probabilities)
+    confirm(space, 4, 3, _pennylane)
 
 
 def test_depth_one_drops_a_final_rz_before_deciding_independence():
     space = build_space(None, [{"init": "H", "entangler": "ring", "rotation": "RxRz"}, {"init": "H", "rotation": "RyRz"}])
     assert space[0].theta_independent(4, depth=1) and not space[0].theta_independent(4)
     assert angle_independent(space, 4, 1) == [1] and angle_independent(space, 4, 3) == []
-    confirm(space, 4, 1, probabilities)
-    confirm(space, 4, 3, probabilities)
+    confirm(space, 4, 1, _pennylane)
+    confirm(space, 4, 3, _pennylane)
     fixed = Generator({"w": torch.Size([10])}, 1, GeneratorOptions(space=space, mode="fixed", arch=1))
     assert not fixed.theta.requires_grad  # nothing to train in it at depth 1
 

@@ -40,7 +40,11 @@ def probabilities(
     raise ValueError(f"backend={backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
 
 
-def candidate_probabilities(arch: int, theta: torch.Tensor, backend: str = "native", **kwargs) -> torch.Tensor:
-    """The 2**n probabilities (float64, qubit 0 most significant) of candidate `arch` (1..12)."""
+def candidate_probabilities(
+    arch: int, theta: torch.Tensor, backend: str = "native", space: Sequence[Candidate] | None = None, **kwargs
+) -> torch.Tensor:
+    """The 2**n probabilities (float64, qubit 0 most significant) of candidate `arch` (1..len(space))
+    of `space` (default paper12; e.g. `config.search_space_file("wide32")`). theta: (L, n), or
+    (L, n, k) for a candidate with k rotations per wire."""
     theta = torch.as_tensor(theta, dtype=torch.float64)
-    return probabilities(theta, [candidate(arch)], backend, **kwargs)[0]
+    return probabilities(theta, [candidate(arch, CANDIDATES if space is None else space)], backend, **kwargs)[0]

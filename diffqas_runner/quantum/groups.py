@@ -82,10 +82,16 @@ def confirm(
     cands: Sequence[Candidate], n: int, depth: int, probabilities, seed: int = 0, atol: float = 1e-12, distinct: bool = True
 ) -> None:
     """Check the structural claims numerically at two random angle sets: members of a group give
-    the same probabilities, angle-independent candidates the same at both, and (`distinct`)
-    different groups differ. `probabilities(theta, cands)` is a simulator. Raises AssertionError
-    otherwise. (Different structures can coincide by accident, e.g. Rx and Ry layers on |0..0>
-    with no entangler, so `distinct` is for spaces whose members are known to differ.)"""
+    the same probabilities, angle-independent candidates the same at both and the distribution
+    their signature names (uniform from H, |0..0> otherwise), and (`distinct`) different groups
+    differ. Raises AssertionError otherwise. (Different structures can coincide by accident, e.g.
+    Rx and Ry layers on |0..0> with no entangler, so `distinct` is for spaces whose members are
+    known to differ.)
+
+    `probabilities(theta, cands)` is the simulator the claims are checked against. It must share
+    no code with what made them: the native simulator simulates every candidate called
+    angle-independent once, at theta = 0, so it cannot catch a false claim. The tests pass
+    PennyLane or a dense textbook simulator (tests/reference.py)."""
     gen = torch.Generator().manual_seed(seed)
     k = max(c.rotation.n_angles for c in cands)
     shape = (depth, n) if k == 1 else (depth, n, k)
@@ -99,6 +105,10 @@ def confirm(
                 assert torch.allclose(p[index[member]], p[index[group[0]]], atol=atol), f"group {group} differs"
     for number in angle_independent(cands, n, depth):
         assert torch.allclose(probs[0][index[number]], probs[1][index[number]], atol=atol), f"{number} depends on theta"
+        signature = _signature(cands[index[number]], n, depth)
+        expected = torch.full((2**n,), 2.0**-n, dtype=torch.float64) if signature == ("uniform",) else torch.eye(1, 2**n)[0]
+        for p in probs:
+            assert torch.allclose(p[index[number]].double(), expected.double(), atol=atol), f"{number} is not {signature[0]}"
     for a in groups if distinct else ():
         for b in groups:
             if a[0] < b[0]:

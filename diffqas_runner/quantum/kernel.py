@@ -4,7 +4,9 @@ Built with torch.utils.cpp_extension.load_inline on first use and cached by torc
 $TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a C++ compiler and ninja;
 if either is missing or the build fails, `load()` returns None and the simulator silently
 uses its pure-torch path. DIFFQAS_NATIVE_KERNEL=torch forces the pure-torch path; =cpp makes
-a failed build an error instead (for tests and benchmarks); the default is auto.
+a failed build an error instead (for tests and benchmarks), also when an earlier call in auto
+mode already failed; the default is auto. `check_environment` validates the variable (a run
+calls it through config.validate before any work).
 
 What it computes, per row (one candidate's real state vector, qubit 0 the most significant
 bit) and per layer l: x <- x[perm] (the CNOT layer), then Ry(theta[l, q]) on every wire.
@@ -298,13 +300,23 @@ std::vector<torch::Tensor> backward(torch::Tensor final_state, torch::Tensor gra
 _lock = threading.Lock()
 _module = None
 _tried = False
+_error: Exception | None = None  # why the one build attempt failed
+
+
+def check_environment() -> str | None:
+    """None if $DIFFQAS_NATIVE_KERNEL is unset or allowed, else a one-line message naming the
+    variable, its value and what is allowed (a run calls this before any work)."""
+    value = os.environ.get(ENV)
+    if value is None or value.strip().lower() in ("", *MODES):
+        return None
+    return f"{ENV}={value!r} is not allowed; allowed: {', '.join(MODES)} (or unset: auto)"
 
 
 def mode() -> str:
-    value = os.environ.get(ENV, "auto").strip().lower() or "auto"
-    if value not in MODES:
-        raise ValueError(f"{ENV}={value!r}; allowed: {', '.join(MODES)}")
-    return value
+    message = check_environment()
+    if message:
+        raise ValueError(message)
+    return os.environ.get(ENV, "auto").strip().lower() or "auto"
 
 
 def _build_name() -> str:
@@ -321,8 +333,9 @@ def _build_name() -> str:
 
 
 def load():
-    """The compiled extension, or None (pure-torch fallback). Builds it once per process."""
-    global _module, _tried
+    """The compiled extension, or None (pure-torch fallback). Builds it once per process; with
+    DIFFQAS_NATIVE_KERNEL=cpp a failed build raises, on this call and every later one."""
+    global _module, _tried, _error
     if mode() == "torch":
         return None
     with _lock:
@@ -350,10 +363,10 @@ def load():
                     extra_ldflags=["-fopenmp"],
                     verbose=False,
                 )
-            except Exception:  # no compiler, no ninja, a failed build: the torch path takes over
-                if mode() == "cpp":
-                    raise
-                _module = None
+            except Exception as err:  # no compiler, no ninja, a failed build: the torch path takes over
+                _module, _error = None, err
+    if _module is None and mode() == "cpp":
+        raise RuntimeError(f"{ENV}=cpp but the C++ kernel did not build: {_error!r}") from _error
     return _module
 
 

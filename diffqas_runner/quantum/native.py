@@ -201,14 +201,23 @@ def _rotate(flat: torch.Tensor, u: list[torch.Tensor], plan: _Plan) -> torch.Ten
 
 
 def _first_layer(cands: Sequence[Candidate], mats: torch.Tensor, is_rx: bool) -> torch.Tensor:
-    """State after layer 0 in the standard layout: a Kronecker product of 2-vectors per row."""
-    plus = torch.full((2,), 2**-0.5, dtype=mats.dtype, device=mats.device)
-    zero = torch.tensor([1.0, 0.0], dtype=mats.dtype, device=mats.device)
-    starts = torch.stack([plus if c.hadamard else zero for c in cands])  # (k, 2)
-    vecs = torch.einsum("qab,kb->kqa", mats, starts)[..., None]  # (k, n, 2, 1): rotated 1-qubit states
+    """State after layer 0 in the standard layout: a Kronecker product of 2-vectors per row.
+
+    The first entangler P fixes the start psi0 (`_start_fixed`). Rx rows track phi = D^-1 psi, so
+    layer 0 gives R' (D P D) D^-1 psi0 = R' D psi0: on |0..0> that is R' |0..0>, on |+..+> it is
+    R' applied to (1, -i) / sqrt 2 on every wire, a complex product state split into
+    (real, imaginary) rows."""
+    r = 2**-0.5
+    if is_rx:
+        cdtype = torch.complex128 if mats.dtype == torch.float64 else torch.complex64
+        plus, zero = torch.tensor([r, -1j * r], dtype=cdtype), torch.tensor([1.0, 0.0], dtype=cdtype)
+    else:
+        plus, zero = torch.tensor([r, r], dtype=mats.dtype), torch.tensor([1.0, 0.0], dtype=mats.dtype)
+    starts = torch.stack([plus if c.hadamard else zero for c in cands]).to(mats.device)  # (k, 2)
+    vecs = torch.einsum("qab,kb->kqa", mats.to(starts.dtype), starts)[..., None]  # (k, n, 2, 1): rotated 1-qubit states
     state = _kron(vecs).squeeze(-1)  # (k, 2**n)
-    if is_rx:  # (real, imaginary) row pairs; the imaginary part starts at zero
-        state = torch.stack([state, torch.zeros_like(state)], 1)
+    if is_rx:  # (real, imaginary) row pairs
+        state = torch.stack([state.real, state.imag], 1)
     return state.reshape(-1)
 
 
@@ -244,8 +253,20 @@ def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str
     theta: (L, n) for one-angle rotations, (L, n, k) for k angles per wire."""
     n_layers, n = theta.shape[:2]
     mode = mode or _layer_mode(cands[0])
+    axes = cands[0].rotation.axes
+    if any(c.rotation.axes != axes for c in cands) or mode not in ("ry", "rx", "complex"):
+        raise ValueError(f"one rotation layer per group and mode ry, rx or complex; got {mode!r} for {[c.name for c in cands]}")
+    if mode != "complex" and axes != {"ry": ("Y",), "rx": ("X",)}[mode]:
+        raise ValueError(f"mode {mode!r} simulates {mode[1:].upper()} rotations only, not {cands[0].rotation.label}")
+    if theta.dim() == 2:  # one angle per wire
+        if len(axes) != 1:
+            raise ValueError(f"{cands[0].rotation.label} needs {len(axes)} angles per wire; theta must be (L, n, {len(axes)})")
+        if mode == "complex":
+            theta = theta[..., None]
+    elif mode != "complex" or theta.shape[2] != len(axes):
+        raise ValueError(f"theta {tuple(theta.shape)} does not fit mode {mode!r} with {cands[0].rotation.label}")
     is_rx = mode == "rx"
-    mats = _single_qubit(mode, theta, cands[0].rotation.axes)  # (L, n, 2, 2)
+    mats = _single_qubit(mode, theta, axes)  # (L, n, 2, 2)
     if all(_start_fixed(c, n) for c in cands):
         flat = _first_layer(cands, mats[0], is_rx)
         first = 1
