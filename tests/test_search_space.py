@@ -317,3 +317,21 @@ def test_gate_names_are_case_insensitive_and_every_candidate_wire_is_checked():
     space = build_space(None, [{"rotation": "Ry"}, {"entangler": [[0, 12]], "rotation": "Ry"}])
     with pytest.raises(ConfigError, match="candidate 2 .* uses wire 12"):  # not in use, still refused
         Generator({"w": torch.Size([300])}, 2, GeneratorOptions(space=space, mode="fixed", arch=1))
+
+
+# --- issue 23: one name per candidate, one line per unreadable file ---------------------------
+def test_two_candidates_with_one_name_are_refused():
+    """Used to give `candidates: ['twin', 'twin']` in summary.json."""
+    ring = {"init": "H", "entangler": "ring", "rotation": "Ry"}
+    with pytest.raises(SpaceError, match="candidates 1 and 2 are both named 'twin'"):
+        build_space(None, [{**ring, "name": "twin"}, {**ring, "entangler": "chain", "name": "twin"}])
+    with pytest.raises(SpaceError, match="both named 'H-Cyc-Ry'"):  # a user's name against a built one
+        build_space(
+            {"init": ["H"], "entangler": ["ring"], "rotation": ["Ry"]}, [{**ring, "entangler": "chain", "name": "H-Cyc-Ry"}]
+        )
+
+
+
+def test_the_packaged_spaces_name_each_candidate_once():
+    assert len({c.name for c in search_space_file("wide32")}) == 32
+    assert len({c.name for c in search_space_file("paper12")}) == 12
