@@ -331,6 +331,18 @@ def test_two_candidates_with_one_name_are_refused():
         )
 
 
+@pytest.mark.parametrize(
+    "content,needle",
+    [(None, "does not exist"), (b"a: [\n", "not valid YAML"), (b"\xff\xfe", "not UTF-8"), (b"- 1\n", "not a mapping")],
+)
+def test_search_space_file_errors_are_one_line(tmp_path, content, needle):
+    path = tmp_path / "space.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        search_space_file(str(path))
+    assert needle in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
 
 def test_the_packaged_spaces_name_each_candidate_once():
     assert len({c.name for c in search_space_file("wide32")}) == 32
