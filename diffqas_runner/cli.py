@@ -9,9 +9,11 @@ while the other jobs run on; the sweep command then exits 1 and names the failed
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
+import tempfile
 import traceback
 from importlib.resources import files
 from pathlib import Path
@@ -24,7 +26,9 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .config import ConfigError, register
-from .record.lock import DirectoryInUse, lock_directory
+from .errors import check_config_dirs, describe, flat
+from .record.hydra_record import RECORD, RecordError, record_texts, write_record
+from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 
 # The configs ship inside the package (diffqas_runner.configs, the checkout's top-level configs/).
 CONFIG_PACKAGE = "diffqas_runner.configs"
@@ -38,9 +42,11 @@ class JobFailed(RuntimeError):
     """A multirun job failed; its directory holds failure.json. Raised so the launcher records it."""
 
 
-def _report(message: str, detail: str | None = None) -> None:
+def _report(message: str, detail: str | None = None, to_log: bool = True) -> None:
     """One line on stderr, and the same line (plus `detail`, e.g. a traceback) in the run's log file."""
     print(message, file=sys.stderr, flush=True)
+    if not to_log:
+        return
     text = message if detail is None else f"{message}\n{detail}"
     for handler in logging.getLogger().handlers:
         if isinstance(handler, logging.FileHandler):
@@ -63,6 +69,69 @@ def _check_writable(key: str, path: str) -> None:
         sys.exit(2)
 
 
+def check_user_configs(hc) -> None:
+    """Refuse a file in the user's config folder (--config-dir, hydra.searchpath) that has the name
+    of a packaged option in use: Hydra searches the packaged folder first and would silently
+    compose the packaged file instead of the user's."""
+    packaged = Path(CONFIG_DIR).resolve()
+    choices = {g: o for g, o in hc.runtime.choices.items() if o and g.split("/")[0] != "hydra"}
+    for source in hc.runtime.config_sources:
+        if source.schema != "file" or Path(source.path).resolve() == packaged:
+            continue
+        for group, option in choices.items():
+            mine, ours = Path(source.path) / group / f"{option}.yaml", packaged / group / f"{option}.yaml"
+            if mine.is_file() and ours.is_file() and mine.read_bytes() != ours.read_bytes():
+                raise ConfigError(
+                    f"{group}={option}: {mine} has the name of a packaged {group} option, which Hydra would use "
+                    f"instead of yours; allowed: another name for your file (e.g. {group}={option}_mine)"
+                )
+
+
+def _holds_results(run_dir: Path) -> bool:
+    from .train.checkpoint import CHECKPOINT
+
+    return any((run_dir / name).exists() for name in ("summary.json", CHECKPOINT))
+
+
+def guard_directory(config, run_dir: Path) -> bool:
+    """Before anything is written into run_dir: True when it holds this very run, finished (its
+    record stays as it is: nothing to do); False when the run may write there. Raises
+    DirectoryConflict (or ConfigError) when it holds another run's results or checkpoint, also
+    when the config cannot even be resolved to compare with them."""
+    from .run import DirectoryConflict, preflight
+
+    if not _holds_results(run_dir) or config.fresh is True:
+        return False
+    try:
+        return preflight(config, run_dir) is not None
+    except (DirectoryConflict, ConfigError):
+        raise
+    except Exception as err:
+        line, _ = describe(err, [])
+        raise DirectoryConflict(
+            f"{run_dir} holds another run's results and this config cannot be compared with them ({line}); "
+            "allowed: a config that resolves, another hydra.run.dir / hydra.sweep.dir, or fresh=true"
+        ) from None
+
+
+def _refuse(message: str) -> None:
+    print(f"Error: {message}", file=sys.stderr, flush=True)
+    sys.exit(2)
+
+
+def _check_launch(config) -> None:
+    """What every run and sweep checks in the launching process, before Hydra writes anything."""
+    if config.hydra.output_subdir is not None:
+        _refuse(
+            f"hydra.output_subdir={config.hydra.output_subdir!r} is not allowed; allowed: null "
+            f"(the runner writes {RECORD}/ itself, never over a finished run's record)"
+        )
+    try:
+        check_user_configs(config.hydra)
+    except ConfigError as err:
+        _refuse(str(err))
+
+
 class OutputDirCheck(Callback):
     """Hydra callback, in the launching process: refuse an unwritable or busy run or sweep
     directory with one line, before Hydra writes anything into it."""
@@ -72,27 +141,60 @@ class OutputDirCheck(Callback):
         try:
             lock_directory(Path(path))
         except DirectoryInUse as err:
-            print(f"Error: {key}={path!r}: {err}", file=sys.stderr)
-            sys.exit(2)
+            _refuse(f"{key}={path!r}: {err}")
         except OSError as err:  # e.g. a directory that cannot be created there (/proc, a read-only mount)
-            print(f"Error: {key}={path!r} cannot be created ({err.strerror}); allowed: a writable directory", file=sys.stderr)
-            sys.exit(2)
+            _refuse(f"{key}={path!r} cannot be created ({err.strerror}); allowed: a writable directory")
 
     def on_run_start(self, config, **kwargs) -> None:
+        _check_launch(config)
         self._claim("hydra.run.dir", config.hydra.run.dir)
         from .run import DirectoryConflict, preflight
 
+        run_dir = Path(config.hydra.run.dir)
         try:
-            preflight(config, Path(config.hydra.run.dir))
-        except (DirectoryConflict, ConfigError) as err:  # before Hydra writes .hydra/ into the directory
-            print(f"Error: {err}", file=sys.stderr)
-            sys.exit(2)
-        except Exception:  # a value that does not even resolve: the run's own checks will name it
-            pass
+            preflight(config, run_dir)
+        except (DirectoryConflict, ConfigError) as err:  # before Hydra opens cli.log in the directory
+            _refuse(str(err))
+        except Exception:  # a value that does not resolve: the run's own checks name it
+            try:
+                guard_directory(config, run_dir)  # ... but never beside another run's results
+            except (DirectoryConflict, ConfigError) as err:
+                _refuse(str(err))
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        _check_launch(config)
         self._claim("hydra.sweep.dir", config.hydra.sweep.dir)
         _SWEEP["dir"] = config.hydra.sweep.dir
+        _keep_earlier_sweep_record(config, Path(config.hydra.sweep.dir))
+        fd, notes = tempfile.mkstemp(prefix="diffqas-sweep-", suffix=".refused")
+        os.close(fd)
+        os.environ[REFUSED_NOTES] = _SWEEP["notes"] = notes  # the jobs (joblib's workers too) note refusals here
+
+
+REFUSED_NOTES = "DIFFQAS_SWEEP_REFUSED_NOTES"
+
+
+def _keep_earlier_sweep_record(config, sweep_dir: Path) -> None:
+    """The sweeper writes multirun.yaml over the sweep's earlier one: when that one came from
+    another command, keep it as multirun.N.yaml (the jobs it ran keep their results)."""
+    old = sweep_dir / "multirun.yaml"
+    if not old.is_file() or old.read_bytes() == OmegaConf.to_yaml(config).encode():
+        return
+    n = 1
+    while (sweep_dir / f"multirun.{n}.yaml").exists():
+        n += 1
+    os.replace(old, sweep_dir / f"multirun.{n}.yaml")
+    log.warning("%s held another sweep command's multirun.yaml: kept as multirun.%d.yaml", sweep_dir, n)
+
+
+def _note_refused(run_dir: Path, message: str) -> None:
+    notes = os.environ.get(REFUSED_NOTES)
+    if notes:
+        try:
+            with open(notes, "a") as fh:
+                fh.write(json.dumps({"dir": str(run_dir), "message": message}) + "\n")
+        except OSError:  # e.g. a job on another node (submitit): its own log has the line
+            pass
 
 
 _SWEEP: dict[str, str] = {}
@@ -136,9 +238,17 @@ def default_threads(hc, cfg) -> int | None:
     return threads
 
 
+def _full_error() -> bool:
+    """The user asked for Hydra's full tracebacks (HYDRA_FULL_ERROR=1 as they set it, not as main() sets it)."""
+    return os.environ.get(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0")) == "1"
+
+
+FULL_ERROR = "DIFFQAS_USER_FULL_ERROR"
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def _main(cfg) -> float | None:
-    from .run import run
+    from .run import DirectoryConflict, run
     from .tasks.classification import DataError
     from .train.checkpoint import Interrupted
     from .train.supervised import NonFiniteLoss
@@ -146,7 +256,16 @@ def _main(cfg) -> float | None:
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
+    acquired = False
     try:
+        acquired = lock_directory(run_dir)  # held from the check to the end: no other writer between
+        check_user_configs(hc)
+        if not guard_directory(cfg, run_dir):  # a finished run of this very config keeps its record
+            write_record(run_dir, record_texts(cfg, HydraConfig.instance().cfg))
+        try:  # Hydra builds it from the overrides unresolved: `data_dir=${oc.env:X}` would resolve here
+            name = hc.job.override_dirname or None
+        except OmegaConfBaseException:
+            name = None
         threads = default_threads(hc, cfg)
         if threads != cfg.train.threads:
             cfg.train.threads = threads  # a bookkeeping key: checkpoints and aggregation ignore it
@@ -154,50 +273,108 @@ def _main(cfg) -> float | None:
             cfg,
             run_dir,
             group=Path(hc.sweep.dir).name if multirun else None,
-            name=hc.job.override_dirname or None,
+            name=name,
             interactive=not multirun,
         )
     except Interrupted as err:  # SIGTERM / SIGINT: checkpoint saved (if a step had run), exit as the signal would
         _report(f"Stopped: {err}")
         sys.exit(128 + err.signum)
     except Exception as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if _full_error():
             raise
-        named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException)
-        if named:  # bad input, missing data, a diverged run: the message says it all
-            message, detail, code = str(err), None, 2
+        refused = isinstance(err, DirectoryConflict)  # another run's results: nothing written, not even a log line
+        named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException | RecordError)
+        if refused and multirun:
+            message, detail, code = f"{hc.sweep.dir} job {hc.job.num}: {err}", None, 2
+            _note_refused(run_dir, str(err))
+        elif named:  # bad input, missing data, a diverged run: the message says it all
+            message = describe(err, [])[0] if isinstance(err, OmegaConfBaseException) else flat(str(err))
+            detail, code = None, 2
         else:  # a bug or an environment problem: one line here, the traceback in cli.log
             message = f"unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})"
             detail, code = traceback.format_exc(), 1
-        _report(f"Error: {message}", detail)
+        _report(f"Error: {message}", detail, to_log=not refused)
         if multirun:  # an ordinary exception: the launcher records a failed job, the others run on
             raise JobFailed(f"job {hc.job.num} ({run_dir}): {message}") from None
         sys.exit(code)
+    finally:
+        if acquired:
+            unlock_directory(run_dir)
     # the value a sweeper optimises: the task's objective (its validation metric when a split is held out)
     return summary["metrics"].get(summary["objective"])
 
 
-def _failed_jobs_line() -> str | None:
+def _sweep_lines() -> list[str]:
+    """The closing lines of a sweep: its failed jobs (failure.json), and jobs refused because their
+    directory holds another run's results (left untouched)."""
     from .record.failures import failed_jobs
 
+    lines = []
     failed = failed_jobs(Path(_SWEEP["dir"])) if _SWEEP.get("dir") else []
-    if not failed:
-        return None
-    return f"Error: {len(failed)} job(s) of the sweep failed (failure.json in each): " + ", ".join(str(p) for p in failed)
+    if failed:
+        lines.append(f"Error: {len(failed)} job(s) of the sweep failed (failure.json in each): " + ", ".join(map(str, failed)))
+    notes = Path(_SWEEP["notes"]) if _SWEEP.get("notes") else None
+    if notes is not None and notes.exists():
+        refused = [json.loads(line)["dir"] for line in notes.read_text().splitlines() if line.strip()]
+        notes.unlink(missing_ok=True)
+        if refused:
+            lines.append(
+                f"Error: {len(refused)} job(s) of the sweep refused, their directories left as they were (they hold "
+                "other settings' results; allowed: another hydra.sweep.dir, or fresh=true): " + ", ".join(refused)
+            )
+    return lines
+
+
+class _WithoutHydraJobLine:
+    """sys.stderr without the line Hydra writes whenever a sweeper reads a failed job's result
+    ("Error executing job with overrides: [...]"): the job has already said why on its own line."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        if text.startswith("Error executing job with overrides: "):
+            return len(text)
+        return self._stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
 
 
 def main() -> None:
-    """The console entry point: Hydra's, then for a sweep a closing line naming its failed jobs
-    (and exit status 1 when any failed, even where the sweeper itself carried on, as Optuna does)."""
+    """The console entry point: Hydra's, every error on one line (Hydra's own composition errors
+    too, exit 2 for bad input), then for a sweep closing lines naming its failed or refused jobs
+    (and exit status 1 when any, even where the sweeper itself carried on, as Optuna does)."""
+    argv = sys.argv[1:]
+    os.environ.setdefault(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0"))
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a stack; reported below
+    code = 0
+    stderr = sys.stderr
+    if not _full_error():
+        sys.stderr = _WithoutHydraJobLine(stderr)
     try:
+        if (line := check_config_dirs(argv)) and not _full_error():
+            _refuse(line)
         _main()
     except SystemExit as exit_:
-        if exit_.code not in (0, None) and (line := _failed_jobs_line()):
-            print(line, file=sys.stderr)
-        raise
-    if line := _failed_jobs_line():
-        print(line, file=sys.stderr)
-        sys.exit(1)
+        code = exit_.code
+        if code in (0, None):
+            raise
+    except Exception as err:
+        if _full_error():
+            raise
+        if isinstance(err, JobFailed):  # the failed job said why on its own line; the list follows
+            code = 1
+        else:
+            line, code = describe(err, argv)
+            print(f"Error: {line}", file=sys.stderr, flush=True)
+    finally:
+        sys.stderr = stderr
+    lines = _sweep_lines()
+    for line in lines:
+        print(line, file=sys.stderr, flush=True)
+    if code or lines:
+        sys.exit(code or 1)
 
 
 if __name__ == "__main__":

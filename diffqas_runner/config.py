@@ -7,8 +7,10 @@ Enum fields make a bad choice fail with OmegaConf's own message listing the allo
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -367,7 +369,20 @@ def search_space_file(name: str):
     from importlib.resources import files
 
     path = name if name.endswith(".yaml") else files("diffqas_runner.configs") / "search_space" / f"{name}.yaml"
-    return search_space(OmegaConf.create({"search_space": OmegaConf.load(path)}))
+    from .errors import file_problem
+
+    problem = file_problem(Path(str(path))) if os.path.lexists(str(path)) else f"{path} does not exist"
+    if problem:
+        raise ConfigError(f"search_space={name!r}: {problem.split('; allowed')[0]}; allowed: paper12, wide32 or a YAML file path")
+    try:
+        node = OmegaConf.load(path)
+    except Exception as err:  # YAML that OmegaConf cannot hold (e.g. non-string keys)
+        raise ConfigError(
+            f"search_space={name!r}: {path} cannot be loaded ({type(err).__name__}: {err}); allowed: a mapping"
+        ) from None
+    if not OmegaConf.is_dict(node):
+        raise ConfigError(f"search_space={name!r}: {path} is not a mapping; allowed: a mapping with name, product, candidates")
+    return search_space(OmegaConf.create({"search_space": node}))
 
 
 def normalize_shots(qt: dict) -> dict:

@@ -165,7 +165,8 @@ def find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
         keys = differing_keys(ckpt["meta"]["fingerprint"], fp)
         raise DirectoryConflict(
             f"{path} was written by a run with other settings ({', '.join(keys)}); "
-            "allowed: the same config to resume, or a new hydra.run.dir for a new run"
+            "allowed: the same config to resume, another hydra.run.dir (hydra.sweep.dir in a sweep) for a new run, "
+            "or fresh=true to delete its results and start over"
         )
     return ckpt
 
@@ -359,7 +360,7 @@ class FinishedRun(DirectoryConflict):
 
 
 def _start_fresh(run_dir: Path) -> None:
-    """fresh=true: remove a previous run's results from run_dir (its .hydra/ is Hydra's, rewritten anyway)."""
+    """fresh=true: remove a previous run's results from run_dir (its .hydra/ is rewritten before the run)."""
     for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", "selected_model.pt", FAILURE):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "select", ignore_errors=True)
@@ -375,20 +376,20 @@ def _guard_finished(cfg, run_dir: Path, ckpt: dict | None) -> dict | None:
         log.info("%s already holds this finished run: nothing to do (fresh=true reruns it)", run_dir)
         return json.loads(summary.read_text())
     raise FinishedRun(
-        f"hydra.run.dir={str(run_dir)!r} already holds a finished run (summary.json) but no finished checkpoint of "
-        "this config; allowed: another hydra.run.dir, or fresh=true to delete its results and start over"
+        f"{str(run_dir)!r} already holds a finished run (summary.json) but no finished checkpoint of this config; "
+        "allowed: another hydra.run.dir (hydra.sweep.dir in a sweep), or fresh=true to delete its results and start over"
     )
 
 
-def preflight(config, run_dir: Path) -> None:
-    """Before Hydra writes .hydra/ into a single run's directory: refuse a directory that holds
-    another run's checkpoint or a finished run (raises DirectoryConflict), so its record stays whole."""
+def preflight(config, run_dir: Path) -> dict | None:
+    """Before .hydra/ is written into a run's directory: refuse a directory that holds another
+    run's checkpoint or a finished run (raises DirectoryConflict), so its record stays whole.
+    Returns the summary when run_dir already holds this very run, finished."""
     task_config = config.copy()
     with open_dict(task_config):
         task_config.pop("hydra", None)
     validate(task_config)
-    if not task_config.fresh:
-        _inspect_dir(task_config, run_dir)
+    return None if task_config.fresh else _inspect_dir(task_config, run_dir)[2]
 
 
 def _inspect_dir(cfg, run_dir: Path) -> tuple[str, dict | None, dict | None]:

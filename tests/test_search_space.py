@@ -344,3 +344,33 @@ def test_the_schema_offers_the_devices_the_pennylane_backend_has():
     from diffqas_runner.quantum import pennylane
 
     assert tuple(d.value for d in PennyLaneDevice) == pennylane.DEVICES
+
+
+# --- issue 23: one name per candidate, one line per unreadable file ---------------------------
+def test_two_candidates_with_one_name_are_refused():
+    """Used to give `candidates: ['twin', 'twin']` in summary.json."""
+    ring = {"init": "H", "entangler": "ring", "rotation": "Ry"}
+    with pytest.raises(SpaceError, match="candidates 1 and 2 are both named 'twin'"):
+        build_space(None, [{**ring, "name": "twin"}, {**ring, "entangler": "chain", "name": "twin"}])
+    with pytest.raises(SpaceError, match="both named 'H-Cyc-Ry'"):  # a user's name against a built one
+        build_space(
+            {"init": ["H"], "entangler": ["ring"], "rotation": ["Ry"]}, [{**ring, "entangler": "chain", "name": "H-Cyc-Ry"}]
+        )
+
+
+@pytest.mark.parametrize(
+    "content,needle",
+    [(None, "does not exist"), (b"a: [\n", "not valid YAML"), (b"\xff\xfe", "not UTF-8"), (b"- 1\n", "not a mapping")],
+)
+def test_search_space_file_errors_are_one_line(tmp_path, content, needle):
+    path = tmp_path / "space.yaml"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        search_space_file(str(path))
+    assert needle in str(err.value) and str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_packaged_spaces_name_each_candidate_once():
+    assert len({c.name for c in search_space_file("wide32")}) == 32
+    assert len({c.name for c in search_space_file("paper12")}) == 12

@@ -258,6 +258,14 @@ def build_space(product: Mapping | None, candidates: Iterable[Mapping] = (), key
                 label.strip() if label else None,
             )
         )
+    names: dict[str, int] = {}
+    for cand in out:
+        if cand.name in names:
+            raise SpaceError(
+                f"{key}: candidates {names[cand.name]} and {cand.number} are both named {cand.name!r}; "
+                "allowed: a different name for each candidate (set `name:`, or change a part)"
+            )
+        names[cand.name] = cand.number
     return tuple(out)
 
 
