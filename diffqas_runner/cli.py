@@ -25,6 +25,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import threads as threads_policy
 from .config import ConfigError, register
 from .errors import check_config_dirs, describe, flat
 from .record.hydra_record import RECORD, RecordError, record_texts, write_record
@@ -200,44 +201,6 @@ def _note_refused(run_dir: Path, message: str) -> None:
 _SWEEP: dict[str, str] = {}
 
 
-def _cores() -> int:
-    """The cores this process may run on."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def concurrent_jobs(hc) -> tuple[int, int | None]:
-    """(jobs running at once on this machine, cpus given to each job or None) under the launcher in use."""
-    launcher = hc.launcher or {}
-    target = str(launcher.get("_target_", ""))
-    if "joblib" in target.lower():
-        n = launcher.get("n_jobs", -1) or 1
-        return (_cores() + 1 + n if n < 0 else n), None  # joblib's n_jobs=-1 is every core
-    if "submitit" in target.lower():
-        return 1, launcher.get("cpus_per_task")
-    return 1, None
-
-
-def default_threads(hc, cfg) -> int | None:
-    """train.threads when it was not given: max(1, cores // jobs) under a parallel launcher, the
-    cpus a submitit job was given, else None (torch's default). Warns once when threads x jobs
-    exceed the cores this process can see (each job would then slow the others down)."""
-    jobs, cpus = concurrent_jobs(hc) if hc.mode == RunMode.MULTIRUN else (1, None)
-    cores = _cores()
-    threads = cfg.train.threads
-    if threads is None:
-        if cpus:
-            threads = int(cpus)
-        elif jobs > 1:
-            threads = max(1, cores // jobs)
-    job_num = OmegaConf.select(hc, "job.num", default=None, throw_on_missing=False)
-    if threads is not None and threads * jobs > cores and job_num in (0, None):
-        log.warning(
-            "train.threads=%d x %d concurrent jobs > %d cores: the jobs will slow each other down; "
-            "set train.threads=%d", threads, jobs, cores, max(1, cores // jobs),
-        )  # fmt: skip
-    return threads
-
-
 def _full_error() -> bool:
     """The user asked for Hydra's full tracebacks (HYDRA_FULL_ERROR=1 as they set it, not as main() sets it)."""
     return os.environ.get(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0")) == "1"
@@ -266,7 +229,7 @@ def _main(cfg) -> float | None:
             name = hc.job.override_dirname or None
         except OmegaConfBaseException:
             name = None
-        threads = default_threads(hc, cfg)
+        threads = threads_policy.launcher_threads(hc, cfg)
         if threads != cfg.train.threads:
             cfg.train.threads = threads  # a bookkeeping key: checkpoints and aggregation ignore it
         summary = run(

@@ -17,7 +17,7 @@ import torch
 from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
-from . import tasks
+from . import tasks, threads
 from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, normalize_shots, validate
 from .device import place, run_device
 from .qt import GeneratorSet
@@ -348,13 +348,6 @@ def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str 
     return [WandbSink(cfg.logger, run_dir, _plain(cfg), group, name, run_id)]
 
 
-# Without train.threads, generators up to this many qubits run on one thread: measured on the idle
-# 2-core machine, Bessel (11 qubits) 9.4 s with 1 thread against 9.8 s with 2, MNIST (17) 56 s
-# against 37 s. The boundary between 11 and 17 is not measured; MiniGrid (13) takes one thread.
-ONE_THREAD_QUBITS = 13
-DEFAULT_THREADS = torch.get_num_threads()  # torch's own default, restored for every run
-
-
 class FinishedRun(DirectoryConflict):
     """The run directory holds a finished run that this command would overwrite."""
 
@@ -430,9 +423,7 @@ def run(
                     exp = build(cfg)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, 0, None) from None
-            small = exp.generator.n_qubits <= ONE_THREAD_QUBITS  # one thread measured faster there
-            # every run sets its own count: never the previous in-process job's
-            torch.set_num_threads(cfg.train.threads or (1 if small else DEFAULT_THREADS))
+            threads.set_run_threads(cfg.train.threads, exp.generator.n_qubits)
             checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, signals)
             resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
             prior_seconds = resumed.seconds if resumed else 0.0
