@@ -147,6 +147,9 @@ class TimeSeriesTaskConfig(TaskConfig):
     # the last fraction of the training windows, held out (not trained on) as a validation split:
     # `val_mse` is what to choose settings by, so the test split stays unseen (0: no validation)
     validation: float = 0.0
+    # NARMA only (null for the other series): `authors` (the first author's generator: windows of
+    # the input u predict y, raw values) | `autoregressive` (windows of the scaled y predict its next value)
+    variant: str | None = None
 
 
 @dataclass
@@ -291,6 +294,10 @@ class RunConfig:
 BOOKKEEPING_KEYS = (
     "logger", "progress", "resume", "fresh", "data_dir", "download", "train.threads", "train.checkpoint_every",
 )  # fmt: skip
+
+
+NARMA_TASKS = ("narma5", "narma10")
+NARMA_VARIANTS = ("authors", "autoregressive")  # task.variant for NARMA; the first is the task files' default
 
 
 class ConfigError(ValueError):
@@ -454,6 +461,10 @@ def _validate_task(cfg) -> None:
             task.length is None or 20 <= task.length <= 1_000_000, "task.length", task.length, "null or an integer 20..1000000"
         )
         _check(0 <= task.validation < 1, "task.validation", task.validation, "a number in [0, 1)")
+        if task.name in NARMA_TASKS:
+            _check(task.variant in NARMA_VARIANTS, "task.variant", task.variant, f"{' or '.join(NARMA_VARIANTS)} for {task.name}")
+        else:
+            _check(task.variant is None, "task.variant", task.variant, f"null for {task.name} (only NARMA has variants)")
     else:
         _check(task.env_id.startswith("MiniGrid-"), "task.env_id", task.env_id, "a MiniGrid-* environment id")
         _check(len(hidden) >= 1 and all(1 <= h <= 4096 for h in hidden), "task.hidden", hidden, "one or more widths 1..4096")

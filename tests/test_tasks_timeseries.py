@@ -1,16 +1,20 @@
 """Time-series tasks: the data as SPEC.md section 4 states it, and the LSTM target run on generated weights."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
+from helpers import cli
 from scipy.integrate import odeint
 from scipy.special import jv
 from torch.func import functional_call
 
+from diffqas_runner.config import ConfigError
 from diffqas_runner.nets import LSTMRegressor
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
-from diffqas_runner.tasks.timeseries import SERIES, TimeSeriesTask, narma
+from diffqas_runner.tasks.timeseries import SERIES, TimeSeriesTask, min_max, narma
 
 
 @pytest.mark.parametrize(
@@ -18,7 +22,7 @@ from diffqas_runner.tasks.timeseries import SERIES, TimeSeriesTask, narma
     [("bessel", 251, 168, 83), ("damped_shm", 235, 157, 78), ("delayed_qc", 2195, 1470, 725), ("narma5", 295, 197, 98)],
 )
 def test_window_counts_and_split(name, windows, train, test):
-    task = TimeSeriesTask(name)
+    task = TimeSeriesTask(name, variant="autoregressive" if name == "narma5" else None)
     assert len(task.train.y) + len(task.test.y) == windows
     assert (len(task.train.y), len(task.test.y)) == (train, test)
     assert task.train.x.shape == (train, 4, 1) and task.test.y.shape == (test, 1)
@@ -76,6 +80,82 @@ def test_narma_recurrence_by_hand():
     # the default drops the start-up transient from y = 0: the kept series is the tail of a longer run
     np.testing.assert_array_equal(narma(5, 50).s, narma(5, 150, washout=0).s[100:])
     assert narma(5, 300).s.min() > 0.1
+
+
+def _authors_narma_by_hand(order, T=300):
+    """SPEC.md section 4 written out plainly: (u, y[:-1]), T values each."""
+    u = [0.1 * (np.sin(2 * np.pi * 2.11 * t / T) * np.sin(2 * np.pi * 3.73 * t / T) * np.sin(2 * np.pi * 4.11 * t / T) + 1)
+         for t in range(T)]  # fmt: skip
+    y = [0.196]
+    for t in range(T):
+        past = sum(y[t - j] for j in range(order) if t - j >= 0)  # y is 0 before t = 0
+        u_lag = u[t - order + 1] if t - order + 1 >= 0 else 0.0  # and so is u
+        y.append(0.3 * y[t] + 0.05 * y[t] * past + 1.5 * u_lag * u[t] + 0.1)
+    return np.array(u), np.array(y[:-1])
+
+
+@pytest.mark.parametrize("name,order", [("narma5", 5), ("narma10", 10)])
+def test_narma_default_is_the_authors_system_identification(name, order):
+    u, y = _authors_narma_by_hand(order)
+    task = TimeSeriesTask(name)  # the default variant
+    assert task.variant == "authors" and task.scaled is None
+    np.testing.assert_allclose(task.inputs, u, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(task.series.s, y, rtol=1e-13, atol=0)
+    assert len(task.inputs) == len(task.series.s) == 300
+    assert task.series.s[0] == 0.196 and u.min() >= 0 and u.max() <= 0.2
+    assert task.series.s[1] == pytest.approx(0.3 * 0.196 + 0.05 * 0.196**2 + 0.1, rel=1e-14)  # u before t = 0 is 0
+    t = order + 3  # a step where the input term is live: 1.5 u[t-n+1] u[t]
+    hand = 0.3 * y[t] + 0.05 * y[t] * y[t - order + 1 : t + 1].sum() + 1.5 * u[t - order + 1] * u[t] + 0.1
+    assert task.series.s[t + 1] == pytest.approx(hand, rel=1e-14) and 1.5 * u[t - order + 1] * u[t] > 1e-3
+    # 295 pairs (u[i:i+4], y[i+4]), the first 67% train, in order, on raw (unscaled) values
+    x = torch.cat([task.train.x, task.test.x]).squeeze(2).double()
+    target = torch.cat([task.train.y, task.test.y]).squeeze(1).double()
+    assert (len(x), len(task.train.y), len(task.test.y)) == (295, 197, 98)
+    for i in (0, 1, 100, 196, 197, 294):
+        np.testing.assert_allclose(x[i].numpy(), u[i : i + 4], rtol=1e-6)
+        assert target[i].item() == pytest.approx(y[i + 4], rel=1e-6)
+    assert target.min() > 0.1 and target.max() < 0.5  # raw y, not scaled to [-1, 1]
+    # metrics on raw values: predicting the mean training target gives the raw variance of the test y
+    mean = task.train.y.mean()
+    metrics = task.evaluate(lambda xb: mean.expand(len(xb), 1))
+    assert metrics["test_mse"] == pytest.approx(((task.test.y - mean) ** 2).mean().item()) and metrics["test_mse"] < 1e-2
+
+
+def test_narma_authors_length_window_and_validation():
+    u, y = _authors_narma_by_hand(5, T=120)
+    task = TimeSeriesTask("narma5", window=6, length=120, validation=0.2)
+    np.testing.assert_allclose(task.series.s, y, rtol=1e-13, atol=0)
+    n = 120 - 6 - 1
+    n_train = int(n * 0.67)
+    assert len(task.train.y) + len(task.val.y) + len(task.test.y) == n and task.n_train == n_train
+    assert len(task.val.y) == round(n_train * 0.2)
+    np.testing.assert_allclose(task.test.x[0, :, 0].numpy(), u[n_train : n_train + 6], rtol=1e-6)
+    assert task.test.y[0].item() == pytest.approx(y[n_train + 6], rel=1e-6)
+
+
+@pytest.mark.parametrize(
+    "name,first,last,test0,scaled10,total",
+    [
+        ("narma5", 0.17273721032765793, 0.1541452789227059, 0.34108611941337585, -0.687730338021298, 52.639209948160165),
+        ("narma10", 0.1977934546803064, 0.17565031581278334, 0.6363800764083862, -0.48800732632301147, 57.05844825996522),
+    ],
+)
+def test_narma_autoregressive_variant_keeps_the_earlier_numbers(name, first, last, test0, scaled10, total):
+    """task.variant=autoregressive: the numbers the code before task.variant gave (commit 6a0a462)."""
+    task = TimeSeriesTask(name, variant="autoregressive")
+    assert (task.series.s[0], task.series.s[-1], task.scaled[10]) == (first, last, scaled10)
+    assert task.series.s.sum() == pytest.approx(total, rel=1e-14) and task.test.y[0].item() == test0
+    np.testing.assert_array_equal(task.scaled, min_max(narma(int(name[5:]), 300).s))
+    x = torch.cat([task.train.x, task.test.x]).squeeze(2)
+    s = torch.tensor(task.scaled, dtype=torch.float32)
+    assert len(x) == 295 and torch.equal(x[200], s[200:204])  # windows of the scaled y itself
+
+
+def test_a_variant_outside_narma_or_an_unknown_one_is_refused():
+    with pytest.raises(ConfigError, match=r"^task.variant='authors' is not allowed; allowed: null for bessel"):
+        TimeSeriesTask("bessel", variant="authors")
+    with pytest.raises(ConfigError, match=r"^task.variant='auth' is not allowed; allowed: authors or autoregressive for narma5"):
+        TimeSeriesTask("narma5", variant="auth")
 
 
 def test_lstm_target_has_the_paper_size():
@@ -148,3 +228,53 @@ def test_prediction_figure_has_series_split_and_predictions():
     lines = ax.get_lines()
     assert len(lines) == 4  # series, train prediction, test prediction, split marker
     assert len(lines[1].get_xdata()) == 157 and len(lines[2].get_xdata()) == 78
+    assert ax.get_ylabel() == "s (scaled to [-1, 1])"
+
+
+def test_narma_authors_figure_plots_raw_y_and_the_predictions():
+    task = TimeSeriesTask("narma10")
+    model = task.build_model()
+    ax = task.figures(model)["prediction.png"].axes[0]
+    series, train, test = ax.get_lines()[:3]
+    assert ax.get_ylabel() == "y (raw)"
+    np.testing.assert_array_equal(series.get_ydata(), task.series.s)  # the target y, not u, not scaled
+    with torch.no_grad():  # window i predicts y[i + 4]: drawn at t = i + 4
+        np.testing.assert_allclose(test.get_ydata(), model(task.test.x).squeeze(1).numpy())
+    np.testing.assert_array_equal(train.get_xdata(), task.series.t[4 : 4 + 197])
+    np.testing.assert_array_equal(test.get_xdata(), task.series.t[4 + 197 : 4 + 295])
+
+
+@pytest.mark.parametrize(
+    "overrides,needle",
+    [
+        (["task=narma5", "task.variant=authorz"], "task.variant='authorz' is not allowed; allowed: authors or autoregressive"),
+        (["task=narma10", "task.variant=null"], "task.variant=None is not allowed; allowed: authors or autoregressive"),
+        (["task=bessel", "task.variant=authors"], "task.variant='authors' is not allowed; allowed: null for bessel"),
+        (["task=damped_shm", "task.variant=autoregressive"], "task.variant='autoregressive' is not allowed"),
+    ],
+)
+def test_a_bad_variant_is_one_line_through_the_cli(tmp_path, overrides, needle):
+    out = tmp_path / "run"
+    proc = cli([*overrides, "debug=smoke", "logger=none", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr + proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and needle in lines[0], proc.stderr
+    assert not (out / "summary.json").exists()
+
+
+def test_narma_smoke_runs_for_both_variants_and_the_fingerprint_tells_them_apart(tmp_path):
+    runs = {}
+    for variant in ("authors", "autoregressive"):
+        out = tmp_path / variant
+        proc = cli(["task=narma5", f"task.variant={variant}", "debug=smoke", "depth=2", "logger=none", f"hydra.run.dir={out}"],
+                   tmp_path, timeout=300)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        runs[variant] = json.loads((out / "summary.json").read_text())
+        assert runs[variant]["task"] == "narma5" and runs[variant]["steps"] == 3
+        assert (out / "prediction.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"variant: {variant}" in (out / ".hydra" / "config.yaml").read_text()
+    assert runs["authors"]["metrics"]["test_mse"] != runs["autoregressive"]["metrics"]["test_mse"]
+    # the other variant in a finished run's directory is another config: refused, naming the key
+    proc = cli(["task=narma5", "task.variant=authors", "debug=smoke", "depth=2", "logger=none",
+                f"hydra.run.dir={tmp_path / 'autoregressive'}"], tmp_path, timeout=300)  # fmt: skip
+    assert proc.returncode == 2 and "task.variant" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr

@@ -34,6 +34,7 @@ def build(task_cfg, data_dir: str | Path, download: bool = False, seed: int = 0)
             task_cfg.train_fraction,
             task_cfg.length,
             validation=task_cfg.validation,
+            variant=task_cfg.variant,
         )
     if kind == "rl":
         from .minigrid import MiniGridTask

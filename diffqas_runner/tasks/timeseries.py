@@ -4,6 +4,11 @@ Each series is min-max scaled to [-1, 1] as a whole, cut into windows x = s[i:i+
 for i in range(N - w - 1) (the first author's public code drops the last possible window: this
 is what gives SPEC's 251 Bessel windows from 256 points), and the first `train_fraction` of the
 windows train, the rest test. Nothing is shuffled across the split.
+
+NARMA has two variants (`task.variant`). `authors` (the default) is the first author's public
+generator: system identification, windows of the input x = u[i:i+w] predict the output y[i+w],
+raw values, no scaling. `autoregressive` is this project's earlier reading: windows of the
+min-max scaled output y predict its next value, after a washout.
 """
 
 from __future__ import annotations
@@ -15,12 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..config import ConfigError
+from ..config import NARMA_VARIANTS, ConfigError
 from ..nets import LSTMRegressor
 from .classification import Split
 
-NARMA_LENGTH = 300  # our choice (the paper does not state one): 295 windows, 197 train / 98 test
-NARMA_WASHOUT = 100  # steps dropped first: y starts at 0, and that transient would set the min-max scale
+NARMA_LENGTH = 300  # the authors' T (and the autoregressive variant's length): 295 windows, 197 train / 98 test
+NARMA_WASHOUT = 100  # autoregressive variant: steps dropped first (the transient from y = 0 would set the scale)
+NARMA_Y0 = 0.196  # authors' variant: y_0
 
 
 @dataclass
@@ -73,6 +79,27 @@ def narma(order: int, length: int | None = None, washout: int = NARMA_WASHOUT) -
     return Series(np.arange(washout, total, dtype=float), y[washout:], "t")
 
 
+def narma_authors_input(length: int = NARMA_LENGTH) -> np.ndarray:
+    """The authors' input u_t = 0.1 (sin(2 pi 2.11 t/T) sin(2 pi 3.73 t/T) sin(2 pi 4.11 t/T) + 1), t = 0..T-1: in [0, 0.2]."""
+    t = np.arange(length) / length
+    return 0.1 * (np.sin(2 * np.pi * 2.11 * t) * np.sin(2 * np.pi * 3.73 * t) * np.sin(2 * np.pi * 4.11 * t) + 1)
+
+
+def narma_authors(order: int, length: int | None = None) -> tuple[np.ndarray, Series]:
+    """The first author's NARMA-n (SPEC.md section 4): (u, y), T values each. y_0 = 0.196, u and y are 0
+    before t = 0, y[t+1] = 0.3 y[t] + 0.05 y[t] sum_{j<n} y[t-j] + 1.5 u[t-n+1] u[t] + 0.1; the last
+    y (y_T) is dropped."""
+    total = length or NARMA_LENGTH
+    u = narma_authors_input(total)
+    y = np.zeros(total + 1)
+    y[0] = NARMA_Y0
+    for t in range(total):
+        history = y[max(t - order + 1, 0) : t + 1].sum()
+        u_lag = u[t - order + 1] if t - order + 1 >= 0 else 0.0
+        y[t + 1] = 0.3 * y[t] + 0.05 * y[t] * history + 1.5 * u_lag * u[t] + 0.1
+    return u, Series(np.arange(total, dtype=float), y[:-1], "t")
+
+
 SERIES: dict[str, Callable[[int | None], Series]] = {
     "bessel": bessel,
     "damped_shm": damped_shm,
@@ -88,12 +115,13 @@ def min_max(s: np.ndarray) -> np.ndarray:
     return 2 * (s - lo) / (hi - lo) - 1
 
 
-def windows(s: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
-    """x[i] = s[i:i+window], y[i] = s[i+window] for i in range(len(s) - window - 1)."""
+def windows(s: np.ndarray, window: int, inputs: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """x[i] = s[i:i+window], y[i] = s[i+window] for i in range(len(s) - window - 1); with `inputs`
+    (as long as s), x[i] = inputs[i:i+window] instead (system identification)."""
     n = len(s) - window - 1
     if n < 2:
         raise ValueError(f"a series of {len(s)} points is too short for windows of {window}")
-    x = np.lib.stride_tricks.sliding_window_view(s, window)[:n]
+    x = np.lib.stride_tricks.sliding_window_view(s if inputs is None else inputs, window)[:n]
     return x, s[window : window + n]
 
 
@@ -109,16 +137,30 @@ class TimeSeriesTask:
         train_fraction: float = 0.67,
         length: int | None = None,
         validation: float = 0.0,
+        variant: str | None = None,
     ):
         self.name = name
         self.hidden = hidden
         self.window = window
-        self.series = SERIES[name](length)
-        self.scaled = min_max(self.series.s)
+        narma_order = {"narma5": 5, "narma10": 10}.get(name)
+        if narma_order is None and variant is not None:
+            raise ConfigError(f"task.variant={variant!r} is not allowed; allowed: null for {name} (only NARMA has variants)")
+        if narma_order is not None and variant not in (None, *NARMA_VARIANTS):
+            raise ConfigError(f"task.variant={variant!r} is not allowed; allowed: {' or '.join(NARMA_VARIANTS)} for {name}")
+        self.variant = variant or (NARMA_VARIANTS[0] if narma_order else None)
+        self.inputs = None  # the authors' NARMA: the input u the windows are cut from
+        if self.variant == "authors":
+            self.inputs, self.series = narma_authors(narma_order, length)
+            self.scaled = None  # raw values: the model sees u and predicts y as they are
+            self.values, self.y_label = self.series.s, "y (raw)"
+        else:
+            self.series = SERIES[name](length)
+            self.scaled = min_max(self.series.s)
+            self.values, self.y_label = self.scaled, "s (scaled to [-1, 1])"
         try:
-            x, y = windows(self.scaled, window)
+            x, y = windows(self.values, window, self.inputs)
         except ValueError as err:
-            raise ConfigError(f"task.window={window} is not allowed: {err}; allowed: up to {len(self.scaled) - 3}") from None
+            raise ConfigError(f"task.window={window} is not allowed: {err}; allowed: up to {len(self.values) - 3}") from None
         self.n_train = int(len(y) * train_fraction)
         if not 1 <= self.n_train < len(y):
             raise ConfigError(
@@ -151,14 +193,15 @@ class TimeSeriesTask:
 
     @torch.no_grad()
     def evaluate(self, forward) -> dict[str, float]:
-        """Test MSE on the scaled series (and train MSE, for over-fitting at a glance; validation
-        MSE when `task.validation` holds windows out)."""
+        """Test MSE on the scaled series (on raw y for the authors' NARMA), and train MSE, for
+        over-fitting at a glance; validation MSE when `task.validation` holds windows out."""
         splits = {"test": self.test, "train": self.train, "val": self.val}
         return {f"{k}_mse": self.loss(forward(v.x), v.y).item() for k, v in splits.items() if v is not None}
 
     @torch.no_grad()
     def figures(self, forward) -> dict:
-        """prediction.png: the scaled series, the split, and the one-step predictions."""
+        """prediction.png: the target series (scaled, or raw y for the authors' NARMA), the split, and
+        the one-step predictions."""
         from matplotlib.figure import Figure
 
         t = self.series.t
@@ -169,7 +212,7 @@ class TimeSeriesTask:
         mse = float(np.mean((test_pred - self.test.y.squeeze(1).numpy()) ** 2))
         fig = Figure(figsize=(8, 3.5), layout="constrained")
         ax = fig.subplots()
-        ax.plot(t, self.scaled, color="0.6", lw=2.5, label="series (scaled)")
+        ax.plot(t, self.values, color="0.6", lw=2.5, label="target y (raw)" if self.scaled is None else "series (scaled)")
         ax.plot(t[start:fit_end], train_pred, color="tab:blue", lw=1.2, label="prediction (train)")
         if self.val is not None:
             val_pred = forward(self.val.x).squeeze(1).numpy()
@@ -178,6 +221,7 @@ class TimeSeriesTask:
         ax.plot(t[split : split + len(test_pred)], test_pred, color="tab:red", lw=1.2, label="prediction (test)")
         ax.axvline(t[split], color="k", ls="--", lw=0.8)
         ax.set_xlabel(self.series.t_label)
+        ax.set_ylabel(self.y_label)
         ax.set_title(f"{self.name}: test MSE {mse:.2e}")
         ax.legend(loc="best", fontsize=8)
         return {"prediction.png": fig}
