@@ -247,9 +247,9 @@ def _main(cfg) -> float | None:
             raise
         refused = isinstance(err, DirectoryConflict)  # another run's results: nothing written, not even a log line
         named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException | RecordError)
-        if refused and multirun:
-            message, detail, code = f"{hc.sweep.dir} job {hc.job.num}: {err}", None, 2
-            _note_refused(run_dir, str(err))
+        if refused and multirun:  # the line names the job: its directory is the sweep's subdir
+            message, detail, code = str(err), None, 2
+            _note_refused(run_dir, message)
         elif named:  # bad input, missing data, a diverged run: the message says it all
             message = describe(err, [])[0] if isinstance(err, OmegaConfBaseException) else flat(str(err))
             detail, code = None, 2

@@ -53,14 +53,34 @@ def test_a_sweep_with_other_settings_leaves_the_finished_jobs_byte_identical(tmp
     refusals = [line for line in proc.stderr.splitlines() if "other settings (train.lr)" in line]
     assert len(refusals) == 2 and all("hydra.sweep.dir" in line and "fresh=true" in line for line in refusals)
     assert "2 job(s) of the sweep refused" in proc.stderr and not list(sweep.rglob("failure.json"))
-    assert len(aggregate(sweep, plots=False)) == 1  # one configuration, both seeds, at its own lr
-    assert all(OmegaConf.load(sweep / j / ".hydra" / "config.yaml").train.lr != 0.5 for j in ("0", "1"))
     # the same sweep again: nothing to do, the records untouched
     again = cli(args, tmp_path)
     assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr
     assert {k: v for k, v in _snapshot(sweep).items() if not k.startswith("multirun")} == {
         k: v for k, v in before.items() if not k.startswith("multirun")
     }
+    assert all(OmegaConf.load(sweep / j / ".hydra" / "config.yaml").train.lr != 0.5 for j in ("0", "1"))
+    assert len(aggregate(sweep, plots=False)) == 1  # one configuration (both seeds) at its own lr
+
+
+@pytest.mark.slow
+def test_an_optuna_study_with_other_settings_leaves_the_finished_trials_byte_identical(tmp_path):
+    mine = tmp_path / "configs" / "hparams_search"
+    mine.mkdir(parents=True)
+    study = (
+        "# @package _global_\ndefaults:\n  - override /task: bessel\n  - override /hydra/sweeper: optuna\n"
+        "  - override /hydra/sweeper/sampler: tpe\nhydra:\n  sweeper:\n    direction: minimize\n    n_trials: 2\n"
+        "    sampler:\n      seed: 0\n    params:\n      train.lr: choice({})\n"
+    )
+    (mine / "first.yaml").write_text(study.format("0.01, 0.02"))
+    (mine / "other.yaml").write_text(study.format("0.3, 0.4"))
+    sweep = tmp_path / "opt"
+    args = ["--config-dir", str(tmp_path / "configs"), "-m", *FAST, f"hydra.sweep.dir={sweep}"]
+    assert cli([*args, "hparams_search=first"], tmp_path).returncode == 0
+    before = _snapshot(sweep)
+    proc = cli([*args, "hparams_search=other"], tmp_path)
+    assert proc.returncode == 1 and "2 job(s) of the sweep refused" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and _snapshot(sweep) == before
 
 
 def test_a_value_that_does_not_resolve_never_rewrites_a_finished_run(tmp_path):
