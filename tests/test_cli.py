@@ -42,63 +42,69 @@ def _run(args, cwd, timeout=300, wandb_mode="disabled"):
     return cli(args, cwd, env(WANDB_MODE=wandb_mode), timeout)
 
 
+BAD_INPUTS = [
+    (["task=imagenet"], "imagenet"),
+    (["search=fixed", "search.arch=13"], "search.arch=13"),
+    (["search=fixed"], "search.arch"),
+    (["depth=0"], "depth"),
+    (["search.mode=greedy"], "greedy"),
+    (["task.classes=[3,3]"], "task.classes"),
+    (["task.name=cifar"], "task.name='cifar'"),
+    (["train.lr=-1"], "train.lr"),
+    (["train.optimizer=sgd"], "sgd"),
+    (["qt.input_norm=layer"], "qt.input_norm"),
+    (["qt.toolkit_negative=abs"], "qt.toolkit_negative"),
+    (["search.angles=each"], "search.angles"),
+    (["train.epochs=0"], "train.epochs=0"),
+    (["train.epochs=abc"], "train.epochs"),
+    (["seed=x"], "seed"),
+    (["task.classes=[3,12]"], "task.classes"),
+    (["train.batch_size=0"], "train.batch_size"),
+    (["train.checkpoint_every=0"], "train.checkpoint_every"),
+    (["backend.device=tpu"], "backend.device"),
+    (["task=bessel", "task.train_fraction=1.5"], "task.train_fraction"),
+    (["task=bessel", "task.validation=1"], "task.validation=1"),
+    (["task=bessel", "task.validation=0.001"], "task.validation=0.001"),
+    (["task=bessel", "task.hidden=[20,20]"], "task.hidden"),
+    (["data_dir=/nonexistent/data"], "/nonexistent/data"),
+    (["seed=-1"], "seed=-1"),
+    (["seed=4294967296"], "seed=4294967296"),
+    (["depth=1001"], "depth=1001"),
+    (["train.lr=inf"], "train.lr=inf"),
+    (["train.lr=nan"], "train.lr=nan"),
+    (["train.eps=0"], "train.eps=0"),
+    (["train.threads=0"], "train.threads=0"),
+    (["qt.toolkit=[0.1,0.8,0]"], "qt.toolkit"),
+    (["qt.theta_std=-1"], "qt.theta_std"),
+    (["qt.mapping_hidden=[0]"], "qt.mapping_hidden"),
+    (["logger.project=" + "p" * 200], "logger.project"),
+    (["logger.project=a/b"], "logger.project='a/b'"),
+    (["logger.tags=[" + "t" * 80 + "]"], "logger.tags"),
+    (["backend=pennylane", "backend.device=cpu"], "backend.device='cpu'"),
+    (["backend.device=cuda:x"], "backend.device='cuda:x'"),
+    (["task=bessel", "task.window=0"], "task.window=0"),
+    (["task=bessel", "task.length=5"], "task.length=5"),
+    (["task=bessel", "task.classes=[1,2]"], "classes"),
+    (["task=minigrid", "train.gamma=2"], "train.gamma=2"),
+    (["task=minigrid", "train.workers=0"], "train.workers=0"),
+    (["task=minigrid", "train.entropy_coef=-1"], "train.entropy_coef=-1"),
+    (["task=minigrid", "task.env_id=CartPole-v1"], "task.env_id"),
+    (["task=minigrid", "task.env_id=MiniGrid-Nope-v0"], "MiniGrid-Nope-v0"),
+    (["task=mnist", "task.hidden=[]"], "task.hidden"),
+    (["+foo=1"], "foo is not a key"),
+    (["+train.foo=1"], "train.foo is not a key"),
+    (["task.kind=rl"], "task.kind='rl'"),
+    (["task=bessel", "task.window=1000"], "task.window=1000"),
+    (["search=fixed", "search.arch=3", "search.select=2"], "search.select=2"),
+]
+# Through the command line by default (a compose error, range checks, a schema key, a data path);
+# every case goes through the command line in the slow suite and through `validate` below.
+CLI_BY_DEFAULT = {0, 1, 13, 23, 48}
+
+
 @pytest.mark.parametrize(
     "overrides,needle",
-    [
-        (["task=imagenet"], "imagenet"),
-        (["search=fixed", "search.arch=13"], "search.arch=13"),
-        (["search=fixed"], "search.arch"),
-        (["depth=0"], "depth"),
-        (["search.mode=greedy"], "greedy"),
-        (["task.classes=[3,3]"], "task.classes"),
-        (["task.name=cifar"], "task.name='cifar'"),
-        (["train.lr=-1"], "train.lr"),
-        (["train.optimizer=sgd"], "sgd"),
-        (["qt.input_norm=layer"], "qt.input_norm"),
-        (["qt.toolkit_negative=abs"], "qt.toolkit_negative"),
-        (["search.angles=each"], "search.angles"),
-        (["train.epochs=0"], "train.epochs=0"),
-        (["train.epochs=abc"], "train.epochs"),
-        (["seed=x"], "seed"),
-        (["task.classes=[3,12]"], "task.classes"),
-        (["train.batch_size=0"], "train.batch_size"),
-        (["train.checkpoint_every=0"], "train.checkpoint_every"),
-        (["backend.device=tpu"], "backend.device"),
-        (["task=bessel", "task.train_fraction=1.5"], "task.train_fraction"),
-        (["task=bessel", "task.validation=1"], "task.validation=1"),
-        (["task=bessel", "task.validation=0.001"], "task.validation=0.001"),
-        (["task=bessel", "task.hidden=[20,20]"], "task.hidden"),
-        (["data_dir=/nonexistent/data"], "/nonexistent/data"),
-        (["seed=-1"], "seed=-1"),
-        (["seed=4294967296"], "seed=4294967296"),
-        (["depth=1001"], "depth=1001"),
-        (["train.lr=inf"], "train.lr=inf"),
-        (["train.lr=nan"], "train.lr=nan"),
-        (["train.eps=0"], "train.eps=0"),
-        (["train.threads=0"], "train.threads=0"),
-        (["qt.toolkit=[0.1,0.8,0]"], "qt.toolkit"),
-        (["qt.theta_std=-1"], "qt.theta_std"),
-        (["qt.mapping_hidden=[0]"], "qt.mapping_hidden"),
-        (["logger.project=" + "p" * 200], "logger.project"),
-        (["logger.project=a/b"], "logger.project='a/b'"),
-        (["logger.tags=[" + "t" * 80 + "]"], "logger.tags"),
-        (["backend=pennylane", "backend.device=cpu"], "backend.device='cpu'"),
-        (["backend.device=cuda:x"], "backend.device='cuda:x'"),
-        (["task=bessel", "task.window=0"], "task.window=0"),
-        (["task=bessel", "task.length=5"], "task.length=5"),
-        (["task=bessel", "task.classes=[1,2]"], "classes"),
-        (["task=minigrid", "train.gamma=2"], "train.gamma=2"),
-        (["task=minigrid", "train.workers=0"], "train.workers=0"),
-        (["task=minigrid", "train.entropy_coef=-1"], "train.entropy_coef=-1"),
-        (["task=minigrid", "task.env_id=CartPole-v1"], "task.env_id"),
-        (["task=minigrid", "task.env_id=MiniGrid-Nope-v0"], "MiniGrid-Nope-v0"),
-        (["task=mnist", "task.hidden=[]"], "task.hidden"),
-        (["+foo=1"], "foo is not a key"),
-        (["+train.foo=1"], "train.foo is not a key"),
-        (["task.kind=rl"], "task.kind='rl'"),
-        (["task=bessel", "task.window=1000"], "task.window=1000"),
-        (["search=fixed", "search.arch=3", "search.select=2"], "search.select=2"),
-    ],
+    [pytest.param(*case, marks=() if i in CLI_BY_DEFAULT else pytest.mark.slow) for i, case in enumerate(BAD_INPUTS)],
 )
 def test_bad_input_exits_nonzero_with_a_message_and_no_summary(tmp_path, overrides, needle):
     out = tmp_path / "run"
@@ -108,6 +114,25 @@ def test_bad_input_exits_nonzero_with_a_message_and_no_summary(tmp_path, overrid
     assert needle in message, message
     assert "Traceback" not in message
     assert not (out / "summary.json").exists()
+
+
+@pytest.mark.parametrize("overrides,needle", BAD_INPUTS)
+def test_bad_input_is_refused_in_one_line_before_any_work(tmp_path, overrides, needle, data_dir):
+    """Every case of BAD_INPUTS in-process: composing it, or run() before its first step, fails with
+    one line that names the key (the line the command line prints), and no summary.json."""
+    from diffqas_runner.errors import describe
+    from diffqas_runner.run import run
+
+    try:
+        cfg = _compose([f"data_dir={data_dir}", *overrides, "logger=none"])
+    except Exception as err:  # composition: what the CLI turns into its one line
+        line, code = describe(err, [*overrides])
+    else:
+        with pytest.raises(Exception) as raised:  # noqa: PT011 (ConfigError, DataError, ...: each names its key)
+            run(cfg, tmp_path / "run", interactive=False)
+        line, code = str(raised.value), 2
+        assert not (tmp_path / "run" / "summary.json").exists()
+    assert code == 2 and needle in line and "\n" not in line, line
 
 
 def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
