@@ -120,7 +120,11 @@ def test_bad_spaces_are_refused():
 
 
 def test_rotation_names_parse_to_axes():
-    parsed = build_space(None, [{"rotation": r} for r in ("Rx", "ryrz", "Rot", ["y", "Z"], ["RX"])])
+    rotations = ("Rx", "ryrz", "Rot", ["y", "Z"], ["RX"])
+    # distinct entanglers: two candidates with one (built) name are refused
+    parsed = build_space(
+        None, [{"rotation": r, "entangler": e} for r, e in zip(rotations, ["chain", "chain", "chain", "ring", "ring"])]
+    )
     assert [c.rotation.axes for c in parsed] == [("X",), ("Y", "Z"), ("Z", "Y", "Z"), ("Y", "Z"), ("X",)]
     assert [c.rotation.label for c in parsed] == ["Rx", "RyRz", "Rot", "RyRz", "Rx"]
 
