@@ -16,6 +16,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, OmegaConf
 
+from .errors import ConfigError, file_problem
+
 
 class TaskKind(Enum):
     classification = "classification"
@@ -300,10 +302,6 @@ NARMA_TASKS = ("narma5", "narma10")
 NARMA_VARIANTS = ("authors", "autoregressive")  # task.variant for NARMA; the first is the task files' default
 
 
-class ConfigError(ValueError):
-    """A user-facing key has a value outside what is allowed."""
-
-
 def _check(ok: bool, key: str, value, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed; allowed: {allowed}")
@@ -376,7 +374,6 @@ def search_space_file(name: str):
     from importlib.resources import files
 
     path = name if name.endswith(".yaml") else files("diffqas_runner.configs") / "search_space" / f"{name}.yaml"
-    from .errors import file_problem
 
     problem = file_problem(Path(str(path))) if os.path.lexists(str(path)) else f"{path} does not exist"
     if problem:

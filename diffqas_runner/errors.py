@@ -15,6 +15,10 @@ from pathlib import Path
 from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 
+class ConfigError(ValueError):
+    """A user-facing key has a value outside what is allowed (config.py re-exports it)."""
+
+
 def flat(text: str) -> str:
     """A possibly multi-line message on one line."""
     return "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
@@ -131,8 +135,6 @@ def describe(err: BaseException, argv: list[str]) -> tuple[str, int]:
     """(one line, exit status) for an exception met while composing or launching."""
     import yaml
     from hydra.errors import HydraException, MissingConfigException, OverrideParseException
-
-    from .config import ConfigError
 
     dirs = config_dirs(argv)
     if isinstance(err, ConfigError):
