@@ -328,7 +328,9 @@ def _selected_figure(cfg, generator: GeneratorSet, summary: dict):
     """selected_circuit.png: the circuit the selection stage named."""
     cand = generator.first.space[summary["selected_arch"] - 1]
     strategy = summary["selection"]["strategy"]
-    return draw_candidate(cand, generator.n_qubits, cfg.depth, f"selected by search.strategy={strategy}\n {cand.number}: {cand.name}")
+    return draw_candidate(
+        cand, generator.n_qubits, cfg.depth, f"selected by search.strategy={strategy}\n {cand.number}: {cand.name}"
+    )
 
 
 def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict) -> None:

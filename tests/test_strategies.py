@@ -17,7 +17,6 @@ from diffqas_runner import selection, tasks
 from diffqas_runner.cli import CONFIG_DIR
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
-from diffqas_runner.quantum import probabilities
 from diffqas_runner.quantum.candidates import build_space
 from diffqas_runner.tasks.timeseries import Split
 
@@ -49,7 +48,9 @@ def test_every_strategy_names_a_circuit_with_the_same_keys(tmp_path, strategy):
     ensemble = [r for r in table["contenders"] if r["arch"] is None]
     assert len(ensemble) == 1 and ensemble[0]["train_mse"] == s["metrics"]["train_mse"]
     full = [r for r in table["contenders"] if r["train_mse"] is not None and r["steps"] == s["steps"]]
-    assert table["best_model"] == (lambda r: "diffqas" if r["arch"] is None else r["arch"])(min(full, key=lambda r: r["train_mse"]))
+    assert table["best_model"] == (lambda r: "diffqas" if r["arch"] is None else r["arch"])(
+        min(full, key=lambda r: r["train_mse"])
+    )
     # cost: the search run plus the child runs, against every angle-dependent group alone
     cost = table["cost"]
     runs = [p for p in (out / "select").rglob("summary.json")]
@@ -97,7 +98,10 @@ def test_the_selected_circuit_rerun_alone_reproduces_its_metric(tmp_path):
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["search.strategy=best"], "search.strategy='best' is not allowed; allowed: none, weights, select, gumbel, perturb, race"),
+        (
+            ["search.strategy=best"],
+            "search.strategy='best' is not allowed; allowed: none, weights, select, gumbel, perturb, race",
+        ),
         (["search.strategy=race", "search.eta=1"], "search.eta=1 is not allowed"),
         (["search.strategy=gumbel", "search.tau=[1,0]"], "search.tau=[1.0, 0.0] is not allowed"),
         (["search.strategy=gumbel", "search.select=2"], "search.select=2 is not allowed; allowed: 0 with search.strategy=gumbel"),
@@ -189,7 +193,10 @@ class FitTask:
 
     @torch.no_grad()
     def evaluate(self, forward):
-        return {f"{k}_mse": self.loss(forward(s.x), s.y).item() for k, s in (("train", self.train), ("val", self.val), ("test", self.test))}
+        return {
+            f"{k}_mse": self.loss(forward(s.x), s.y).item()
+            for k, s in (("train", self.train), ("val", self.val), ("test", self.test))
+        }
 
     def figures(self, forward):
         return {}

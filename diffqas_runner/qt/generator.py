@@ -336,6 +336,7 @@ class Generator(_Evaluating, nn.Module):
         outputs = self.sample_cache.clone().to(probs)
         outputs[k] = probs.detach()
         return probs + (soft - soft.detach()) @ outputs
+
     @property
     def eval_shots(self) -> int | None:
         """Shots for evaluation: qt.eval_shots, else qt.shots (None: exact)."""
