@@ -324,8 +324,14 @@ def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
     return select(run, cfg, exp, run_dir, summary)
 
 
+def stage_figures(cfg, exp: Experiment, summary: dict) -> dict:
+    """The selection stage's figure for write(): selected_circuit.png, the circuit it named ({} if none)."""
+    if summary.get("selected_arch") is None:
+        return {}
+    return {"selected_circuit.png": _selected_figure(cfg, exp.generator, summary)}
+
+
 def _selected_figure(cfg, generator: GeneratorSet, summary: dict):
-    """selected_circuit.png: the circuit the selection stage named."""
     cand = generator.first.space[summary["selected_arch"] - 1]
     strategy = summary["selection"]["strategy"]
     return draw_candidate(
@@ -344,8 +350,6 @@ def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict
         if not exp.rl:
             figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
     figures["circuit.png"] = _circuit_figure(cfg, generator)
-    if summary.get("selected_arch") is not None:
-        figures["selected_circuit.png"] = _selected_figure(cfg, generator, summary)
     for fig_name, figure in figures.items():
         recorder.save_figure(fig_name, figure)
     recorder.save_model(state)
@@ -455,7 +459,7 @@ def run(
             summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
             try:
                 with signals.immediate():  # files are written atomically: a rerun writes them again
-                    write(cfg, exp, recorder, trained.figures, summary)
+                    write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
             log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])
