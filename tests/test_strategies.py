@@ -77,6 +77,7 @@ def test_select_k_alone_still_means_strategy_select(tmp_path):
     assert len([r for r in s["selection"]["contenders"] if r["arch"] is not None]) == 2
 
 
+@pytest.mark.slow  # two runs, with a selection stage
 def test_the_selected_circuit_rerun_alone_reproduces_its_metric(tmp_path):
     """`search=fixed search.arch=<selected_arch>` with the same other settings is the child run."""
     out = tmp_path / "run"
