@@ -16,7 +16,8 @@ Per (task, space, depth): each group's mean and std over seeds and the best grou
 seed and strategy: the pick, its regret (relative validation gap to that seed's best group), hit
 (the pick's mean within one seed std of the best group's mean), the run's cost relative to the
 exhaustive sweep (`selection.cost.relative`), and Kendall's tau between the strategy's scores and
-the standalone validation metric at that seed (over the contenders it scored; +1: the same order).
+the standalone validation metric at that seed (over the contenders it scored; +1: the same order;
+none for `select`, which ranks by that very metric).
 Writes search_study.md and search_study.csv (in --out, default TRUTH_DIR) and prints the markdown.
 """
 
@@ -109,7 +110,8 @@ def _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent) -> 
     scored = [(r["score"], at_seed.get(group_of.get(r["arch"]))) for r in table["contenders"] if r["arch"] is not None]
     scored = [(x, y) for x, y in scored if x is not None and y is not None]
     tau = None
-    if len(scored) >= 2:
+    # select ranks by the standalone metric itself (the truth's own runs): its tau would be 1 by construction
+    if len(scored) >= 2 and table.get("ranked_by") != m:
         orient = -1 if lower_is_better(m) else 1  # +1: the strategy's order is the standalone order
         value = kendalltau([x for x, _ in scored], [orient * y for _, y in scored]).statistic
         tau = None if value is None or math.isnan(value) else float(value)

@@ -40,11 +40,13 @@ def dirs(tmp_path):
         for strategy, pick, scores in (
             ("weights", 1, {1: 0.9, 5: 0.5, 3: 0.1}),  # the reverse of the truth: tau -1
             ("select", 3, {3: -0.1, 5: -0.2}),
+            ("gumbel", 5, {5: 0.6, 3: 0.3, 1: 0.1}),
         ):
             contenders = [{"arch": a, "score": sc} for a, sc in scores.items()] + [{"arch": None, "score": None}]
+            ranked_by = "val_mse" if strategy == "select" else "w"
             _write(runs / f"{strategy}_{seed}", {
                 **_base(seed), "search": "diffqas", "ranking_groups": GROUPS, "angle_independent": [4], "selected_arch": pick,
-                "selection": {"strategy": strategy, "contenders": contenders,
+                "selection": {"strategy": strategy, "contenders": contenders, "ranked_by": ranked_by,
                               "cost": {"relative": {"candidate_steps": 1.5, "wall_seconds": 2.0}}},
             })  # fmt: skip
             # the selection stage's child runs are not strategy runs (nor truth)
@@ -67,10 +69,12 @@ def test_the_study_reads_truth_and_strategies(dirs, tmp_path):
     assert select[0]["regret"] == 0 and select[1]["regret"] == pytest.approx((0.12 - 0.11) / 0.11)
     assert not weights[0]["hit"] and all(r["hit"] for r in select.values())
     assert weights[0]["tau"] == pytest.approx(-1.0) and weights[0]["n_ranked"] == 3
-    assert select[0]["tau"] == pytest.approx(1.0)  # 3 scored above 5, and 3 is better at seed 0
-    assert select[1]["tau"] == pytest.approx(-1.0)  # at seed 1, 5 is better
+    assert select[0]["tau"] is None and select[0]["n_ranked"] == 2  # ranked by the standalone metric itself
+    gumbel = {r["seed"]: r for r in rows if r["what"] == "gumbel"}
+    assert gumbel[0]["tau"] == pytest.approx(1 / 3)  # scores 5 > 3 > 1; at seed 0 the order is 3, 5, 1
+    assert gumbel[1]["tau"] == pytest.approx(1.0)  # at seed 1: 5, 3, 1
     assert weights[2]["cost_steps"] == 1.5 and weights[2]["cost_wall"] == 2.0
     md = (tmp_path / "out" / "search_study.md").read_text()
     assert "| weights | 3 | 0/3 |" in md and "| select | 3 | 3/3 |" in md
     table = list(csv.DictReader((tmp_path / "out" / "search_study.csv").read_text().splitlines()))
-    assert len(table) == len(rows) == 3 + 3 + 6
+    assert len(table) == len(rows) == 3 + 3 + 9
