@@ -175,9 +175,16 @@ class SearchConfig:
     arch: int | None = None  # fixed mode: candidate 1..N of the search space (paper12: SPEC.md section 2)
     structural: Structural = Structural.raw  # raw (the paper's, initialised to 1/N) | softmax
     angles: Angles = Angles.shared  # DiffQAS: one angle tensor for all candidates (the paper's) | one each
-    # after DiffQAS: retrain the K best distinct angle-dependent groups alone (run_dir/select/arch_N) and
-    # pick the architecture on the validation metric (the training metric without a validation split)
+    # how the search names its circuit (docs/design.md, "Selection strategies"): none (the ranking
+    # only, no pick), weights, select, gumbel, perturb, race
+    strategy: str = "none"
+    # strategy=select: retrain the K best distinct angle-dependent groups alone (run_dir/select/arch_N) and
+    # pick on the validation metric (the training metric without a validation split); K > 0 with
+    # strategy=none means strategy=select (the old spelling); 0 with strategy=select means 3
     select: int = 0
+    tau: list[float] = field(default_factory=lambda: [1.0, 0.1])  # gumbel: temperature from tau[0] to tau[1]
+    eta: int = 3  # race: budgets grow, and survivors shrink, by this factor per rung
+    min_steps: int | None = None  # race: the first rung's budget (null: the full run / eta^(rungs-1))
 
 
 @dataclass
@@ -361,6 +368,12 @@ def validate(cfg) -> None:
     _validate_search(cfg.search, len(search_space(cfg)))
     if cfg.search.select:
         _check(cfg.task.kind != TaskKind.rl, "search.select", cfg.search.select, "0 for RL (no validation split to pick on)")
+    if cfg.search.strategy != "none":
+        _check(
+            cfg.task.kind != TaskKind.rl, "search.strategy", cfg.search.strategy, "none for RL (no validation split to pick on)"
+        )
+        if cfg.search.strategy == "gumbel":
+            _check(cfg.qt.shots is None, "qt.shots", cfg.qt.shots, "null with search.strategy=gumbel (exact probabilities)")
     _validate_task(cfg)
     _validate_train(cfg)
     _validate_qt(cfg.qt)
@@ -429,6 +442,31 @@ def _validate_search(search, n: int) -> None:
     _check(0 <= search.select <= n, "search.select", search.select, f"0..{n} (angle-dependent groups to retrain)")
     if search.select:
         _check(search.mode == SearchMode.diffqas, "search.select", search.select, "0 with search=fixed")
+    strategy = search.strategy
+    _check(strategy in STRATEGIES, "search.strategy", strategy, ", ".join(STRATEGIES))
+    if strategy != "none":
+        _check(search.mode == SearchMode.diffqas, "search.strategy", strategy, "none with search=fixed")
+    if search.select:
+        _check(
+            strategy in ("none", "select"), "search.select", search.select, f"0 with search.strategy={strategy} (K is select's)"
+        )
+    tau = list(search.tau)
+    _check(
+        len(tau) == 2 and all(_finite(t) and t > 0 for t in tau),
+        "search.tau",
+        tau,
+        "two finite numbers > 0 [start, end] (gumbel's temperature)",
+    )
+    _check(2 <= search.eta <= 100, "search.eta", search.eta, "an integer 2..100 (race's reduction factor)")
+    _check(search.min_steps is None or search.min_steps >= 1, "search.min_steps", search.min_steps, "null or an integer >= 1")
+
+
+STRATEGIES = ("none", "weights", "select", "gumbel", "perturb", "race")
+
+
+def strategy_of(search) -> str:
+    """The selection strategy a run uses: `search.select=K` alone (strategy none) means select."""
+    return "select" if search.strategy == "none" and search.select else str(search.strategy)
 
 
 def _validate_task(cfg) -> None:

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks, threads
-from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, normalize_shots, validate
+from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, normalize_shots, strategy_of, validate
 from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
@@ -115,7 +115,10 @@ def build(cfg) -> Experiment:
     optimizer = build_optimizer(generator.parameters(), cfg.train)
     scheduler = None
     if choice(cfg.task.kind) != TaskKind.rl.value:
-        scheduler = build_scheduler(optimizer, cfg.train, total_steps(len(task.train.y), cfg.train))
+        total = total_steps(len(task.train.y), cfg.train)
+        scheduler = build_scheduler(optimizer, cfg.train, total)
+        for part in generator.parts.values():
+            part.anneal_steps = total  # gumbel's temperature schedule spans the run
     exp = Experiment(task, model, groups, generator, optimizer, scheduler, device)
     log.info(
         "task=%s search=%s%s depth=%d backend=%s device=%s: classical params %s -> %d qubits -> QT trainable %d%s",
@@ -314,11 +317,26 @@ def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_st
 
 
 def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
-    """After DiffQAS: `search.select=K` retrains the best groups alone and names the circuit
-    (selection.py); its keys for summary.json ({} when there is nothing to select)."""
-    if cfg.search.mode != SearchMode.diffqas or not cfg.search.select:
+    """After DiffQAS: `search.strategy` (or `search.select=K`) names the circuit, training child
+    runs through `run` (selection.py); its keys for summary.json ({} when there is nothing to select)."""
+    if cfg.search.mode != SearchMode.diffqas or strategy_of(cfg.search) == "none":
         return {}
-    return select(run, cfg, exp.task, run_dir, summary)
+    return select(run, cfg, exp, run_dir, summary)
+
+
+def stage_figures(cfg, exp: Experiment, summary: dict) -> dict:
+    """The selection stage's figure for write(): selected_circuit.png, the circuit it named ({} if none)."""
+    if summary.get("selected_arch") is None:
+        return {}
+    return {"selected_circuit.png": _selected_figure(cfg, exp.generator, summary)}
+
+
+def _selected_figure(cfg, generator: GeneratorSet, summary: dict):
+    cand = generator.first.space[summary["selected_arch"] - 1]
+    strategy = summary["selection"]["strategy"]
+    return draw_candidate(
+        cand, generator.n_qubits, cfg.depth, f"selected by search.strategy={strategy}\n {cand.number}: {cand.name}"
+    )
 
 
 def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict) -> None:
@@ -354,7 +372,7 @@ class FinishedRun(DirectoryConflict):
 
 def _start_fresh(run_dir: Path) -> None:
     """fresh=true: remove a previous run's results from run_dir (its .hydra/ is rewritten before the run)."""
-    for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", "selected_model.pt", FAILURE):
+    for name in ("summary.json", "metrics.jsonl", CHECKPOINT, "model.pt", "selected_model.pt", "selected_circuit.png", FAILURE):
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "select", ignore_errors=True)
 
@@ -441,7 +459,7 @@ def run(
             summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
             try:
                 with signals.immediate():  # files are written atomically: a rerun writes them again
-                    write(cfg, exp, recorder, trained.figures, summary)
+                    write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
             log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])

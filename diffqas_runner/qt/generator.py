@@ -34,6 +34,7 @@ from ..config import (
     choice,
     normalize_shots,
     search_space,
+    strategy_of,
 )
 from ..nets import mlp
 from ..quantum import CANDIDATES, Candidate, candidate, probabilities
@@ -98,7 +99,11 @@ class GeneratorOptions:
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
     shots: int | None = _QT.shots  # finite shots per circuit and step (None: exact probabilities)
     eval_shots: int | str | None = _QT.eval_shots  # for evaluation (eval mode): None (= shots), "exact", N
-    seed: int = _RUN_SEED  # seeds the shot samples (with a step counter: see qt/shots.py)
+    seed: int = _RUN_SEED  # seeds the shot samples (with a step counter: see qt/shots.py) and gumbel's noise
+    # DiffQAS: none (the paper's weighted mixture of every candidate) | gumbel (search.strategy=gumbel:
+    # one group sampled per training step by straight-through Gumbel-softmax, the argmax group in eval mode)
+    sampling: str = "none"
+    tau: tuple[float, float] = tuple(_SEARCH.tau)  # gumbel's temperature, annealed from tau[0] to tau[1]
     stream: int = 0  # which generator of a GeneratorSet this is (its own samples)
 
     @classmethod
@@ -112,6 +117,8 @@ class GeneratorOptions:
             arch=cfg.search.arch,
             space=search_space(cfg),
             seed=cfg.seed,
+            sampling="gumbel" if strategy_of(cfg.search) == "gumbel" else "none",
+            tau=tuple(cfg.search.tau),
             structural=choice(cfg.search.structural),
             angles=choice(cfg.search.angles),
             backend=choice(cfg.backend.name),
@@ -235,6 +242,15 @@ class Generator(_Evaluating, nn.Module):
             row_group[[position[m] for m in group]] = k
         self.register_buffer("group_heads", torch.tensor([position[g[0]] for g in self.groups]), persistent=False)
         self.register_buffer("row_group", row_group, persistent=False)
+        self.sampling = opts.sampling if opts.mode == "diffqas" else "none"
+        if self.sampling == "gumbel" and opts.shots is not None:
+            raise ValueError("qt.shots must be null with gumbel sampling (exact probabilities)")
+        self.step = 0  # the training step about to run (`at_step`): gumbel's noise and temperature
+        self.anneal_steps = 1  # steps of the run, over which gumbel's temperature goes from tau[0] to tau[1]
+        if self.sampling == "gumbel":  # each group's P as last simulated (checkpointed: a resume is exact)
+            with torch.no_grad():
+                cache = torch.stack([self._group_probabilities(k) for k in range(len(self.groups))])
+            self.register_buffer("sample_cache", cache)
         if self.eval_shots is not None or opts.shots is not None:
             # which step's sample is drawn next: the trainers set it (`at_step`) before every step,
             # a training forward advances it; checkpointed with the generator
@@ -260,13 +276,66 @@ class Generator(_Evaluating, nn.Module):
     def structural_weights(self) -> torch.Tensor | None:
         if self.structural is None:
             return None
-        return torch.softmax(self.structural, 0) if self.options.structural == "softmax" else self.structural
+        if self.options.structural == "softmax" or self.sampling == "gumbel":  # gumbel: the sampling probabilities
+            return torch.softmax(self.structural, 0)
+        return self.structural
 
     def at_step(self, step: int) -> None:
         """Finite shots: the next training sample is step `step`'s; evaluations after the step use
         the counter as the step left it, as the written model does. No-op with exact probabilities."""
+        self.step = step
         if hasattr(self, "shot_counter"):
             self.shot_counter.fill_(step)
+
+    # --- gumbel: one group per step -----------------------------------------------------
+    def group_logits(self) -> torch.Tensor:
+        """One logit per group (`self.groups` order): logsumexp of its members' structural
+        parameters, so a group's softmax probability is the sum of its members'."""
+        return torch.stack([torch.logsumexp(self.structural[self.row_group == k], 0) for k in range(len(self.groups))])
+
+    def temperature(self) -> float:
+        """Gumbel-softmax temperature at `self.step`: geometric from tau[0] (step 0) to tau[1] (last step)."""
+        start, end = self.options.tau
+        frac = min(self.step / max(self.anneal_steps - 1, 1), 1.0)
+        return start * (end / start) ** frac
+
+    def sampled_group(self) -> tuple[int, torch.Tensor | None]:
+        """(group index, soft sample): training draws one group by Gumbel-max (noise seeded by seed,
+        stream and step, so a resumed run draws the same) with its Gumbel-softmax relaxation at the
+        current temperature; eval mode takes the argmax (ties: the lower-numbered group), no relaxation."""
+        logits = self.group_logits()
+        if not self.training:
+            return int(torch.argmax(logits.detach())), None
+        opts = self.options
+        noise_gen = torch.Generator().manual_seed((opts.seed * 1_000_003 + opts.stream * 7919 + self.step) % 2**63)
+        u = torch.rand(len(logits), generator=noise_gen, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+        gumbel = (-torch.log(-torch.log(u))).to(logits)
+        soft = torch.softmax((logits + gumbel) / self.temperature(), 0)
+        return int(torch.argmax(soft.detach())), soft
+
+    def _group_probabilities(self, k: int) -> torch.Tensor:
+        head = int(self.group_heads[k])
+        theta = self.theta[head] if self.per_candidate else self.theta
+        opts = self.options
+        return probabilities(theta, [self.candidates[head]], backend=opts.backend, device=opts.device)[0]
+
+    def _sampled_probabilities(self) -> torch.Tensor:
+        """Gumbel: only the chosen group's circuit is simulated (its lowest-numbered member).
+
+        Straight-through: the value is the chosen group's P_k exactly; the structural logits get the
+        gradient of the soft mixture sum_j soft_j P_j, where the groups not simulated this step
+        contribute their P_j as last simulated (`sample_cache`, filled at initialisation). A one-hot
+        gate alone would give almost no gradient: the post-processing standardises P, so scaling
+        P_k does not change the weights."""
+        k, soft = self.sampled_group()
+        probs = self._group_probabilities(k)
+        if soft is None:
+            return probs
+        if torch.is_grad_enabled():
+            self.sample_cache[k] = probs.detach().to(self.sample_cache)
+        outputs = self.sample_cache.clone().to(probs)
+        outputs[k] = probs.detach()
+        return probs + (soft - soft.detach()) @ outputs
 
     @property
     def eval_shots(self) -> int | None:
@@ -279,6 +348,8 @@ class Generator(_Evaluating, nn.Module):
         shots each P_j is its sampled frequencies (qt/shots.py): `qt.shots` in training mode,
         `eval_shots` in eval mode (`generator.eval()`)."""
         opts = self.options
+        if self.sampling == "gumbel":
+            return self._sampled_probabilities()
         if self.per_candidate:
             probs = torch.cat(
                 [probabilities(t, [c], backend=opts.backend, device=opts.device) for t, c in zip(self.theta, self.candidates)]

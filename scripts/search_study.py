@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""How good are the selection strategies' answers? A truth sweep against strategy runs.
+
+    diffqas-run -m experiment=search_truth task=bessel hydra.sweep.dir=truth/bessel
+    diffqas-run -m task=bessel task.validation=0.2 search.strategy=weights,select,gumbel,perturb,race \\
+        seed=0,1,2 hydra.sweep.dir=strategies/bessel
+    python scripts/search_study.py truth/bessel strategies/bessel
+
+The truth sweep trains every candidate alone (search=fixed) with a validation split; the strategy
+runs are DiffQAS runs with `search.strategy`. Runs are matched on (task, search space, depth, seed).
+Only angle-dependent groups take part (groups from the strategy runs' `ranking_groups`; a group's
+standalone result is its lowest-numbered member's). All comparisons use the validation metric
+(val_*; train_* when the truth has none), never the test one.
+
+Per (task, space, depth): each group's mean and std over seeds and the best group (best mean). Per
+seed and strategy: the pick, its regret (relative validation gap to that seed's best group), hit
+(the pick's mean within one seed std of the best group's mean), the run's cost relative to the
+exhaustive sweep (`selection.cost.relative`), and Kendall's tau between the strategy's scores and
+the standalone validation metric at that seed (over the contenders it scored; +1: the same order;
+none for `select`, which ranks by that very metric).
+Writes search_study.md and search_study.csv (in --out, default TRUTH_DIR) and prints the markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import statistics
+from collections import defaultdict
+from pathlib import Path
+
+from scipy.stats import kendalltau
+
+
+def summaries(root: Path) -> list[dict]:
+    """Every finished run under root, but the child runs of a selection stage (select/...)."""
+    out = []
+    for path in sorted(Path(root).rglob("summary.json")):
+        if "select" in path.relative_to(root).parts:
+            continue
+        out.append(json.loads(path.read_text()))
+    return out
+
+
+def key(s: dict) -> tuple:
+    return (s["task"], s.get("search_space") or s.get("search_space_digest"), s["depth"])
+
+
+def metric_of(metrics: dict) -> str:
+    name = next((m for m in metrics if m.startswith("val_")), None) or next(m for m in metrics if m.startswith("train_"))
+    return name
+
+
+def lower_is_better(metric: str) -> bool:
+    return "mse" in metric or "loss" in metric
+
+
+def regret(pick: float, best: float, metric: str) -> float:
+    """Relative validation gap of the pick to the best: 0 when the pick is the best."""
+    gap = pick - best if lower_is_better(metric) else best - pick
+    return gap / abs(best) if best else math.inf * (gap > 0)
+
+
+def study(truth_dir: Path, strategy_dirs: list[Path]) -> list[dict]:
+    truth = [s for s in summaries(truth_dir) if s["search"] == "fixed"]
+    runs = [s for d in strategy_dirs for s in summaries(d) if s["search"] == "diffqas" and s.get("selection")]
+    standalone: dict[tuple, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # key -> arch -> seed
+    independent: dict[tuple, set[int]] = defaultdict(set)
+    metric = {}
+    for s in truth:
+        metric.setdefault(key(s), metric_of(s["metrics"]))
+        standalone[key(s)][s["arch"]][s["seed"]] = s["metrics"][metric[key(s)]]
+        if s["arch"] in s.get("angle_independent", []):
+            independent[key(s)].add(s["arch"])
+    groups: dict[tuple, list[list[int]]] = {}
+    for s in runs:
+        groups.setdefault(key(s), [g for g in s["ranking_groups"] if g[0] not in s["angle_independent"]])
+    rows = []
+    for k in sorted(standalone, key=str):
+        m, lower = metric[k], lower_is_better(metric[k])
+        dependent = groups.get(k) or [[a] for a in sorted(standalone[k]) if a not in independent[k]]
+        seeds = sorted({seed for a in standalone[k] for seed in standalone[k][a]})
+        per_group = {g[0]: standalone[k].get(g[0], {}) for g in dependent}
+        stats = {
+            a: (statistics.fmean(v.values()), statistics.stdev(v.values()) if len(v) > 1 else 0.0)
+            for a, v in per_group.items()
+            if v
+        }
+        sign = 1 if lower else -1
+        best = min(stats, key=lambda a: (sign * stats[a][0], a))
+        for a, (mean, std) in sorted(stats.items()):
+            rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": "all", "what": "group", "arch": a,
+                         "metric": m, "mean": mean, "std": std, "best": a == best})  # fmt: skip
+        for seed in seeds:
+            at_seed = {a: v[seed] for a, v in per_group.items() if seed in v}
+            best_seed = min(at_seed, key=lambda a: (sign * at_seed[a], a))
+            rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": "best", "arch": best_seed,
+                         "metric": m, "value": at_seed[best_seed]})  # fmt: skip
+            for s in (r for r in runs if key(r) == k and r["seed"] == seed):
+                rows.append(_strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent))
+    return rows
+
+
+def _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent) -> dict:
+    table = s["selection"]
+    group_of = {a: g[0] for g in dependent for a in g}
+    pick = group_of.get(s["selected_arch"])
+    scored = [(r["score"], at_seed.get(group_of.get(r["arch"]))) for r in table["contenders"] if r["arch"] is not None]
+    scored = [(x, y) for x, y in scored if x is not None and y is not None]
+    tau = None
+    # select ranks by the standalone metric itself (the truth's own runs): its tau would be 1 by construction
+    if len(scored) >= 2 and table.get("ranked_by") != m:
+        orient = -1 if lower_is_better(m) else 1  # +1: the strategy's order is the standalone order
+        value = kendalltau([x for x, _ in scored], [orient * y for _, y in scored]).statistic
+        tau = None if value is None or math.isnan(value) else float(value)
+    relative = table.get("cost", {}).get("relative", {})
+    return {
+        "task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": table["strategy"], "arch": pick, "metric": m,
+        "value": at_seed.get(pick), "regret": None if pick not in at_seed else regret(at_seed[pick], at_seed[best_seed], m),
+        "hit": None if pick not in stats else abs(stats[pick][0] - stats[best][0]) <= stats[best][1],
+        "tau": tau, "n_ranked": len(scored),
+        "cost_steps": relative.get("candidate_steps"), "cost_wall": relative.get("wall_seconds"),
+    }  # fmt: skip
+
+
+COLUMNS = ["task", "space", "depth", "seed", "what", "arch", "metric", "value", "mean", "std", "best", "regret", "hit",
+           "tau", "n_ranked", "cost_steps", "cost_wall"]  # fmt: skip
+
+
+def fmt(x) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, float):
+        return f"{x:.3g}"
+    return str(x)
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    strategies = sorted({r["what"] for r in rows if "regret" in r})
+    if strategies:
+        lines += [
+            "",
+            "| strategy | runs | hits | mean regret | mean tau | mean cost (steps) | mean cost (wall) |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name in strategies:
+            mine = [r for r in rows if r["what"] == name and "regret" in r]
+
+            def mean(col, mine=mine):
+                vals = [r[col] for r in mine if r.get(col) is not None and math.isfinite(r[col])]
+                return statistics.fmean(vals) if vals else None
+
+            hits = sum(1 for r in mine if r["hit"])
+            lines.append(
+                f"| {name} | {len(mine)} | {hits}/{len(mine)} | "
+                + " | ".join(fmt(mean(c)) for c in ("regret", "tau", "cost_steps", "cost_wall"))
+                + " |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("truth_dir", type=Path)
+    parser.add_argument("strategy_dirs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=None, help="where to write search_study.md/.csv (default: TRUTH_DIR)")
+    args = parser.parse_args(argv)
+    rows = study(args.truth_dir, args.strategy_dirs)
+    out = args.out or args.truth_dir
+    out.mkdir(parents=True, exist_ok=True)
+    text = markdown(rows)
+    (out / "search_study.md").write_text(text)
+    with open(out / "search_study.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows({c: r.get(c) for c in COLUMNS} for r in rows)
+    print(text, end="")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

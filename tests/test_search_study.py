@@ -1,0 +1,80 @@
+"""scripts/search_study.py on a tiny synthetic truth: fake summary.json files with known answers."""
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("search_study", REPO / "scripts" / "search_study.py")
+search_study = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(search_study)
+
+# val_mse of candidates alone per seed: 1 and 2 are one group, 4 is angle-independent; 3 is best
+TRUTH = {1: [0.5, 0.6, 0.7], 2: [0.5, 0.6, 0.7], 3: [0.10, 0.12, 0.14], 4: [0.05, 0.05, 0.05], 5: [0.2, 0.11, 0.3]}
+GROUPS = [[4], [1, 2], [5], [3]]  # ranking_groups of the DiffQAS runs (best weight first)
+
+
+def _write(path: Path, summary: dict) -> None:
+    path.mkdir(parents=True)
+    (path / "summary.json").write_text(json.dumps(summary))
+
+
+def _base(seed):
+    return {"task": "bessel", "search_space": "tiny", "depth": 2, "seed": seed}
+
+
+@pytest.fixture
+def dirs(tmp_path):
+    truth, runs = tmp_path / "truth", tmp_path / "runs"
+    job = 0
+    for arch, values in TRUTH.items():
+        for seed, v in enumerate(values):
+            independent = [4] if arch == 4 else []
+            _write(truth / str(job), {**_base(seed), "search": "fixed", "arch": arch, "angle_independent": independent,
+                                      "metrics": {"val_mse": v, "test_mse": 9.0}})  # fmt: skip
+            job += 1
+    for seed in range(3):
+        for strategy, pick, scores in (
+            ("weights", 1, {1: 0.9, 5: 0.5, 3: 0.1}),  # the reverse of the truth: tau -1
+            ("select", 3, {3: -0.1, 5: -0.2}),
+            ("gumbel", 5, {5: 0.6, 3: 0.3, 1: 0.1}),
+        ):
+            contenders = [{"arch": a, "score": sc} for a, sc in scores.items()] + [{"arch": None, "score": None}]
+            ranked_by = "val_mse" if strategy == "select" else "w"
+            _write(runs / f"{strategy}_{seed}", {
+                **_base(seed), "search": "diffqas", "ranking_groups": GROUPS, "angle_independent": [4], "selected_arch": pick,
+                "selection": {"strategy": strategy, "contenders": contenders, "ranked_by": ranked_by,
+                              "cost": {"relative": {"candidate_steps": 1.5, "wall_seconds": 2.0}}},
+            })  # fmt: skip
+            # the selection stage's child runs are not strategy runs (nor truth)
+            _write(runs / f"{strategy}_{seed}" / "select" / "arch_3", {**_base(seed), "search": "fixed", "arch": 3})
+    return truth, runs
+
+
+def test_the_study_reads_truth_and_strategies(dirs, tmp_path):
+    truth, runs = dirs
+    rows = search_study.main([str(truth), str(runs), "--out", str(tmp_path / "out")])
+    groups = {r["arch"]: r for r in rows if r["what"] == "group"}
+    assert set(groups) == {1, 3, 5}  # the angle-independent 4 never takes part, 2 is in 1's group
+    assert groups[3]["best"] and not groups[5]["best"]
+    assert groups[3]["mean"] == pytest.approx(0.12) and groups[3]["std"] == pytest.approx(0.02)
+    best = {r["seed"]: r["arch"] for r in rows if r["what"] == "best"}
+    assert best == {0: 3, 1: 5, 2: 3}  # seed 1: 5 is best at that seed
+    weights = {r["seed"]: r for r in rows if r["what"] == "weights"}
+    select = {r["seed"]: r for r in rows if r["what"] == "select"}
+    assert weights[0]["arch"] == 1 and weights[0]["regret"] == pytest.approx((0.5 - 0.1) / 0.1)
+    assert select[0]["regret"] == 0 and select[1]["regret"] == pytest.approx((0.12 - 0.11) / 0.11)
+    assert not weights[0]["hit"] and all(r["hit"] for r in select.values())
+    assert weights[0]["tau"] == pytest.approx(-1.0) and weights[0]["n_ranked"] == 3
+    assert select[0]["tau"] is None and select[0]["n_ranked"] == 2  # ranked by the standalone metric itself
+    gumbel = {r["seed"]: r for r in rows if r["what"] == "gumbel"}
+    assert gumbel[0]["tau"] == pytest.approx(1 / 3)  # scores 5 > 3 > 1; at seed 0 the order is 3, 5, 1
+    assert gumbel[1]["tau"] == pytest.approx(1.0)  # at seed 1: 5, 3, 1
+    assert weights[2]["cost_steps"] == 1.5 and weights[2]["cost_wall"] == 2.0
+    md = (tmp_path / "out" / "search_study.md").read_text()
+    assert "| weights | 3 | 0/3 |" in md and "| select | 3 | 3/3 |" in md
+    table = list(csv.DictReader((tmp_path / "out" / "search_study.csv").read_text().splitlines()))
+    assert len(table) == len(rows) == 3 + 3 + 9
