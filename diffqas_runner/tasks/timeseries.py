@@ -178,6 +178,7 @@ class TimeSeriesTask:
         ax.plot(t[split : split + len(test_pred)], test_pred, color="tab:red", lw=1.2, label="prediction (test)")
         ax.axvline(t[split], color="k", ls="--", lw=0.8)
         ax.set_xlabel(self.series.t_label)
+        ax.set_ylabel("series value (min-max scaled to [-1, 1])")
         ax.set_title(f"{self.name}: test MSE {mse:.2e}")
         ax.legend(loc="best", fontsize=8)
         return {"prediction.png": fig}
