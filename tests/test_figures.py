@@ -120,6 +120,21 @@ def test_the_eta_ignores_the_first_step(monkeypatch, caplog):
         bar.report({"test_mse": 0.5}, "epoch 1")
     assert "step 10/100" in caplog.text and "elapsed 1:09, ETA 1:30" in caplog.text, caplog.text
 
+    # RL: 20 episodes done before a resume, then updates that finish none, the first paying the build
+    caplog.clear()
+    bar = module.Progress("lines", 100, "episode", "charts/episodic_return")
+    bar.skip(20)
+    clock[0] += 60
+    bar.advance(0)
+    clock[0] += 1
+    bar.advance(2)  # the first episodes: the clock starts here
+    for _ in range(4):
+        clock[0] += 1
+        bar.advance(2)
+    with caplog.at_level(logging.INFO, logger="diffqas_runner"):
+        bar.report({}, "update 6")
+    assert "episode 30/100" in caplog.text and "ETA 0:35" in caplog.text, caplog.text  # 70 episodes at 2 per second
+
 
 def test_the_first_kernel_build_says_what_it_is(monkeypatch, tmp_path, caplog):
     from torch.utils import cpp_extension

@@ -50,10 +50,16 @@ class Progress:
             return "off"
         return "bar" if interactive and sys.stderr.isatty() else "lines"
 
+    def skip(self, n: int) -> None:
+        """Count `n` units done before this process started (a resumed run): not timed."""
+        self.done = min(self.done + n, self.total)
+
     def advance(self, n: int = 1, **postfix: Any) -> None:
         n = min(n, self.total - self.done)
         self.done += n
         if self.timed_from is None:
+            if not n:  # RL: updates that finished no episode yet (the first pays the kernel's build)
+                return
             self._first_step()
         elif self.bar is not None and n:
             self.bar.update(n)

@@ -106,7 +106,7 @@ class _A2C:
         self.seconds, self.start = self.s.seconds, time.perf_counter()
         self.last_log, self.last_log_steps = self.start, self.s.env_steps
         if progress is not None:
-            progress.advance(len(self.s.returns))
+            progress.skip(len(self.s.returns))
 
     @staticmethod
     def _empty_log() -> dict[str, list]:
