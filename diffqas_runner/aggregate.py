@@ -3,7 +3,12 @@
 Reads only files inside the sweep directory (every `summary.json`, its `.hydra/config.yaml` and
 `metrics.jsonl`), so a sweep copied back from a cluster aggregates the same way. One row per
 configuration: jobs that differ only in `seed` (and in keys that do not change numbers) are one
-configuration; the table shows mean and std over seeds and the paper's value where SPEC has one.
+configuration; the table shows mean and std over seeds, the training length (steps, epochs) and
+the paper's value where SPEC has one, with whether the row's budget is the paper's (`comparable`).
+Wall time is the median over seeds without the sweep's first job, which pays one-off warm-up (the
+C++ kernel's first build, cold caches) and is reported apart.
+
+`diffqas-aggregate SWEEP_DIR`, `python -m diffqas_runner.aggregate SWEEP_DIR`.
 """
 
 from __future__ import annotations
@@ -23,10 +28,11 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from .config import BOOKKEEPING_KEYS, flatten
-from .paper import paper_value
-from .quantum.groups import group_weight
+from .paper import TABLE2_BUDGET, paper_value
 from .record import atomic_write
+from .record import figures as plots
 from .record.failures import FAILURE, failed_jobs
+from .record.files import read_rows
 from .tasks import higher_is_better
 
 # Keys that never distinguish configurations: bookkeeping (the same keys a checkpoint ignores),
@@ -40,6 +46,25 @@ class Job:
     summary: dict[str, Any]
     config: dict[str, Any]  # flattened dotted keys
     rows: list[dict[str, Any]]
+
+    @property
+    def epochs(self) -> float | None:
+        """Epochs (supervised) or episodes (RL) trained: the last metrics row's count."""
+        last = self.rows[-1] if self.rows else {}
+        value = last.get("epoch", last.get("episodes"))
+        return value if isinstance(value, int | float) else None
+
+    @property
+    def comparable(self) -> bool:
+        """Trained for the paper's budget (Table II's epochs and depth, uncapped), so its number
+        can stand beside the paper's."""
+        epochs = self.epochs
+        return (
+            epochs is not None
+            and epochs >= TABLE2_BUDGET["epochs"] - 1e-9
+            and self.summary.get("depth") == TABLE2_BUDGET["depth"]
+            and self.config.get("train.max_steps") is None
+        )
 
 
 @dataclass
@@ -79,24 +104,11 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
             print(f"Warning: skipping {run}: unreadable summary.json or .hydra/config.yaml ({type(err).__name__}: {err})",
                   file=sys.stderr)  # fmt: skip
             continue
-        jobs.append(Job(run, summary, config, _metric_rows(run / "metrics.jsonl")))
+        jobs.append(Job(run, summary, config, read_rows(run / "metrics.jsonl")))
     return jobs
 
 
 SUMMARY_KEYS = ("task", "search", "arch", "arch_name", "seed", "metrics", "qt_params", "wall_seconds")
-
-
-def _metric_rows(path: Path) -> list[dict[str, Any]]:
-    """The rows of metrics.jsonl; a line cut short (a killed run) or damaged is left out."""
-    rows = []
-    for line in path.read_text().splitlines() if path.exists() else []:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and isinstance(row.get("step"), int):
-            rows.append(row)
-    return rows
 
 
 def _paper(summary: dict, metric: str) -> float | None:
@@ -135,7 +147,36 @@ def _std(values: list[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else float("nan")
 
 
-def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+def first_job(jobs: list[Job]) -> Job | None:
+    """The sweep's first job (Hydra's job number 0, else the first directory): it pays one-off
+    warm-up (the C++ kernel's first build, cold caches), so its wall time is reported apart."""
+    if len(jobs) < 2:
+        return None
+
+    def number(job: Job):
+        try:
+            num = OmegaConf.load(job.path / ".hydra" / "hydra.yaml").hydra.job.num
+        except Exception:
+            num = None
+        return (0, num, str(job.path)) if isinstance(num, int) else (1, 0, str(job.path))
+
+    return min(jobs, key=number)
+
+
+def _span(values: list) -> Any:
+    """One value when the seeds agree, else 'lowest-highest'."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    low, high = min(values), max(values)
+    return low if low == high else f"{_fmt_count(low)}-{_fmt_count(high)}"
+
+
+def _fmt_count(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.3g}"
+
+
+def table(groups: list[Group], varying: list[str], warm: Job | None = None) -> tuple[list[str], list[dict[str, Any]]]:
     metric_names = sorted({m for g in groups for j in g.jobs for m in j.summary["metrics"]})
     # a search space is told apart by its name (its parts still separate the groups)
     shown = [
@@ -144,7 +185,8 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
         if k not in ("search.mode", "search.arch", "task.name")
         and not (k.startswith("search_space.") and k != "search_space.name")
     ]
-    columns = ["task", "model", *shown, "n_seeds", "seeds"]
+    rl = any(j.rows and "episodes" in j.rows[-1] for g in groups for j in g.jobs)
+    columns = ["task", "model", *shown, "n_seeds", "seeds", "steps", "episodes" if rl else "epochs"]
     rows = []
     for g in groups:
         s = g.first
@@ -152,29 +194,50 @@ def table(groups: list[Group], varying: list[str]) -> tuple[list[str], list[dict
         row.update({k: g.jobs[0].config.get(k) for k in shown})
         row["n_seeds"] = len(g.jobs)
         row["seeds"] = " ".join(str(j.summary["seed"]) for j in g.jobs)
+        row["steps"] = _span([j.summary.get("steps") for j in g.jobs])
+        row[columns[-1]] = _span([j.epochs for j in g.jobs])
         for m in metric_names:
             values = [j.summary["metrics"][m] for j in g.jobs if m in j.summary["metrics"]]
             row[f"{m}_mean"] = statistics.fmean(values) if values else float("nan")
             row[f"{m}_std"] = _std(values)
             row[f"{m}_best"] = (max if higher_is_better(m) else min)(values) if values else float("nan")
             row[f"{m}_paper"] = _paper(s, m)
+        row["comparable"] = "yes" if all(j.comparable for j in g.jobs) else "no"
         row["qt_params"] = s["qt_params"]
-        row["wall_seconds_mean"] = statistics.fmean(j.summary["wall_seconds"] for j in g.jobs)
+        timed = [j for j in g.jobs if j is not warm] or g.jobs
+        row["wall_seconds_median"] = statistics.median(j.summary["wall_seconds"] for j in timed)
         rows.append(row)
+    papers = False
     for m in metric_names:
         columns += [f"{m}_mean", f"{m}_std", f"{m}_best"]
         if any(row[f"{m}_paper"] is not None for row in rows):
             columns.append(f"{m}_paper")
-    columns += ["qt_params", "wall_seconds_mean"]
+            papers = True
+    if papers:
+        columns.append("comparable")
+    columns += ["qt_params", "wall_seconds_median"]
     return columns, rows
 
 
-def _fmt(value: Any) -> str:
+NOTES = {
+    "comparable": f"comparable: `yes` when every seed trained for the paper's budget ({TABLE2_BUDGET['epochs']} epochs at "
+    f"depth {TABLE2_BUDGET['depth']}, no `train.max_steps` cap); a `no` row's numbers are not the paper's setting.",
+    "wall_seconds_median": "wall_seconds_median: median over the row's seeds, "
+    "without the sweep's first job when the row has others.",
+}
+
+
+def _fmt(value: Any, column: str = "") -> str:
+    """One format per kind of column: metrics `.3e`, seconds `.1f`, counts as integers."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    if isinstance(value, float):
-        return f"{value:.4g}" if abs(value) >= 1e-3 or value == 0 else f"{value:.3e}"
-    return str(value)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return str(value)
+    if column.startswith("wall_seconds"):
+        return f"{value:.1f}"
+    if column in ("steps", "epochs", "episodes", "qt_params", "n_seeds"):
+        return _fmt_count(value)
+    return f"{value:.3e}" if isinstance(value, float) else str(value)
 
 
 def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
@@ -186,9 +249,10 @@ def write_csv(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> Non
     _write_text(path, buffer.getvalue())
 
 
-def write_markdown(path: Path, columns: list[str], rows: list[dict[str, Any]]) -> None:
+def write_markdown(path: Path, columns: list[str], rows: list[dict[str, Any]], notes: list[str] = ()) -> None:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(_fmt(row.get(k)) for k in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(_fmt(row.get(k), k) for k in columns) + " |" for row in rows]
+    lines += ["", *notes] if notes else []
     _write_text(path, "\n".join(lines) + "\n")
 
 
@@ -219,75 +283,27 @@ def _mean_curve(jobs: list[Job], metric: str) -> tuple[list[float], list[float]]
 
 
 def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
-    from matplotlib.figure import Figure
-
     metric = _main_metric(groups)
     log_scale = not higher_is_better(metric)
-    written = []
-
-    from matplotlib import colormaps
-
-    colors = colormaps["tab20"].colors
-    fig = Figure(figsize=(8, 4.5), layout="constrained")
-    ax = fig.subplots()
-    for i, g in enumerate(groups):
-        x, y = _mean_curve(g.jobs, metric)
-        if x:
-            wide = g.first["search"] == "diffqas"
-            marker = "o" if len(x) < 30 else None  # a run with one evaluation point is a dot, not nothing
-            ax.plot(
-                x, y, lw=2.2 if wide else 1.0, marker=marker, ms=3, color=colors[i % 20], label=f"{g.first['task']}: {g.label}"
-            )
-    ax.set_xlabel("step")
-    ax.set_ylabel(f"{metric} (mean over seeds)")
-    if log_scale:
-        ax.set_yscale("log")
-    ax.legend(fontsize=6, ncol=2)
-    _save(fig, sweep_dir / "learning_curves.png")
-    written.append(sweep_dir / "learning_curves.png")
-
+    curves = [(f"{g.first['task']}: {g.label}", *_mean_curve(g.jobs, metric), g.first["search"] == "diffqas") for g in groups]
+    figures = {"learning_curves.png": plots.sweep_learning_curves(curves, metric, log_scale)}
     diffqas = [g for g in groups if g.first["search"] == "diffqas"]
-    if diffqas:
-        fig = Figure(figsize=(8, 3.2 * len(diffqas)), layout="constrained")
-        axes = fig.subplots(len(diffqas), 1, squeeze=False)[:, 0]
-        for ax, g in zip(axes, diffqas):
-            job = g.jobs[0]  # one seed: weights of different seeds are not comparable step by step
-            series = [(r["step"], r["structural_weights"]) for r in job.rows if r.get("structural_weights")]
-            if series:
-                steps = [s for s, _ in series]
-                # one line per group of identical candidates (their weights are equal), dashed if angle-independent
-                members = job.summary.get("ranking_groups") or [[i + 1] for i in range(len(series[0][1]))]
-                independent = set(job.summary.get("angle_independent") or [])
-                for group in sorted(members):
-                    ax.plot(steps, [group_weight(w, group) for _, w in series], label=",".join(map(str, group)),
-                            ls="--" if group[0] in independent else "-")  # fmt: skip
-            ax.set_title(f"{g.first['task']} DiffQAS structural weights (seed {job.summary['seed']})", fontsize=9)
-            ax.set_xlabel("step")
-            ax.legend(fontsize=6, ncol=6, title="candidate", title_fontsize=6)
-        _save(fig, sweep_dir / "structural_weights.png")
-        written.append(sweep_dir / "structural_weights.png")
-
-    fig = Figure(figsize=(max(6, 0.55 * len(groups) + 2), 4), layout="constrained")
-    ax = fig.subplots()
-    means, stds, papers = [], [], []
+    if diffqas:  # one seed each: weights of different seeds are not comparable step by step
+        panels = [(f"{g.first['task']} DiffQAS structural weights (seed {g.jobs[0].summary['seed']})", g.jobs[0].rows,
+                   g.jobs[0].summary) for g in diffqas]  # fmt: skip
+        figures["structural_weights.png"] = plots.sweep_structural_weights(panels)
+    means, stds = [], []
     for g in groups:
         values = [j.summary["metrics"].get(metric, float("nan")) for j in g.jobs]
         means.append(statistics.fmean(values))
         stds.append(0.0 if len(values) < 2 else statistics.stdev(values))
-        papers.append(_paper(g.first, metric))
-    xs = list(range(len(groups)))
-    ax.bar(xs, means, yerr=stds, color=["tab:red" if g.first["search"] == "diffqas" else "tab:blue" for g in groups], capsize=2)
-    marked = [(x, p) for x, p in zip(xs, papers) if p is not None]
-    if marked:
-        ax.scatter(*zip(*marked), marker="_", s=300, color="k", zorder=3, label="paper")
-        ax.legend(fontsize=8)
-    ax.set_xticks(xs, [g.label for g in groups], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(f"final {metric} (mean ± std over seeds)")
-    if log_scale:
-        ax.set_yscale("log")
-    _save(fig, sweep_dir / "final_metric.png")
-    written.append(sweep_dir / "final_metric.png")
-    return written
+    figures["final_metric.png"] = plots.final_metric(
+        [g.label for g in groups], means, stds, [_paper(g.first, metric) for g in groups],
+        [g.first["search"] == "diffqas" for g in groups], metric, log_scale,
+    )  # fmt: skip
+    for name, fig in figures.items():
+        _save(fig, sweep_dir / name)
+    return [sweep_dir / name for name in figures]
 
 
 @dataclass
@@ -337,11 +353,19 @@ def aggregate(sweep_dir: str | Path, plots: bool = True) -> list[dict[str, Any]]
     rows: list[dict[str, Any]] = []
     columns = ["task", "model"]
     groups: list[Group] = []
+    notes = []
     if jobs:
         groups, varying = group_jobs(jobs)
-        columns, rows = table(groups, varying)
+        warm = first_job(jobs)
+        columns, rows = table(groups, varying, warm)
+        notes = [text for column, text in NOTES.items() if column in columns]
+        if warm is not None:
+            notes.append(
+                f"The sweep's first job ({warm.path.relative_to(sweep_dir)}) took {warm.summary['wall_seconds']:.1f} s, "
+                "one-off warm-up included (the C++ kernel's first build, cold caches)."
+            )
     write_csv(sweep_dir / "results.csv", columns, rows)
-    write_markdown(sweep_dir / "results.md", columns, rows)
+    write_markdown(sweep_dir / "results.md", columns, rows, notes)
     if failures:  # listed, never skipped silently
         text = (sweep_dir / "results.md").read_text() + failures_markdown(sweep_dir, failures)
         _write_text(sweep_dir / "results.md", text)
@@ -367,3 +391,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{len(rows)} configurations -> {Path(args.sweep_dir) / 'results.csv'}"
         + (f"; {failed} failed job(s) listed" if failed else "")
     )
+
+
+if __name__ == "__main__":
+    main()

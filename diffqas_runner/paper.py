@@ -24,6 +24,11 @@ TABLE2_TEST_MSE: dict[str, dict[int | str, float]] = {
 }
 
 
+# The budget behind Table II (SPEC.md section 4): 100 epochs at depth 10. A shorter or different
+# run is shown beside the number but marked as not comparable with it.
+TABLE2_BUDGET = {"epochs": 100, "depth": 10}
+
+
 def paper_value(task: str, search: str, arch: int | None, metric: str) -> float | None:
     """The paper's number for this task/candidate/metric, or None where it gives only curves."""
     if metric != "test_mse" or task not in TABLE2_TEST_MSE:

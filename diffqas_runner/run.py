@@ -25,6 +25,7 @@ from .qt.generator import GeneratorOptions
 from .quantum.candidates import space_digest
 from .quantum.draw import draw_candidate
 from .record import Recorder
+from .record import figures as plots
 from .record.failures import FAILURE, clear_failure, write_failure
 from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 from .record.progress import Progress
@@ -121,8 +122,10 @@ def build(cfg) -> Experiment:
             part.anneal_steps = total  # gumbel's temperature schedule spans the run
     exp = Experiment(task, model, groups, generator, optimizer, scheduler, device)
     log.info(
-        "task=%s search=%s%s depth=%d backend=%s device=%s: classical params %s -> %d qubits -> QT trainable %d%s",
-        cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "", cfg.depth,
+        "task=%s search=%s%s search_space=%s (%d candidates) depth=%d backend=%s device=%s: "
+        "classical params %s -> %d qubits -> QT trainable %d%s",
+        cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "", cfg.search_space.name,
+        len(generator.first.space), cfg.depth,
         cfg.backend.name.value, device, f"{exp.classical_params:,}", generator.n_qubits, generator.trainable_parameters(),
         "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
     )  # fmt: skip
@@ -212,7 +215,7 @@ def train(cfg, exp: Experiment, recorder: Recorder, checkpointer: Checkpointer, 
     """The task's loop (supervised or actor-critic), then its final checkpoint."""
     mode = Progress.choose(choice(cfg.progress), interactive)
     if exp.rl:
-        from .train.a2c import learning_curve, train_a2c  # gymnasium and MiniGrid only when needed
+        from .train.a2c import train_a2c  # gymnasium and MiniGrid only when needed
 
         progress = Progress(mode, cfg.train.episodes, "episode", "charts/episodic_return")
         try:
@@ -221,7 +224,7 @@ def train(cfg, exp: Experiment, recorder: Recorder, checkpointer: Checkpointer, 
             )
         finally:
             progress.close()
-        figures = {"learning_curve.png": learning_curve(result.returns, f"{exp.task.env_id}: episode returns")}
+        figures = {"learning_curve.png": plots.returns(result.returns, f"{exp.task.env_id}: episode returns")}
         loop = LoopState(step=result.steps, epoch=result.episodes, metrics=result.metrics, seconds=result.seconds)
         final = result.state.to_dict()
     else:
@@ -340,7 +343,8 @@ def _selected_figure(cfg, generator: GeneratorSet, summary: dict):
 
 
 def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict) -> None:
-    """model.pt, the figures and summary.json (last: a summary means the run finished)."""
+    """model.pt, the figures (the task's, the circuit, the learning curve and DiffQAS's structural
+    weights from metrics.jsonl) and summary.json (last: a summary means the run finished)."""
     generator = exp.generator
     figures = dict(figures)
     with torch.no_grad(), generator.evaluating():
@@ -350,6 +354,7 @@ def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict
         if not exp.rl:
             figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
     figures["circuit.png"] = _circuit_figure(cfg, generator)
+    figures.update(plots.run_figures(recorder.rows(), summary, exp.rl))
     for fig_name, figure in figures.items():
         recorder.save_figure(fig_name, figure)
     recorder.save_model(state)

@@ -250,6 +250,12 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tmp_path, data_dir):
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert (out / "summary.json").exists()
+    # the run's figures reach wandb as images; wandb itself prints nothing (the run logs one line about it)
+    images = sorted(p.name.split("_")[0] for p in (runs[0] / "files" / "media" / "images" / "figures").glob("*.png"))
+    assert images == ["circuit", "learning"]  # a fixed candidate: no structural weights
+    assert {p.name for p in out.glob("*.png")} == {"learning_curve.png", "circuit.png"}
+    talk = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "wandb" in line.lower()]
+    assert len(talk) == 1 and "wandb sync" in talk[0], talk
 
 
 @pytest.mark.parametrize("task", ["bessel", "damped_shm", "delayed_qc", "narma5", "narma10"])
@@ -262,7 +268,8 @@ def test_timeseries_smoke_run(tmp_path, task):
     assert summary["qt_params_paper"] == 135
     assert summary["steps"] == 3 and 0 < summary["metrics"]["test_mse"] < 4  # scaled to [-1, 1]
     assert summary["torch_threads"] == 1  # the default for a generator of 11 qubits
-    assert (out / "prediction.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in ("prediction.png", "learning_curve.png", "structural_weights.png", "circuit.png"):  # every DiffQAS run's own
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task
     assert (config.train.optimizer, config.train.lr, config.train.batch_size, config.train.epochs) == ("rmsprop", 0.01, 10, 100)
     # model.pt loads into the plain LSTM target and reproduces the test MSE

@@ -38,6 +38,19 @@ def test_the_wheel_carries_every_config(wheel):
     shipped = {n.removeprefix("diffqas_runner/configs/") for n in names if n.startswith("diffqas_runner/configs/")}
     in_checkout = {str(p.relative_to(REPO / "configs")) for p in (REPO / "configs").rglob("*.yaml")}
     assert in_checkout and in_checkout <= shipped
+    docs = {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")}
+    assert docs and {f"diffqas_runner/{d}" for d in docs} <= names  # the docs --help points to
+
+
+def test_the_manual_prints_the_installed_docs(capsys):
+    from diffqas_runner import manual
+
+    manual.main(["design"])
+    text = capsys.readouterr().out
+    assert text.startswith((REPO / "docs" / "design.md").read_text()[:200])
+    assert str(manual.docs_dir()) in text.splitlines()[-1] and (manual.docs_dir() / "results.md").is_file()
+    manual.main([])
+    assert capsys.readouterr().out.startswith("# diffqas-runner")
 
 
 def test_the_installed_wheel_runs_from_an_empty_directory_with_user_configs(wheel, tmp_path):
@@ -61,6 +74,18 @@ def test_the_installed_wheel_runs_from_an_empty_directory_with_user_configs(whee
     assert proc.returncode == 0, proc.stderr
     (summary,) = empty.glob("outputs/runs/*/*/summary.json")
     assert json.loads(summary.read_text())["steps"] == 3
+    # the wheel's console script aggregates it, and its manual and docs are the installed ones
+    proc = subprocess.run(
+        [str(site / "bin" / "diffqas-aggregate"), "outputs"], cwd=empty, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and "1 configurations" in proc.stdout, proc.stderr
+    assert (empty / "outputs" / "results.md").is_file() and (empty / "outputs" / "learning_curves.png").is_file()
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffqas_runner.manual", "results"], cwd=empty, env=env, capture_output=True, text=True
+    )
+    assert proc.returncode == 0 and str(site / "diffqas_runner" / "docs") in proc.stdout.splitlines()[-1], proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "diffqas_runner.manual"], cwd=empty, env=env, capture_output=True, text=True)
+    assert proc.stdout.startswith("# diffqas-runner"), proc.stderr  # the README, from the wheel's metadata
 
     mine = tmp_path / "my_configs"
     (mine / "experiment").mkdir(parents=True)
@@ -90,6 +115,7 @@ def test_help_names_the_program_and_lists_every_user_group_only():
     text = proc.stdout
     assert text.startswith("diffqas-run:") and "powered by Hydra" not in text
     assert "task_base" not in text and "schema" not in text
+    assert "python -m diffqas_runner.manual" in text and "README.md" not in text  # docs a wheel user has
     section = text.split("== Config groups", 1)[1].split("\n==", 1)[0]
     listed: dict[str, str] = {}
     for line in section.splitlines()[1:]:

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,17 @@ def _check_aggregate(sweep):
         assert float(row["test_mse_best"]) == values[0]
         assert float(row["test_mse_std"]) == pytest.approx(abs(values[1] - values[0]) / 2**0.5, rel=1e-12)
     assert float(rows[0]["test_mse_paper"]) == 4.0e-5 and float(rows[1]["test_mse_paper"]) == 1.41e-4  # SPEC Table II
-    assert "| DiffQAS |" in (sweep / "results.md").read_text()
+    # three smoke steps are not the paper's 100 epochs: shown, and marked as not comparable
+    assert all(r["steps"] == "3" and 0 < float(r["epochs"]) < 1 and r["comparable"] == "no" for r in rows)
+    text = (sweep / "results.md").read_text()
+    header, _, *cells = text.split("\n\n")[0].splitlines()
+    names = [c.strip() for c in header.strip("|").split("|")]
+    for line in cells:
+        row = dict(zip(names, (c.strip() for c in line.strip("|").split("|"))))
+        assert row["model"] in ("DiffQAS", "8 Ent-Ry") and row["steps"] == "3"
+        for name in ("test_mse_mean", "test_mse_std", "test_mse_best", "test_mse_paper", "train_mse_mean"):
+            assert re.fullmatch(r"\d\.\d{3}e[+-]\d\d", row[name]), (name, row[name])  # one format for every metric
+    assert "comparable: `yes` when" in text and "The sweep's first job" in text
     for name in ("learning_curves.png", "structural_weights.png", "final_metric.png"):
         assert (sweep / name).read_bytes()[:8] == PNG, name
         from matplotlib.image import imread
@@ -64,9 +75,50 @@ def test_submitit_local_sweep_then_aggregate(tmp_path):
     _check_aggregate(sweep)
 
 
-def test_aggregate_refuses_an_empty_dir(tmp_path):
-    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "aggregate.py"), str(tmp_path)], capture_output=True, text=True)
-    assert proc.returncode != 0 and "no finished job" in proc.stderr
+@pytest.mark.parametrize(
+    "command", [[sys.executable, str(REPO / "scripts" / "aggregate.py")], [sys.executable, "-m", "diffqas_runner.aggregate"]]
+)
+def test_aggregate_refuses_an_empty_dir_with_one_line(tmp_path, command):
+    proc = subprocess.run([*command, str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 1 and "no finished job" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def _job(sweep: Path, name: str, num: int, seed: int, seconds: float, epochs: int, depth: int = 10) -> None:
+    """A finished job's files as a run writes them (the parts aggregate reads)."""
+    job = sweep / name
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "hydra.yaml").write_text(f"hydra:\n  job:\n    num: {num}\n")
+    summary = {"task": "bessel", "search": "fixed", "arch": 8, "arch_name": "Ent-Ry", "depth": depth, "backend": "native",
+               "seed": seed, "metrics": {"test_mse": 0.0001234 * (seed + 1), "train_mse": 0.002}, "qt_params": 134,
+               "wall_seconds": seconds, "steps": 17 * epochs}  # fmt: skip
+    (job / "summary.json").write_text(json.dumps(summary))
+    rows = [{"step": 17 * e, "epoch": e, "loss": 0.1, "test_mse": 0.001} for e in range(1, epochs + 1)]
+    (job / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_aggregate_is_a_command_of_the_installed_package(tmp_path):
+    """`python -m diffqas_runner.aggregate` and the `diffqas-aggregate` console script: steps and
+    epochs shown, the paper's budget marked, the first job's warm-up kept out of the wall time."""
+    sweep = tmp_path / "sweep"
+    _job(sweep, "a", 1, seed=1, seconds=10.0, epochs=100)
+    _job(sweep, "b", 0, seed=0, seconds=70.0, epochs=100)  # Hydra's job 0: the kernel's build, cold caches
+    _job(sweep, "c", 2, seed=2, seconds=12.0, epochs=100)
+    _job(sweep, "d", 3, seed=0, seconds=5.0, epochs=100, depth=5)  # the paper's epochs, another depth
+    proc = subprocess.run([sys.executable, "-m", "diffqas_runner.aggregate", str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    with (sweep / "results.csv").open() as f:
+        rows = {r["depth"]: r for r in csv.DictReader(f)}
+    row = rows["10"]
+    assert (row["steps"], row["epochs"], row["comparable"], row["seeds"]) == ("1700", "100", "yes", "0 1 2")
+    assert float(row["wall_seconds_median"]) == 11.0  # jobs 1 and 2; job 0 is reported apart
+    assert rows["5"]["comparable"] == "no"
+    text = (sweep / "results.md").read_text()
+    assert "| 1.234e-04 |" in text and "The sweep's first job (b) took 70.0 s" in text
+    script = Path(sys.executable).with_name("diffqas-aggregate")
+    (sweep / "results.md").unlink()
+    proc = subprocess.run([str(script), str(sweep), "--no-plots"], capture_output=True, text=True)
+    assert proc.returncode == 0 and (sweep / "results.md").read_text() == text, proc.stderr
 
 
 @pytest.mark.parametrize("preset", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))

@@ -10,6 +10,8 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle, Rectangle
 
+    from ..record.figures import wrap
+
     pairs = cand.entangler.pairs_on(n_qubits)
     cz = cand.entangler.gate == "cz"
     # CNOT columns: pairs that share no wire go in one column (the brick's two halves; the ring is sequential)
@@ -21,8 +23,13 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
         else:
             columns.append([(c, t)])
     x = 0.5
-    width = 1.2 + (1 if cand.hadamard else 0) + len(columns) + 1.5
-    fig = Figure(figsize=(max(4.0, 0.55 * width + 1), 0.38 * n_qubits + 1.0), layout="constrained")
+    rotation_width = max(0.0, 0.18 * len(cand.rotation.label) - 0.6)
+    width = 1.2 + (1 if cand.hadamard else 0) + len(columns) + 1.5 + rotation_width
+    title = title or f"candidate {cand.number}: {cand.name}"
+    fig_width = max(4.0, 0.55 * width + 1)
+    title = wrap(title, fig_width, 9)  # a wide space's note (groups ranked above) wraps instead of running off the page
+    lines = title.count("\n") + 1
+    fig = Figure(figsize=(fig_width, 0.38 * n_qubits + 0.75 + 0.2 * lines), layout="constrained")
     ax = fig.subplots()
     ax.set_xlim(0, width)
     ax.set_ylim(n_qubits, -1.2)
@@ -32,7 +39,8 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
         ax.text(0.05, q, f"{q}", ha="right", va="center", fontsize=7)
 
     def box(xc: float, q: int, label: str) -> None:
-        ax.add_patch(Rectangle((xc - 0.3, q - 0.3), 0.6, 0.6, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
+        half = max(0.3, 0.09 * len(label))  # a sequence of rotations (RyRz, Rot) still fits its box
+        ax.add_patch(Rectangle((xc - half, q - 0.3), 2 * half, 0.6, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
         ax.text(xc, q, label, ha="center", va="center", fontsize=6, zorder=3)
 
     if cand.hadamard:
@@ -52,11 +60,11 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
             ax.add_patch(Circle((x, t), 0.18, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
             ax.plot([x - 0.18, x + 0.18], [t, t], color="k", lw=0.8, zorder=3)
             ax.plot([x, x], [t - 0.18, t + 0.18], color="k", lw=0.8, zorder=3)
-    x += 1
+    x += 1 + rotation_width / 2
     for q in range(n_qubits):
         box(x, q, cand.rotation.label)
-    end = x + 0.5
+    end = x + 0.5 + rotation_width / 2
     ax.plot([start, start, end, end], [-0.6, -0.8, -0.8, -0.6], color="tab:blue", lw=1)
     ax.text((start + end) / 2, -0.95, f"x {depth} layers", ha="center", va="bottom", fontsize=8, color="tab:blue")
-    ax.set_title(title or f"candidate {cand.number}: {cand.name}", fontsize=9)
+    ax.set_title(title, fontsize=9)
     return fig

@@ -32,6 +32,8 @@ import threading
 
 import torch
 
+log = logging.getLogger(__name__)
+
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
 
@@ -355,6 +357,7 @@ def load():
                         return _module
                     except Exception:
                         pass
+                log.info("building the native simulator's C++ kernel (first use: a minute or more; later runs reuse it)")
                 _module = load_inline(
                     name=name,
                     cpp_sources=_SOURCE,

@@ -41,13 +41,26 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """The rows of a metrics.jsonl; a line cut short (a killed run) or damaged is left out."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+    return rows
+
+
 class Recorder:
     def __init__(self, run_dir: str | Path, sinks=(), resume_step: int | None = None):
         """`resume_step`: continuing from a checkpoint at that step, so rows logged after it are dropped
         (they will be logged again); None starts metrics.jsonl afresh."""
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.sinks = list(sinks)  # objects with log(dict, step), summary(dict), close() and run_id
+        self.sinks = list(sinks)  # objects with log(dict, step), summary(dict), close(), run_id and optionally figure(name, path)
         self.summary_path = self.dir / "summary.json"
         self.summary_path.unlink(missing_ok=True)  # a summary means "finished": never a stale one
         path = self.dir / "metrics.jsonl"
@@ -74,12 +87,20 @@ class Recorder:
         for sink in self.sinks:
             sink.log(row, step=row.get("step"))
 
+    def rows(self) -> list[dict[str, Any]]:
+        """Every row logged so far (a resumed run's earlier rows too)."""
+        self._metrics.flush()
+        return read_rows(self.dir / "metrics.jsonl")
+
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> None:
         plain = {k: v.detach().cpu().clone().contiguous() for k, v in state_dict.items()}
         atomic_write(self.dir / "model.pt", lambda p: torch.save(plain, p))
 
     def save_figure(self, name: str, figure) -> None:
         atomic_write(self.dir / name, lambda p: figure.savefig(p, format=Path(name).suffix[1:], dpi=120))
+        for sink in self.sinks:
+            if hasattr(sink, "figure"):
+                sink.figure(name, self.dir / name)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         text = json.dumps({k: _jsonable(v) for k, v in summary.items()}, indent=2)

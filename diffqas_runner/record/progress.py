@@ -27,13 +27,19 @@ class Progress:
 
     def __init__(self, mode: str, total: int, unit: str, metric: str, done: int = 0):
         self.mode, self.total, self.unit, self.metric = mode, total, unit, metric
-        self.done = self.first = done
+        self.done = done
         self.start = time.perf_counter()
+        # The ETA's clock starts after the first step: that step pays one-off costs (the C++
+        # kernel's first build, about a minute; lazy initialisation) that later steps do not.
+        self.timed_from: tuple[float, int] | None = None
         self.bar = None
-        if mode == "bar":
+
+    def _first_step(self) -> None:
+        self.timed_from = (time.perf_counter(), self.done)
+        if self.mode == "bar":  # shown from here on, so tqdm's rate never includes the first step
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, initial=done, desc="train", unit=unit, leave=False)
+            self.bar = tqdm(total=self.total, initial=self.done, desc="train", unit=self.unit, leave=False)
 
     @classmethod
     def choose(cls, setting: str, interactive: bool) -> str:
@@ -44,21 +50,31 @@ class Progress:
             return "off"
         return "bar" if interactive and sys.stderr.isatty() else "lines"
 
+    def skip(self, n: int) -> None:
+        """Count `n` units done before this process started (a resumed run): not timed."""
+        self.done = min(self.done + n, self.total)
+
     def advance(self, n: int = 1, **postfix: Any) -> None:
         n = min(n, self.total - self.done)
         self.done += n
-        if self.bar is not None and n:
+        if self.timed_from is None:
+            if not n:  # RL: updates that finished no episode yet (the first pays the kernel's build)
+                return
+            self._first_step()
+        elif self.bar is not None and n:
             self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix)
+        if self.bar is not None and postfix:
+            self.bar.set_postfix(postfix)
 
     def report(self, row: dict[str, Any], where: str) -> None:
         """One line for an evaluation row (lines mode only): `where` says e.g. 'epoch 3'."""
         if self.mode != "lines":
             return
-        elapsed = time.perf_counter() - self.start
-        rate = (self.done - self.first) / elapsed if elapsed > 0 else 0.0
-        eta = _clock((self.total - self.done) / rate) if rate > 0 else "?"
+        now = time.perf_counter()
+        elapsed = now - self.start
+        since, first = self.timed_from or (now, self.done)
+        rate = (self.done - first) / (now - since) if now > since else 0.0
+        eta = _clock((self.total - self.done) / rate) if rate > 0 else ("0:00" if self.done >= self.total else "?")
         value = row.get(self.metric)
         shown = f"{self.metric} {value:.4g}" if isinstance(value, int | float) else f"{self.metric} -"
         loss = row.get("loss")

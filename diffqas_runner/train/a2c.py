@@ -106,7 +106,7 @@ class _A2C:
         self.seconds, self.start = self.s.seconds, time.perf_counter()
         self.last_log, self.last_log_steps = self.start, self.s.env_steps
         if progress is not None:
-            progress.advance(len(self.s.returns))
+            progress.skip(len(self.s.returns))
 
     @staticmethod
     def _empty_log() -> dict[str, list]:
@@ -277,22 +277,3 @@ def train_a2c(
     finally:
         loop.envs.close()
     return loop.result()
-
-
-def learning_curve(returns: list[float], title: str):
-    """Episode returns with a moving average, for learning_curve.png."""
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(8, 3.5), layout="constrained")
-    ax = fig.subplots()
-    if returns:
-        x = np.arange(1, len(returns) + 1)
-        ax.plot(x, returns, ".", ms=1.5, alpha=0.3, color="tab:blue", label="episode return")
-        k = max(1, len(returns) // 50)
-        smooth = np.convolve(returns, np.ones(k) / k, mode="valid")
-        ax.plot(x[k - 1 :], smooth, color="tab:red", lw=1.5, label=f"moving average ({k})")
-        ax.legend(loc="lower right", fontsize=8)
-    ax.set_xlabel("episode")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    return fig
