@@ -212,7 +212,8 @@ def test_sigterm_during_a_deep_first_step_from_the_command_line(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=600)
     assert proc.returncode == 128 + signal.SIGTERM, err
-    assert "SIGTERM before the first step" in err, err
+    # stopped inside the first step: nothing completed (a step-0 checkpoint at most)
+    assert "SIGTERM before the first step" in err or "SIGTERM at step 0:" in err, err
 
 
 def test_the_recorder_hands_the_run_exit_code_to_its_sinks(tmp_path):
