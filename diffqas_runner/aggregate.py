@@ -97,6 +97,8 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
             if config_path.exists():
                 raw = OmegaConf.to_container(OmegaConf.load(config_path), resolve=False)
                 raw["search"] = {**raw.get("search", {}), "mode": summary["search"], "arch": summary["arch"]}
+                if "depth" in summary:  # the record keeps `${task.depth}` unresolved: the run's own value
+                    raw["depth"] = summary["depth"]
                 config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(raw).items()}
             else:  # a bare run directory: the summary's own fields identify it
                 config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}

@@ -197,3 +197,18 @@ def test_the_papers_numbers_go_to_paper12_by_its_circuits_not_its_name():
     reordered = space_digest(CANDIDATES[::-1])  # a space still called paper12, other circuits per number
     assert _paper({**summary, "search_space_digest": reordered}, "test_mse") is None
     assert _paper({"task": "bessel", "search": "fixed", "arch": 8}, "test_mse") == 1.41e-4  # older summaries
+
+
+def test_aggregate_reports_the_depth_a_run_used_not_its_interpolation(tmp_path):
+    """A run at the task's default depth records `depth: ${task.depth}` in .hydra/config.yaml; the
+    table shows the depth the run used (summary.json), not the interpolation."""
+    from diffqas_runner.aggregate import load_jobs
+
+    run = tmp_path / "0"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("task:\n  name: bessel\n  depth: 10\ndepth: ${task.depth}\nseed: 0\n")
+    summary = {"task": "bessel", "search": "fixed", "arch": 8, "arch_name": "Ent-Ry", "seed": 0, "depth": 10,
+               "metrics": {"test_mse": 1e-4}, "qt_params": 134, "wall_seconds": 1.0}  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    (job,) = load_jobs(tmp_path)
+    assert job.config["depth"] == 10
