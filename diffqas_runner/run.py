@@ -253,7 +253,7 @@ def _circuit_figure(cfg, generator: GeneratorSet):
         independent = set(generator.angle_independent())
         groups = generator.ranking_groups()
         top = next((g for g in groups if g[0] not in independent), groups[0])
-        above = [g for g in groups[: groups.index(top)]]
+        above = groups[: groups.index(top)]
         weight = generator.group_weights()[tuple(top)]
         members = f" (group {', '.join(map(str, top))})" if len(top) > 1 else ""
         note = f"DiffQAS top angle-dependent{members}, w = {weight:.3f}"
