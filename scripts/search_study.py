@@ -17,7 +17,11 @@ seed and strategy: the pick, its regret (relative validation gap to that seed's 
 (the pick's mean within one seed std of the best group's mean), the run's cost relative to the
 exhaustive sweep (`selection.cost.relative`), and Kendall's tau between the strategy's scores and
 the standalone validation metric at that seed (over the contenders it scored; +1: the same order;
-none for `select`, which ranks by that very metric).
+none for `select`, which ranks by that very metric). Also per run: top1 (the pick is that seed's
+best group), the regret of DiffQAS's own model (the `arch: null` contender) and `chance`, the hit
+rate of a pick at random (the share of groups that are hits). A summary per (task, space) and
+overall, per strategy. `--seeds 3,4,5` keeps only those seeds, in the truth too (tune on some
+seeds, report on others).
 Writes search_study.md and search_study.csv (in --out, default TRUTH_DIR) and prints the markdown.
 """
 
@@ -63,9 +67,14 @@ def regret(pick: float, best: float, metric: str) -> float:
     return gap / abs(best) if best else math.inf * (gap > 0)
 
 
-def study(truth_dir: Path, strategy_dirs: list[Path]) -> list[dict]:
+def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = None) -> list[dict]:
+    """The study's rows; `seeds` keeps only those seeds, in the truth too (the groups' means and
+    spreads, hence the best group and the hits, are over those seeds only)."""
     truth = [s for s in summaries(truth_dir) if s["search"] == "fixed"]
     runs = [s for d in strategy_dirs for s in summaries(d) if s["search"] == "diffqas" and s.get("selection")]
+    if seeds is not None:
+        truth = [s for s in truth if s["seed"] in seeds]
+        runs = [s for s in runs if s["seed"] in seeds]
     standalone: dict[tuple, dict[int, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))  # key -> arch -> seed
     independent: dict[tuple, set[int]] = defaultdict(set)
     metric = {}
@@ -90,16 +99,21 @@ def study(truth_dir: Path, strategy_dirs: list[Path]) -> list[dict]:
         }
         sign = 1 if lower else -1
         best = min(stats, key=lambda a: (sign * stats[a][0], a))
+        # a group is a hit when its mean is within one seed std of the best's: how many are is what
+        # a pick at random would hit (the `chance` of every strategy row of this key)
+        hits = {a: abs(stats[a][0] - stats[best][0]) <= stats[best][1] for a in stats}
+        chance = sum(hits.values()) / len(hits)
         for a, (mean, std) in sorted(stats.items()):
             rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": "all", "what": "group", "arch": a,
-                         "metric": m, "mean": mean, "std": std, "best": a == best})  # fmt: skip
+                         "metric": m, "mean": mean, "std": std, "best": a == best, "hit": hits[a]})  # fmt: skip
         for seed in seeds:
             at_seed = {a: v[seed] for a, v in per_group.items() if seed in v}
             best_seed = min(at_seed, key=lambda a: (sign * at_seed[a], a))
             rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": "best", "arch": best_seed,
                          "metric": m, "value": at_seed[best_seed]})  # fmt: skip
             for s in (r for r in runs if key(r) == k and r["seed"] == seed):
-                rows.append(_strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent))
+                row = _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent)
+                rows.append({**row, "chance": chance})
     return rows
 
 
@@ -116,17 +130,23 @@ def _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent) -> 
         value = kendalltau([x for x, _ in scored], [orient * y for _, y in scored]).statistic
         tau = None if value is None or math.isnan(value) else float(value)
     relative = table.get("cost", {}).get("relative", {})
+    # DiffQAS's own model (the ensemble, or gumbel's argmax network), beside the pick
+    ensemble = next((r.get(m) for r in table["contenders"] if r["arch"] is None), None)
     return {
         "task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": table["strategy"], "arch": pick, "metric": m,
         "value": at_seed.get(pick), "regret": None if pick not in at_seed else regret(at_seed[pick], at_seed[best_seed], m),
         "hit": None if pick not in stats else abs(stats[pick][0] - stats[best][0]) <= stats[best][1],
+        "top1": pick == best_seed,
+        "ensemble_regret": None if ensemble is None else regret(ensemble, at_seed[best_seed], m),
         "tau": tau, "n_ranked": len(scored),
         "cost_steps": relative.get("candidate_steps"), "cost_wall": relative.get("wall_seconds"),
     }  # fmt: skip
 
 
 COLUMNS = ["task", "space", "depth", "seed", "what", "arch", "metric", "value", "mean", "std", "best", "regret", "hit",
-           "tau", "n_ranked", "cost_steps", "cost_wall"]  # fmt: skip
+           "top1", "chance", "ensemble_regret", "tau", "n_ranked", "cost_steps", "cost_wall"]  # fmt: skip
+SUMMARY = ["runs", "hits", "top1", "chance", "median regret", "mean regret", "median ensemble regret", "mean tau",
+           "cost (steps)", "cost (wall)"]  # fmt: skip
 
 
 def fmt(x) -> str:
@@ -139,29 +159,37 @@ def fmt(x) -> str:
     return str(x)
 
 
+def summary(mine: list[dict]) -> list[str]:
+    """One strategy's line: hits (and top1: the pick is that seed's best) out of its runs, the hit
+    rate a random pick would have (mean chance), regrets (the pick's, and DiffQAS's own model's),
+    tau and costs relative to the exhaustive sweep (means)."""
+
+    def vals(col):
+        return [r[col] for r in mine if r.get(col) is not None and math.isfinite(r[col])]
+
+    def mean(col):
+        return statistics.fmean(vals(col)) if vals(col) else None
+
+    n = len(mine)
+    return [str(n), f"{sum(1 for r in mine if r['hit'])}/{n}", f"{sum(1 for r in mine if r['top1'])}/{n}",
+            fmt(mean("chance")), fmt(statistics.median(vals("regret")) if vals("regret") else None), fmt(mean("regret")),
+            fmt(statistics.median(vals("ensemble_regret")) if vals("ensemble_regret") else None), fmt(mean("tau")),
+            fmt(mean("cost_steps")), fmt(mean("cost_wall"))]  # fmt: skip
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
     strategies = sorted({r["what"] for r in rows if "regret" in r})
     if strategies:
-        lines += [
-            "",
-            "| strategy | runs | hits | mean regret | mean tau | mean cost (steps) | mean cost (wall) |",
-            "|---|---:|---:|---:|---:|---:|---:|",
-        ]
-        for name in strategies:
-            mine = [r for r in rows if r["what"] == name and "regret" in r]
-
-            def mean(col, mine=mine):
-                vals = [r[col] for r in mine if r.get(col) is not None and math.isfinite(r[col])]
-                return statistics.fmean(vals) if vals else None
-
-            hits = sum(1 for r in mine if r["hit"])
-            lines.append(
-                f"| {name} | {len(mine)} | {hits}/{len(mine)} | "
-                + " | ".join(fmt(mean(c)) for c in ("regret", "tau", "cost_steps", "cost_wall"))
-                + " |"
-            )
+        keys = sorted({(r["task"], r["space"]) for r in rows if "regret" in r}, key=str)
+        lines += ["", "| task | space | strategy | " + " | ".join(SUMMARY) + " |", "|---|---|---|" + "---:|" * len(SUMMARY)]
+        for task, space in [*keys, ("all", "all")]:
+            for name in strategies:
+                mine = [r for r in rows if r["what"] == name and "regret" in r and task in ("all", r["task"])
+                        and space in ("all", r["space"])]  # fmt: skip
+                if mine:
+                    lines.append(f"| {task} | {space} | {name} | " + " | ".join(summary(mine)) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -170,8 +198,12 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("truth_dir", type=Path)
     parser.add_argument("strategy_dirs", type=Path, nargs="+")
     parser.add_argument("--out", type=Path, default=None, help="where to write search_study.md/.csv (default: TRUTH_DIR)")
+    parser.add_argument(
+        "--seeds", default=None, help="only these seeds, e.g. 3,4,5 (truth and strategies; default: every seed found)"
+    )
     args = parser.parse_args(argv)
-    rows = study(args.truth_dir, args.strategy_dirs)
+    seeds = None if args.seeds is None else {int(x) for x in args.seeds.split(",")}
+    rows = study(args.truth_dir, args.strategy_dirs, seeds)
     out = args.out or args.truth_dir
     out.mkdir(parents=True, exist_ok=True)
     text = markdown(rows)

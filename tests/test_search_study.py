@@ -75,6 +75,20 @@ def test_the_study_reads_truth_and_strategies(dirs, tmp_path):
     assert gumbel[1]["tau"] == pytest.approx(1.0)  # at seed 1: 5, 3, 1
     assert weights[2]["cost_steps"] == 1.5 and weights[2]["cost_wall"] == 2.0
     md = (tmp_path / "out" / "search_study.md").read_text()
-    assert "| weights | 3 | 0/3 |" in md and "| select | 3 | 3/3 |" in md
+    assert "| bessel | tiny | weights | 3 | 0/3 | 0/3 |" in md and "| all | all | select | 3 | 3/3 | 2/3 |" in md
+    # only group 3 is a hit (5: 0.203, 1: 0.6, both > 0.12 + 0.02): a pick at random hits 1 time in 3
+    assert [r["chance"] for r in rows if r["what"] == "select"] == pytest.approx([1 / 3] * 3)
+    assert [select[s]["top1"] for s in range(3)] == [True, False, True]
     table = list(csv.DictReader((tmp_path / "out" / "search_study.csv").read_text().splitlines()))
     assert len(table) == len(rows) == 3 + 3 + 9
+
+
+def test_the_study_can_keep_some_seeds_only(dirs, tmp_path):
+    """--seeds 1: the truth too is seed 1's only, so group 5 (0.11 there) is the best and a hit."""
+    truth, runs = dirs
+    rows = search_study.main([str(truth), str(runs), "--out", str(tmp_path / "out"), "--seeds", "1"])
+    assert {r["seed"] for r in rows if r["what"] != "group"} == {1}
+    groups = {r["arch"]: r for r in rows if r["what"] == "group"}
+    assert groups[5]["best"] and groups[5]["mean"] == pytest.approx(0.11) and groups[5]["std"] == 0.0
+    gumbel = next(r for r in rows if r["what"] == "gumbel")
+    assert gumbel["hit"] and gumbel["top1"] and gumbel["regret"] == 0
