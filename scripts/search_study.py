@@ -18,8 +18,9 @@ seed and strategy: the pick, its regret (relative validation gap to that seed's 
 exhaustive sweep (`selection.cost.relative`), and Kendall's tau between the strategy's scores and
 the standalone validation metric at that seed (over the contenders it scored; +1: the same order;
 none for `select`, which ranks by that very metric). Also per run: top1 (the pick is that seed's
-best group), the regret of DiffQAS's own model (the `arch: null` contender) and `chance`, the hit
-rate of a pick at random (the share of groups that are hits). A summary per (task, space) and
+best group), the regret of DiffQAS's own model (the `arch: null` contender), and what a pick at
+random would score: `chance` (the share of groups that are hits) and `chance_regret` (the groups'
+mean regret at that seed). A summary per (task, space) and
 overall, per strategy. `--seeds 3,4,5` keeps only those seeds, in the truth too (tune on some
 seeds, report on others).
 Writes search_study.md and search_study.csv (in --out, default TRUTH_DIR) and prints the markdown.
@@ -109,11 +110,13 @@ def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = N
         for seed in seeds:
             at_seed = {a: v[seed] for a, v in per_group.items() if seed in v}
             best_seed = min(at_seed, key=lambda a: (sign * at_seed[a], a))
+            # a pick at random: its mean regret over the groups at this seed
+            chance_regret = statistics.fmean(regret(v, at_seed[best_seed], m) for v in at_seed.values())
             rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": "best", "arch": best_seed,
                          "metric": m, "value": at_seed[best_seed]})  # fmt: skip
             for s in (r for r in runs if key(r) == k and r["seed"] == seed):
                 row = _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent)
-                rows.append({**row, "chance": chance})
+                rows.append({**row, "chance": chance, "chance_regret": chance_regret})
     return rows
 
 
@@ -144,9 +147,9 @@ def _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent) -> 
 
 
 COLUMNS = ["task", "space", "depth", "seed", "what", "arch", "metric", "value", "mean", "std", "best", "regret", "hit",
-           "top1", "chance", "ensemble_regret", "tau", "n_ranked", "cost_steps", "cost_wall"]  # fmt: skip
-SUMMARY = ["runs", "hits", "top1", "chance", "median regret", "mean regret", "median ensemble regret", "mean tau",
-           "cost (steps)", "cost (wall)"]  # fmt: skip
+           "top1", "chance", "chance_regret", "ensemble_regret", "tau", "n_ranked", "cost_steps", "cost_wall"]  # fmt: skip
+SUMMARY = ["runs", "hits", "top1", "chance", "median regret", "mean regret", "chance regret", "median ensemble regret",
+           "mean tau", "cost (steps)", "cost (wall)"]  # fmt: skip
 
 
 def fmt(x) -> str:
@@ -161,7 +164,7 @@ def fmt(x) -> str:
 
 def summary(mine: list[dict]) -> list[str]:
     """One strategy's line: hits (and top1: the pick is that seed's best) out of its runs, the hit
-    rate a random pick would have (mean chance), regrets (the pick's, and DiffQAS's own model's),
+    rate and mean regret a random pick would have (chance, chance regret), regrets (the pick's, and DiffQAS's own model's),
     tau and costs relative to the exhaustive sweep (means)."""
 
     def vals(col):
@@ -173,6 +176,7 @@ def summary(mine: list[dict]) -> list[str]:
     n = len(mine)
     return [str(n), f"{sum(1 for r in mine if r['hit'])}/{n}", f"{sum(1 for r in mine if r['top1'])}/{n}",
             fmt(mean("chance")), fmt(statistics.median(vals("regret")) if vals("regret") else None), fmt(mean("regret")),
+            fmt(mean("chance_regret")),
             fmt(statistics.median(vals("ensemble_regret")) if vals("ensemble_regret") else None), fmt(mean("tau")),
             fmt(mean("cost_steps")), fmt(mean("cost_wall"))]  # fmt: skip
 

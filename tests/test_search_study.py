@@ -79,6 +79,8 @@ def test_the_study_reads_truth_and_strategies(dirs, tmp_path):
     # only group 3 is a hit (5: 0.203, 1: 0.6, both > 0.12 + 0.02): a pick at random hits 1 time in 3
     assert [r["chance"] for r in rows if r["what"] == "select"] == pytest.approx([1 / 3] * 3)
     assert [select[s]["top1"] for s in range(3)] == [True, False, True]
+    # seed 0: groups 1 (0.5), 3 (0.10, best), 5 (0.2): regrets 4, 0, 1, a random pick's mean 5/3
+    assert select[0]["chance_regret"] == pytest.approx(5 / 3)
     table = list(csv.DictReader((tmp_path / "out" / "search_study.csv").read_text().splitlines()))
     assert len(table) == len(rows) == 3 + 3 + 9
 
