@@ -185,6 +185,9 @@ class SearchConfig:
     tau: list[float] = field(default_factory=lambda: [1.0, 0.1])  # gumbel: temperature from tau[0] to tau[1]
     eta: int = 3  # race: budgets grow, and survivors shrink, by this factor per rung
     min_steps: int | None = None  # race: the first rung's budget (null: the full run / eta^(rungs-1))
+    # false (race only): no DiffQAS search run at all, only the race's standalone runs; the run's
+    # metrics and model.pt are then its pick's (docs/design.md, "Selection strategies")
+    supernet: bool = True
 
 
 @dataclass
@@ -459,6 +462,12 @@ def _validate_search(search, n: int) -> None:
     )
     _check(2 <= search.eta <= 100, "search.eta", search.eta, "an integer 2..100 (race's reduction factor)")
     _check(search.min_steps is None or search.min_steps >= 1, "search.min_steps", search.min_steps, "null or an integer >= 1")
+    _check(
+        search.supernet or strategy == "race",
+        "search.supernet",
+        search.supernet,
+        "true unless search.strategy=race (the other strategies read the trained search run)",
+    )
 
 
 STRATEGIES = ("none", "weights", "select", "gumbel", "perturb", "race")

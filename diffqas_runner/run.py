@@ -327,6 +327,13 @@ def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
     return select(run, cfg, exp, run_dir, summary)
 
 
+def pick_as_result(run_dir: Path, summary: dict) -> dict:
+    """With search.supernet=false nothing but the race was trained: the run's result is its pick's
+    full standalone run (metrics, and in write() model.pt); there are no structural weights."""
+    pick = json.loads((run_dir / "select" / f"arch_{summary['selected_arch']}" / "summary.json").read_text())
+    return {"metrics": pick["metrics"], "structural_weights": None, "ranking": None, "group_weights": None}
+
+
 def stage_figures(cfg, exp: Experiment, summary: dict) -> dict:
     """The selection stage's figure for write(): selected_circuit.png, the circuit it named ({} if none)."""
     if summary.get("selected_arch") is None:
@@ -348,12 +355,16 @@ def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict
     generator = exp.generator
     figures = dict(figures)
     with torch.no_grad(), generator.evaluating():
-        generated = generator()
+        if cfg.search.supernet:
+            generated = generator()
+        else:  # race alone: the network is its pick's (selected_model.pt)
+            generated = torch.load(recorder.dir / "selected_model.pt", weights_only=True)
         state = exp.model.state_dict()
         state.update(generated)
         if not exp.rl:
             figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
-    figures["circuit.png"] = _circuit_figure(cfg, generator)
+    if cfg.search.supernet:
+        figures["circuit.png"] = _circuit_figure(cfg, generator)
     figures.update(plots.run_figures(recorder.rows(), summary, exp.rl))
     for fig_name, figure in figures.items():
         recorder.save_figure(fig_name, figure)
@@ -458,10 +469,16 @@ def run(
             recorder = Recorder(run_dir, sinks, resume_step=resumed_step)
             meta["wandb_id"] = recorder.run_id()
             clear_failure(run_dir)
-            trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
+            if cfg.search.supernet:
+                trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
+            else:  # race alone: no search run to train (search.supernet=false)
+                trained = Trained(LoopState(), {})
+                checkpointer.save(trained.loop.to_dict(), finished=True)  # a rerun: "nothing to do"
             seconds = time.perf_counter() - started + prior_seconds
             summary = summarize(cfg, exp, trained, seconds, resumed_step)
             summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
+            if not cfg.search.supernet:
+                summary.update(pick_as_result(run_dir, summary))
             try:
                 with signals.immediate():  # files are written atomically: a rerun writes them again
                     write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary)

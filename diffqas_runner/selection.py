@@ -38,6 +38,7 @@ def child_config(cfg, arch: int, max_steps: int | None = None):
         sub.search.arch = arch
         sub.search.select = 0
         sub.search.strategy = "none"
+        sub.search.supernet = True  # the default: a child is exactly `search=fixed search.arch=N`
         if max_steps is not None:
             sub.train.max_steps = max_steps
         sub.resume = None
@@ -76,6 +77,10 @@ class _Selection:
             simulations = summary["steps"] + len(self.groups)
         else:
             simulations = len(dependent) * summary["steps"]
+        self.supernet = bool(cfg.search.supernet)  # false: race alone, no search run was trained
+        if not self.supernet:
+            simulations = 0
+            self.weight = dict.fromkeys(self.weight)
         self.cost = {"search": {"candidate_steps": simulations, "wall_seconds": summary["wall_seconds"]}}
         self.children: dict[tuple[int, int], dict] = {}  # (arch, steps) -> child summary
 
@@ -127,11 +132,12 @@ class _Selection:
             shutil.copyfile(self.run_dir / "select" / f"arch_{pick[0]}" / "model.pt", self.run_dir / "selected_model.pt")
         ensemble_name = "DiffQAS gumbel (argmax group)" if strategy == "gumbel" else "DiffQAS ensemble"
         m = self.summary["metrics"]
-        rows = [
-            *contenders,
-            {"arch": None, "arch_name": ensemble_name, "group": None, "structural_weight": None, "score": None,
-             "steps": self.summary["steps"], self.metric: m.get(self.metric), self.test: m.get(self.test)},
-        ]  # fmt: skip
+        rows = list(contenders)
+        if self.supernet:  # DiffQAS's own model stays a contender
+            ensemble = {"arch": None, "arch_name": ensemble_name, "group": None, "structural_weight": None, "score": None}
+            rows.append(
+                {**ensemble, "steps": self.summary["steps"], self.metric: m.get(self.metric), self.test: m.get(self.test)}
+            )
         full_rows = [r for r in rows if r["steps"] in (self.full, self.summary["steps"]) and _finite(r[self.metric])]
         overall = max(full_rows, key=lambda r: self.oriented(r[self.metric]), default=None)
         return {
@@ -142,6 +148,7 @@ class _Selection:
                 "metric": self.metric,
                 "ranked_by": ranked_by,
                 "settings": settings,
+                "supernet": self.supernet,
                 "contenders": rows,
                 "candidates": rows,  # the name before issue 24
                 "best_model": None if overall is None else ("diffqas" if overall["arch"] is None else overall["arch"]),

@@ -22,7 +22,8 @@ best group), the regret of DiffQAS's own model (the `arch: null` contender), and
 random would score: `chance` (the share of groups that are hits) and `chance_regret` (the groups'
 mean regret at that seed). A summary per (task, space) and
 overall, per strategy. `--seeds 3,4,5` keeps only those seeds, in the truth too (tune on some
-seeds, report on others).
+seeds, report on others). A race run with its search run (search.supernet=true) also gives a
+"race (supernet=false, derived)" row: the same pick, at the cost of its child runs alone.
 Writes search_study.md and search_study.csv (in --out, default TRUTH_DIR) and prints the markdown.
 """
 
@@ -115,8 +116,17 @@ def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = N
             rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": "best", "arch": best_seed,
                          "metric": m, "value": at_seed[best_seed]})  # fmt: skip
             for s in (r for r in runs if key(r) == k and r["seed"] == seed):
-                row = _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent)
-                rows.append({**row, "chance": chance, "chance_regret": chance_regret})
+                row = {**_strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent),
+                       "chance": chance, "chance_regret": chance_regret}  # fmt: skip
+                rows.append(row)
+                cost = s["selection"].get("cost", {})
+                if row["what"] == "race" and s["selection"].get("supernet", True) and cost.get("exhaustive"):
+                    # the same race with search.supernet=false: the same child runs and pick (its
+                    # rungs do not depend on the search run), without the search run's cost
+                    alone = {k: cost["children"][k] / cost["exhaustive"][k] if cost["exhaustive"][k] else None
+                             for k in ("candidate_steps", "wall_seconds")}  # fmt: skip
+                    rows.append({**row, "what": "race (supernet=false, derived)", "ensemble_regret": None,
+                                 "cost_steps": alone["candidate_steps"], "cost_wall": alone["wall_seconds"]})  # fmt: skip
     return rows
 
 

@@ -109,6 +109,8 @@ def test_the_selected_circuit_rerun_alone_reproduces_its_metric(tmp_path):
         (["search=fixed", "search.arch=2", "search.strategy=perturb"], "allowed: none with search=fixed"),
         (["search.strategy=race", "search.min_steps=0"], "search.min_steps=0 is not allowed"),
         (["search.strategy=gumbel", "qt.shots=100"], "qt.shots=100 is not allowed"),
+        (["search.strategy=select", "search.supernet=false"], "allowed: true unless search.strategy=race"),
+        (["search=fixed", "search.arch=2", "search.supernet=false"], "search.supernet=False is not allowed"),
     ],
 )
 def test_bad_strategies_and_settings_are_refused_with_one_line(tmp_path, args, needle):
@@ -118,6 +120,33 @@ def test_bad_strategies_and_settings_are_refused_with_one_line(tmp_path, args, n
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
     assert not (out / "summary.json").exists()
+
+
+def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_path):
+    """search.supernet=false: the same rungs and pick as race after a DiffQAS run (the child runs
+    do not depend on it), no search simulation, no ensemble row; the run's metrics and model.pt are
+    its pick's; run again, it has nothing to do."""
+    base = [*SMOKE, "search.strategy=race", "task.validation=0.2", "train.max_steps=9", "train.threads=1"]
+    with_search = run_module.run(_compose(base), tmp_path / "with", interactive=False)
+    alone = run_module.run(_compose([*base, "search.supernet=false"]), tmp_path / "alone", interactive=False)
+    assert alone["selected_arch"] == with_search["selected_arch"]
+    assert alone["selection"]["settings"] == with_search["selection"]["settings"]  # the same rungs
+    assert alone["selection"]["supernet"] is False and with_search["selection"]["supernet"] is True
+    rows = [r for r in alone["selection"]["contenders"]]
+    assert [r["arch"] for r in rows] == [r["arch"] for r in with_search["selection"]["contenders"] if r["arch"] is not None]
+    assert all(r["structural_weight"] is None for r in rows)
+    cost, before = alone["selection"]["cost"], with_search["selection"]["cost"]
+    assert cost["search"]["candidate_steps"] == 0 and cost["candidate_steps"] == before["children"]["candidate_steps"]
+    assert cost["relative"]["candidate_steps"] == pytest.approx(
+        before["children"]["candidate_steps"] / before["exhaustive"]["candidate_steps"]
+    )
+    child = json.loads((tmp_path / "alone" / "select" / f"arch_{alone['selected_arch']}" / "summary.json").read_text())
+    assert alone["metrics"] == child["metrics"] and alone["steps"] == 0 and alone["structural_weights"] is None
+    model = torch.load(tmp_path / "alone" / "model.pt", weights_only=True)
+    picked = torch.load(tmp_path / "alone" / "selected_model.pt", weights_only=True)
+    assert model.keys() == picked.keys() and all(torch.equal(model[k], picked[k]) for k in model)
+    again = run_module.run(_compose([*base, "search.supernet=false"]), tmp_path / "alone", interactive=False)
+    assert again == json.loads((tmp_path / "alone" / "summary.json").read_text())
 
 
 def test_race_rungs_grow_by_eta_to_the_full_run():
