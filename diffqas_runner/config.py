@@ -299,13 +299,22 @@ class RunConfig:
     progress: Progress = Progress.auto
     resume: str | None = None  # a checkpoint.pt (or a run dir holding one) to continue from
     fresh: bool = False  # true: delete the results a previous run left in the run dir and start over
+    figures: bool = True  # false: no PNG figures (sweeps of many small runs; race's shorter rungs)
 
 
 # Keys that never change a run's numbers: a checkpoint written under other values still resumes,
 # and a sweep's aggregate table does not tell configurations apart by them.
 BOOKKEEPING_KEYS = (
-    "logger", "progress", "resume", "fresh", "data_dir", "download", "train.threads", "train.checkpoint_every",
+    "logger", "progress", "resume", "fresh", "data_dir", "download", "train.threads", "train.checkpoint_every", "figures",
 )  # fmt: skip
+# Options added after runs were recorded, each with the value that does what running without it
+# did: a checkpoint written before the option existed is the same run as one at that value.
+# Only options whose default kept the old behaviour belong here (task.variant, which changed the
+# NARMA data, does not).
+ADDED_KEYS = {
+    "search.strategy": "none", "search.tau": [1.0, 0.1], "search.eta": 3, "search.min_steps": None,
+    "search.supernet": True,
+}  # fmt: skip
 
 
 NARMA_TASKS = ("narma5", "narma10")

@@ -18,7 +18,17 @@ from omegaconf import OmegaConf, open_dict
 from torch.func import functional_call
 
 from . import tasks, threads
-from .config import BOOKKEEPING_KEYS, ConfigError, SearchMode, TaskKind, choice, normalize_shots, strategy_of, validate
+from .config import (
+    ADDED_KEYS,
+    BOOKKEEPING_KEYS,
+    ConfigError,
+    SearchMode,
+    TaskKind,
+    choice,
+    normalize_shots,
+    strategy_of,
+    validate,
+)
 from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
@@ -167,8 +177,8 @@ def find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
             f"{key}={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err}); "
             "allowed: a checkpoint written by diffqas-run (delete a damaged one to start over)"
         ) from err
-    if ckpt["meta"]["fingerprint"] != fp:
-        keys = differing_keys(ckpt["meta"]["fingerprint"], fp)
+    keys = differing_keys(ckpt["meta"]["fingerprint"], fp, ADDED_KEYS)
+    if keys:
         raise DirectoryConflict(
             f"{path} was written by a run with other settings ({', '.join(keys)}); "
             "allowed: the same config to resume, another hydra.run.dir (hydra.sweep.dir in a sweep) for a new run, "
@@ -224,7 +234,9 @@ def train(cfg, exp: Experiment, recorder: Recorder, checkpointer: Checkpointer, 
             )
         finally:
             progress.close()
-        figures = {"learning_curve.png": plots.returns(result.returns, f"{exp.task.env_id}: episode returns")}
+        figures = (
+            {"learning_curve.png": plots.returns(result.returns, f"{exp.task.env_id}: episode returns")} if cfg.figures else {}
+        )
         loop = LoopState(step=result.steps, epoch=result.episodes, metrics=result.metrics, seconds=result.seconds)
         final = result.state.to_dict()
     else:
@@ -336,7 +348,7 @@ def pick_as_result(run_dir: Path, summary: dict) -> dict:
 
 def stage_figures(cfg, exp: Experiment, summary: dict) -> dict:
     """The selection stage's figure for write(): selected_circuit.png, the circuit it named ({} if none)."""
-    if summary.get("selected_arch") is None:
+    if summary.get("selected_arch") is None or not cfg.figures:
         return {}
     return {"selected_circuit.png": _selected_figure(cfg, exp.generator, summary)}
 
@@ -361,13 +373,14 @@ def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict
             generated = torch.load(recorder.dir / "selected_model.pt", weights_only=True)
         state = exp.model.state_dict()
         state.update(generated)
-        if not exp.rl:
+        if not exp.rl and cfg.figures:
             figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
-    if cfg.search.supernet:
-        figures["circuit.png"] = _circuit_figure(cfg, generator)
-    figures.update(plots.run_figures(recorder.rows(), summary, exp.rl))
-    for fig_name, figure in figures.items():
-        recorder.save_figure(fig_name, figure)
+    if cfg.figures:
+        if cfg.search.supernet:
+            figures["circuit.png"] = _circuit_figure(cfg, generator)
+        figures.update(plots.run_figures(recorder.rows(), summary, exp.rl))
+        for fig_name, figure in figures.items():
+            recorder.save_figure(fig_name, figure)
     recorder.save_model(state)
     recorder.write_summary(summary)
 

@@ -41,6 +41,7 @@ def child_config(cfg, arch: int, max_steps: int | None = None):
         sub.search.supernet = True  # the default: a child is exactly `search=fixed search.arch=N`
         if max_steps is not None:
             sub.train.max_steps = max_steps
+            sub.figures = False  # a shorter rung of race: only its numbers are read
         sub.resume = None
         sub.fresh = False
         sub.logger.name = "none"  # the parent's wandb run gets the results in its summary

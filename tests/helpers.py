@@ -56,3 +56,16 @@ def kernel_required() -> bool:
     """CI's promise (.ci/run sets DIFFQAS_REQUIRE_KERNEL=1): where a C++ compiler is on PATH, the
     C++ kernel builds, so its tests fail instead of skipping when it does not."""
     return os.environ.get("DIFFQAS_REQUIRE_KERNEL") == "1" and shutil.which(os.environ.get("CXX", "c++")) is not None
+
+
+def compose(overrides):
+    """The run config `diffqas-run *overrides` would make (Hydra's compose API, in-process)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    from diffqas_runner.cli import CONFIG_DIR
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=overrides)

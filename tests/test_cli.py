@@ -9,11 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import cli, env
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from helpers import compose as _compose
 from omegaconf import OmegaConf
-
-from diffqas_runner.cli import CONFIG_DIR
 
 GROUP_OPTIONS = {
     "task": ["mnist", "fashion_mnist", "bessel", "damped_shm", "delayed_qc", "narma5", "narma10"],
@@ -22,12 +19,6 @@ GROUP_OPTIONS = {
     "logger": ["wandb", "none"],
     "debug": ["smoke"],
 }
-
-
-def _compose(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUP_OPTIONS.items() for o in opts])

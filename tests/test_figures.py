@@ -218,3 +218,32 @@ def test_a_diffqas_run_writes_its_figures_and_wandb_gets_them_quietly(tmp_path):
     )
     top = next(g for g in mine["ranking_groups"] if g[0] not in mine["angle_independent"])
     assert summary["circuit"] == f"{top[0]} {mine['candidates'][top[0] - 1]}"
+
+
+def test_figures_false_writes_no_png_and_the_same_numbers(tmp_path):
+    """figures=false (bookkeeping: not part of the run's identity): no PNG, the same summary and
+    model; and race's shorter rungs never draw (only their numbers are read)."""
+    import torch
+    from helpers import compose as _compose
+
+    from diffqas_runner.run import run
+
+    base = ["task=bessel", "debug=smoke", "logger=none", "depth=2", "train.threads=1"]
+    drawn = run(_compose([*base, "search=fixed", "search.arch=2"]), tmp_path / "drawn", interactive=False)
+    plain = run(_compose([*base, "search=fixed", "search.arch=2", "figures=false"]), tmp_path / "plain", interactive=False)
+    assert sorted(p.name for p in (tmp_path / "drawn").glob("*.png")) == ["circuit.png", "learning_curve.png", "prediction.png"]
+    assert not list((tmp_path / "plain").glob("*.png"))
+    assert plain["metrics"] == drawn["metrics"]
+    a, b = (torch.load(tmp_path / d / "model.pt", weights_only=True) for d in ("drawn", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the same run: rerun with figures=true into plain's directory, it has nothing to do
+    again = run(_compose([*base, "search=fixed", "search.arch=2"]), tmp_path / "plain", interactive=False)
+    assert again == plain and not list((tmp_path / "plain").glob("*.png"))
+    raced = run(
+        _compose([*base, "search.strategy=race", "search.supernet=false", "train.max_steps=4"]),
+        tmp_path / "race",
+        interactive=False,
+    )
+    rungs = list((tmp_path / "race" / "select" / "race").rglob("summary.json"))
+    assert rungs and not list((tmp_path / "race" / "select" / "race").rglob("*.png"))
+    assert (tmp_path / "race" / "select" / f"arch_{raced['selected_arch']}" / "circuit.png").exists()

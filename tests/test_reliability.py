@@ -197,3 +197,35 @@ def test_a_damaged_checkpoint_is_named_not_traced(tmp_path):
     proc = subprocess.run(_command(TIMESERIES, out), env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "checkpoint=" in proc.stderr and "Traceback" not in proc.stderr
     assert not (out / "summary.json").exists()
+
+
+def test_a_checkpoint_from_before_an_added_option_is_the_same_run(tmp_path):
+    """A finished run recorded before search.supernet (or the selection options) existed: its
+    fingerprint lacks those keys, and the same config now, at their defaults, is the same run
+    ('nothing to do'); another value of a new key, or any other difference, is another run."""
+    from helpers import compose as _compose
+
+    from diffqas_runner import run as run_module
+    from diffqas_runner.config import ADDED_KEYS
+    from diffqas_runner.train.checkpoint import differing_keys
+
+    base = ["task=bessel", "debug=smoke", "logger=none", "depth=2", "figures=false", "train.threads=1"]
+    out = tmp_path / "run"
+    first = run_module.run(_compose(base), out, interactive=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    current = ckpt["meta"]["fingerprint"]
+    old = json.loads(current)
+    for key in ADDED_KEYS:  # as written before these options were added
+        section, leaf = key.split(".")
+        old[section].pop(leaf)
+    ckpt["meta"]["fingerprint"] = json.dumps(old, sort_keys=True)
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert run_module.run(_compose(base), out, interactive=False) == first
+    for key, value in (("seed", 1), ("search.eta", 4), ("search.supernet", False)):
+        new = json.loads(current)
+        *parents, leaf = key.split(".")
+        node = new
+        for part in parents:
+            node = node[part]
+        node[leaf] = value
+        assert differing_keys(ckpt["meta"]["fingerprint"], json.dumps(new), ADDED_KEYS) == [key]

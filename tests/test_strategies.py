@@ -7,14 +7,13 @@ import math
 import pytest
 import torch
 from helpers import cli
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
+from helpers import compose as _compose
 from omegaconf import open_dict
 from torch import nn
 
 from diffqas_runner import run as run_module
 from diffqas_runner import selection, tasks
-from diffqas_runner.cli import CONFIG_DIR
+from diffqas_runner.errors import ConfigError
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
 from diffqas_runner.quantum.candidates import build_space
@@ -27,8 +26,7 @@ SMOKE = ["task=bessel", "debug=smoke", "logger=none", "depth=2"]
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_names_a_circuit_with_the_same_keys(tmp_path, strategy):
     out = tmp_path / "run"
-    proc = cli([*SMOKE, f"search.strategy={strategy}", f"hydra.run.dir={out}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
+    run_module.run(_compose([*SMOKE, f"search.strategy={strategy}"]), out, interactive=False)
     s = json.loads((out / "summary.json").read_text())
     table = s["selection"]
     assert table["strategy"] == strategy and table["metric"] == "train_mse"  # no validation split: train, never test
@@ -69,10 +67,7 @@ def test_every_strategy_names_a_circuit_with_the_same_keys(tmp_path, strategy):
 
 
 def test_select_k_alone_still_means_strategy_select(tmp_path):
-    out = tmp_path / "run"
-    proc = cli([*SMOKE, "search.select=2", f"hydra.run.dir={out}"], tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    s = json.loads((out / "summary.json").read_text())
+    s = run_module.run(_compose([*SMOKE, "search.select=2"]), tmp_path / "run", interactive=False)
     assert s["selection"]["strategy"] == "select" and s["selection"]["settings"] == {"k": 2}
     assert len([r for r in s["selection"]["contenders"] if r["arch"] is not None]) == 2
 
@@ -114,12 +109,18 @@ def test_the_selected_circuit_rerun_alone_reproduces_its_metric(tmp_path):
     ],
 )
 def test_bad_strategies_and_settings_are_refused_with_one_line(tmp_path, args, needle):
-    out = tmp_path / "run"
-    proc = cli([*SMOKE, *args, f"hydra.run.dir={out}"], tmp_path)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
-    assert not (out / "summary.json").exists()
+    """In-process (the line the command line prints is the error's text; test_cli checks that
+    path); the first case also through the command line."""
+    with pytest.raises(ConfigError) as raised:
+        run_module.run(_compose([*SMOKE, *args]), tmp_path / "run", interactive=False)
+    assert needle in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    if args == ["search.strategy=best"]:
+        out = tmp_path / "cli"
+        proc = cli([*SMOKE, *args, f"hydra.run.dir={out}"], tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and needle in lines[0] and "Traceback" not in proc.stderr
+        assert not (out / "summary.json").exists()
 
 
 def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_path):
@@ -241,12 +242,6 @@ CLEAR_SPACE = [
     {"entangler": "none", "rotation": "Rx", "name": "x"},
     {"init": "H", "entangler": "none", "rotation": "Rz", "name": "flat"},
 ]
-
-
-def _compose(overrides):
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=overrides)
 
 
 @pytest.fixture(scope="module")
