@@ -23,7 +23,10 @@ random would score: `chance` (the share of groups that are hits) and `chance_reg
 mean regret at that seed). A summary per (task, space) and
 overall, per strategy. `--seeds 3,4,5` keeps only those seeds, in the truth too (tune on some
 seeds, report on others). A race run with its search run (search.supernet=true) also gives a
-"race (supernet=false, derived)" row: the same pick, at the cost of its child runs alone.
+"race (supernet=false, derived)" row: the same pick, at the cost of its child runs alone. The
+"exhaustive (one seed)" rows are the sweep the strategies replace: every group alone at that
+seed, the best picked (regret 0 by definition; its hits say how often one seed's best is the best
+on average, the most a one-seed strategy can expect).
 Writes search_study.md and search_study.csv (in --out, default TRUTH_DIR) and prints the markdown.
 """
 
@@ -115,6 +118,11 @@ def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = N
             chance_regret = statistics.fmean(regret(v, at_seed[best_seed], m) for v in at_seed.values())
             rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": "best", "arch": best_seed,
                          "metric": m, "value": at_seed[best_seed]})  # fmt: skip
+            # the sweep the strategies replace, at this seed: its pick is this seed's best group
+            rows.append({"task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": "exhaustive (one seed)",
+                         "arch": best_seed, "metric": m, "value": at_seed[best_seed], "regret": 0.0,
+                         "hit": abs(stats[best_seed][0] - stats[best][0]) <= stats[best][1], "top1": True,
+                         "chance": chance, "chance_regret": chance_regret, "cost_steps": 1.0, "cost_wall": 1.0})  # fmt: skip
             for s in (r for r in runs if key(r) == k and r["seed"] == seed):
                 row = {**_strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent),
                        "chance": chance, "chance_regret": chance_regret}  # fmt: skip

@@ -82,7 +82,13 @@ def test_the_study_reads_truth_and_strategies(dirs, tmp_path):
     # seed 0: groups 1 (0.5), 3 (0.10, best), 5 (0.2): regrets 4, 0, 1, a random pick's mean 5/3
     assert select[0]["chance_regret"] == pytest.approx(5 / 3)
     table = list(csv.DictReader((tmp_path / "out" / "search_study.csv").read_text().splitlines()))
-    assert len(table) == len(rows) == 3 + 3 + 9
+    assert len(table) == len(rows) == 3 + 3 + 3 + 9
+    exhaustive = {r["seed"]: r for r in rows if r["what"] == "exhaustive (one seed)"}
+    assert {s: r["arch"] for s, r in exhaustive.items()} == best and [r["hit"] for r in exhaustive.values()] == [
+        True,
+        False,
+        True,
+    ]
 
 
 def test_the_study_can_keep_some_seeds_only(dirs, tmp_path):
