@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 GROUP_OPTIONS = {
     "task": ["mnist", "fashion_mnist", "bessel", "damped_shm", "delayed_qc", "narma5", "narma10"],
-    "search": ["diffqas", "fixed"],
+    "search": ["diffqas", "fixed", "race"],
     "backend": ["native", "pennylane"],
     "logger": ["wandb", "none"],
     "debug": ["smoke"],
