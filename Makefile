@@ -7,16 +7,18 @@ PYTHON ?= python
 install:  ## install the package (editable) and the dev tools, at the versions CI tests (constraints.txt)
 	$(PYTHON) -m pip install -c constraints.txt -e ".[dev]"
 
+# The default suite runs on every core (pytest-xdist; JOBS=0 for one process).
+JOBS ?= auto
+
 test:  ## the default suite: everything but the tests marked slow (a few minutes on 2 cores)
-	$(PYTHON) -m pytest -m "not slow"
+	$(PYTHON) -m pytest -m "not slow" -n $(JOBS)
 
 test-fast: test  ## the old name of `make test`
 
-test-slow:  ## the longer checks only (CI runs them after `make test`)
+test-slow:  ## the longer checks only (CI runs them after `make test`); one process: some peak at 8 GB
 	$(PYTHON) -m pytest -m slow
 
-test-all:  ## both
-	$(PYTHON) -m pytest
+test-all: test test-slow  ## both
 
 smoke:  ## three steps of the Bessel experiment, local files only (no data needed)
 	$(PYTHON) -m diffqas_runner task=bessel debug=smoke logger=none

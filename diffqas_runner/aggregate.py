@@ -27,7 +27,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from .config import BOOKKEEPING_KEYS, flatten
+from .config import ADDED_KEYS, BOOKKEEPING_KEYS, flatten
 from .paper import TABLE2_BUDGET, paper_value
 from .record import atomic_write
 from .record import figures as plots
@@ -79,6 +79,8 @@ class Group:
     @property
     def label(self) -> str:
         s = self.first
+        if s["search"] == "diffqas" and s.get("structural_weights") is None and s.get("selection"):
+            return "race (search.supernet=false)"  # no search run: the row is the race's picks
         return "DiffQAS" if s["search"] == "diffqas" else f"{s['arch']} {s['arch_name']}"
 
 
@@ -99,7 +101,8 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
                 raw["search"] = {**raw.get("search", {}), "mode": summary["search"], "arch": summary["arch"]}
                 if "depth" in summary:  # the record keeps `${task.depth}` unresolved: the run's own value
                     raw["depth"] = summary["depth"]
-                config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flatten(raw).items()}
+                flat = {**ADDED_KEYS, **flatten(raw)}  # recorded before an option existed: its old-behaviour value
+                config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items()}
             else:  # a bare run directory: the summary's own fields identify it
                 config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}
         except Exception as err:  # a damaged file is named and skipped, never the end of the table
@@ -119,6 +122,8 @@ def _paper(summary: dict, metric: str) -> float | None:
     spaces existed are paper12's."""
     from .quantum.candidates import PAPER12_DIGEST
 
+    if summary["search"] == "diffqas" and summary.get("structural_weights") is None and summary.get("selection"):
+        return None  # search=race: the paper has no such row
     if "search_space_digest" in summary:
         if summary["search_space_digest"] != PAPER12_DIGEST:
             return None
@@ -289,7 +294,7 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
     log_scale = not higher_is_better(metric)
     curves = [(f"{g.first['task']}: {g.label}", *_mean_curve(g.jobs, metric), g.first["search"] == "diffqas") for g in groups]
     figures = {"learning_curves.png": plots.sweep_learning_curves(curves, metric, log_scale)}
-    diffqas = [g for g in groups if g.first["search"] == "diffqas"]
+    diffqas = [g for g in groups if g.first["search"] == "diffqas" and g.first.get("structural_weights") is not None]
     if diffqas:  # one seed each: weights of different seeds are not comparable step by step
         panels = [(f"{g.first['task']} DiffQAS structural weights (seed {g.jobs[0].summary['seed']})", g.jobs[0].rows,
                    g.jobs[0].summary) for g in diffqas]  # fmt: skip

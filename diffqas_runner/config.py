@@ -471,12 +471,11 @@ def _validate_search(search, n: int) -> None:
     )
     _check(2 <= search.eta <= 100, "search.eta", search.eta, "an integer 2..100 (race's reduction factor)")
     _check(search.min_steps is None or search.min_steps >= 1, "search.min_steps", search.min_steps, "null or an integer >= 1")
-    _check(
-        search.supernet or strategy == "race",
-        "search.supernet",
-        search.supernet,
-        "true unless search.strategy=race (the other strategies read the trained search run)",
-    )
+    if not (search.supernet or strategy == "race"):
+        raise ConfigError(
+            "search.supernet=false is not allowed; allowed: true (false only with search=diffqas "
+            "search.strategy=race: the other strategies read the trained search run)"
+        )
 
 
 STRATEGIES = ("none", "weights", "select", "gumbel", "perturb", "race")

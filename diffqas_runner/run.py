@@ -341,9 +341,19 @@ def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
 
 def pick_as_result(run_dir: Path, summary: dict) -> dict:
     """With search.supernet=false nothing but the race was trained: the run's result is its pick's
-    full standalone run (metrics, and in write() model.pt); there are no structural weights."""
+    full standalone run (metrics, parameter counts, and in write() model.pt); there are no
+    structural weights or ranking (`ranking_groups` in number order); `wall_seconds` is the whole
+    race (the run's set-up and every child run)."""
     pick = json.loads((run_dir / "select" / f"arch_{summary['selected_arch']}" / "summary.json").read_text())
-    return {"metrics": pick["metrics"], "structural_weights": None, "ranking": None, "group_weights": None}
+    return {
+        "metrics": pick["metrics"],
+        **{k: pick[k] for k in ("qt_params", "qt_params_paper", "classical_params")},
+        "structural_weights": None,
+        "ranking": None,
+        "ranking_groups": sorted(summary["ranking_groups"]),
+        "group_weights": None,
+        "wall_seconds": summary["selection"]["cost"]["wall_seconds"],
+    }
 
 
 def stage_figures(cfg, exp: Experiment, summary: dict) -> dict:

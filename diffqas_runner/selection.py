@@ -265,7 +265,7 @@ def _race(sel: _Selection, eta: int, min_steps: int | None) -> dict:
             budget = sel.full  # one left (or the last rung): the full run decides
         for g in alive:
             reached[tuple(g)] = (i, budget, sel.child(g[0], budget)["metrics"].get(sel.metric))
-        alive.sort(key=lambda g: -_nan_low(sel.oriented(reached[tuple(g)][2]) if _finite(reached[tuple(g)][2]) else None))
+        alive.sort(key=lambda g: (-_nan_low(sel.oriented(v) if _finite(v := reached[tuple(g)][2]) else None), g[0]))
         if budget == sel.full:
             break
         alive = alive[: math.ceil(len(alive) / eta)]

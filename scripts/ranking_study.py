@@ -53,7 +53,7 @@ def study(dirs: list[Path]) -> list[dict]:
             standalone[(s["task"], s["seed"])][s["arch"]] = s["metrics"][metric]
     rows = []
     for s in runs:
-        if s["search"] != "diffqas":
+        if s["search"] != "diffqas" or s.get("structural_weights") is None:  # no ranking (search=race)
             continue
         metric = s["objective"]
         if not metric.startswith("val_"):

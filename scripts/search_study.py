@@ -69,7 +69,9 @@ def lower_is_better(metric: str) -> bool:
 def regret(pick: float, best: float, metric: str) -> float:
     """Relative validation gap of the pick to the best: 0 when the pick is the best."""
     gap = pick - best if lower_is_better(metric) else best - pick
-    return gap / abs(best) if best else math.inf * (gap > 0)
+    if best:
+        return gap / abs(best)
+    return math.inf if gap > 0 else 0.0
 
 
 def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = None) -> list[dict]:
@@ -154,7 +156,8 @@ def _strategy_row(s, k, seed, m, at_seed, best_seed, stats, best, dependent) -> 
     # DiffQAS's own model (the ensemble, or gumbel's argmax network), beside the pick
     ensemble = next((r.get(m) for r in table["contenders"] if r["arch"] is None), None)
     return {
-        "task": k[0], "space": k[1], "depth": k[2], "seed": seed, "what": table["strategy"], "arch": pick, "metric": m,
+        "task": k[0], "space": k[1], "depth": k[2], "seed": seed, "arch": pick, "metric": m,
+        "what": table["strategy"] if table.get("supernet", True) else f"{table['strategy']} (supernet=false)",
         "value": at_seed.get(pick), "regret": None if pick not in at_seed else regret(at_seed[pick], at_seed[best_seed], m),
         "hit": None if pick not in stats else abs(stats[pick][0] - stats[best][0]) <= stats[best][1],
         "top1": pick == best_seed,

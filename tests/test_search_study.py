@@ -3,6 +3,7 @@
 import csv
 import importlib.util
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -52,6 +53,32 @@ def dirs(tmp_path):
             # the selection stage's child runs are not strategy runs (nor truth)
             _write(runs / f"{strategy}_{seed}" / "select" / "arch_3", {**_base(seed), "search": "fixed", "arch": 3})
     return truth, runs
+
+
+def test_race_rows_and_the_ensemble_beside_the_pick(dirs, tmp_path):
+    """A race run (with its search run) also gives the derived supernet=false row, at the cost of
+    its child runs alone; a real supernet=false run is its own strategy; the ensemble's regret."""
+    truth, runs = dirs
+    cost = {"children": {"candidate_steps": 30, "wall_seconds": 3.0}, "exhaustive": {"candidate_steps": 90, "wall_seconds": 12.0},
+            "relative": {"candidate_steps": 4 / 3, "wall_seconds": 0.5}}  # fmt: skip
+    for seed in range(3):
+        contenders = [{"arch": 3, "score": 1}, {"arch": 5, "score": 0}, {"arch": None, "score": None, "val_mse": 0.2}]
+        for name, supernet in (("race", True), ("alone", False)):
+            _write(runs / f"{name}_{seed}", {
+                **_base(seed), "search": "diffqas", "ranking_groups": GROUPS, "angle_independent": [4], "selected_arch": 3,
+                "selection": {"strategy": "race", "supernet": supernet, "ranked_by": "x", "cost": cost,
+                              "contenders": contenders if supernet else contenders[:2]},
+            })  # fmt: skip
+    rows = search_study.main([str(truth), str(runs), "--out", str(tmp_path / "out")])
+    race = {r["seed"]: r for r in rows if r["what"] == "race"}
+    derived = {r["seed"]: r for r in rows if r["what"] == "race (supernet=false, derived)"}
+    alone = {r["seed"]: r for r in rows if r["what"] == "race (supernet=false)"}
+    assert set(race) == set(derived) == set(alone) == {0, 1, 2}
+    assert race[0]["cost_steps"] == pytest.approx(4 / 3) and derived[0]["cost_steps"] == pytest.approx(1 / 3)
+    assert derived[0]["cost_wall"] == pytest.approx(0.25) and derived[0]["arch"] == race[0]["arch"] == 3
+    assert race[0]["ensemble_regret"] == pytest.approx((0.2 - 0.1) / 0.1)  # seed 0's best: 3 at 0.10
+    assert alone[0]["ensemble_regret"] is None and derived[0]["ensemble_regret"] is None
+    assert search_study.regret(0.0, 0.0, "val_mse") == 0.0 and search_study.regret(0.1, 0.0, "val_mse") == math.inf
 
 
 def test_the_study_reads_truth_and_strategies(dirs, tmp_path):

@@ -104,8 +104,11 @@ def test_the_selected_circuit_rerun_alone_reproduces_its_metric(tmp_path):
         (["search=fixed", "search.arch=2", "search.strategy=perturb"], "allowed: none with search=fixed"),
         (["search.strategy=race", "search.min_steps=0"], "search.min_steps=0 is not allowed"),
         (["search.strategy=gumbel", "qt.shots=100"], "qt.shots=100 is not allowed"),
-        (["search.strategy=select", "search.supernet=false"], "allowed: true unless search.strategy=race"),
-        (["search=fixed", "search.arch=2", "search.supernet=false"], "search.supernet=False is not allowed"),
+        (
+            ["search.strategy=select", "search.supernet=false"],
+            "allowed: true (false only with search=diffqas search.strategy=race",
+        ),
+        (["search=fixed", "search.arch=2", "search.supernet=false"], "search.supernet=false is not allowed"),
     ],
 )
 def test_bad_strategies_and_settings_are_refused_with_one_line(tmp_path, args, needle):
@@ -133,7 +136,7 @@ def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_
     assert alone["selected_arch"] == with_search["selected_arch"]
     assert alone["selection"]["settings"] == with_search["selection"]["settings"]  # the same rungs
     assert alone["selection"]["supernet"] is False and with_search["selection"]["supernet"] is True
-    rows = [r for r in alone["selection"]["contenders"]]
+    rows = alone["selection"]["contenders"]
     assert [r["arch"] for r in rows] == [r["arch"] for r in with_search["selection"]["contenders"] if r["arch"] is not None]
     assert all(r["structural_weight"] is None for r in rows)
     cost, before = alone["selection"]["cost"], with_search["selection"]["cost"]
@@ -143,6 +146,9 @@ def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_
     )
     child = json.loads((tmp_path / "alone" / "select" / f"arch_{alone['selected_arch']}" / "summary.json").read_text())
     assert alone["metrics"] == child["metrics"] and alone["steps"] == 0 and alone["structural_weights"] is None
+    assert (alone["qt_params"], alone["qt_params_paper"]) == (child["qt_params"], child["qt_params_paper"])
+    assert alone["qt_params"] < with_search["qt_params"]  # the pick's, not the unused search model's
+    assert alone["wall_seconds"] == cost["wall_seconds"] > cost["children"]["wall_seconds"]  # set-up and the race
     model = torch.load(tmp_path / "alone" / "model.pt", weights_only=True)
     picked = torch.load(tmp_path / "alone" / "selected_model.pt", weights_only=True)
     assert model.keys() == picked.keys() and all(torch.equal(model[k], picked[k]) for k in model)
