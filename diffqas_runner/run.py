@@ -371,16 +371,13 @@ def _selected_figure(cfg, generator: GeneratorSet, summary: dict):
     )
 
 
-def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict) -> None:
+def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict, network: dict | None = None) -> None:
     """model.pt, the figures (the task's, the circuit, the learning curve and DiffQAS's structural
     weights from metrics.jsonl) and summary.json (last: a summary means the run finished)."""
     generator = exp.generator
     figures = dict(figures)
     with torch.no_grad(), generator.evaluating():
-        if cfg.search.supernet:
-            generated = generator()
-        else:  # race alone: the network is its pick's (selected_model.pt)
-            generated = torch.load(recorder.dir / "selected_model.pt", weights_only=True)
+        generated = generator() if network is None else network
         state = exp.model.state_dict()
         state.update(generated)
         if not exp.rl and cfg.figures:
@@ -500,11 +497,13 @@ def run(
             seconds = time.perf_counter() - started + prior_seconds
             summary = summarize(cfg, exp, trained, seconds, resumed_step)
             summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
+            network = None  # model.pt: the generator's network, or with search.supernet=false the pick's
             if not cfg.search.supernet:
                 summary.update(pick_as_result(run_dir, summary))
+                network = torch.load(run_dir / "selected_model.pt", weights_only=True)
             try:
                 with signals.immediate():  # files are written atomically: a rerun writes them again
-                    write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary)
+                    write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary, network)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
             log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])

@@ -132,21 +132,27 @@ def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
         (corrupt / "MNIST" / "raw" / name).write_bytes(b"not an idx file")
     out = tmp_path / "run"
-    proc = _run(["debug=smoke", "logger=none", f"data_dir={corrupt}", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    proc = _run(
+        ["debug=smoke", "figures=false", "logger=none", f"data_dir={corrupt}", f"hydra.run.dir={out}"], tmp_path, timeout=120
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert f"{corrupt / 'MNIST' / 'raw' / 'train-images-idx3-ubyte'}: not an IDX file" in proc.stderr
     assert not (out / "summary.json").exists()
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     for flag, key in (("", "hydra.run.dir"), ("-m", "hydra.sweep.dir")):
-        proc = _run([*filter(None, [flag]), "debug=smoke", "logger=none", f"{key}={blocker / 'run'}"], tmp_path, timeout=120)
+        proc = _run(
+            [*filter(None, [flag]), "debug=smoke", "figures=false", "logger=none", f"{key}={blocker / 'run'}"],
+            tmp_path,
+            timeout=120,
+        )
         assert proc.returncode == 2 and f"{key}=" in proc.stderr and "not a directory" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
 
 
 def test_more_threads_than_cores_warns_and_runs(tmp_path):
     out = tmp_path / "a" / ".." / "run"  # a path through `..` is one directory, not two owners
-    proc = _run(["task=bessel", "debug=smoke", "logger=none", "depth=2", f"train.threads={os.cpu_count() + 1}",
+    proc = _run(["task=bessel", "debug=smoke", "figures=false", "logger=none", "depth=2", f"train.threads={os.cpu_count() + 1}",
                  f"hydra.run.dir={out}"], tmp_path, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "concurrent jobs >" in proc.stderr and json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
@@ -154,7 +160,7 @@ def test_more_threads_than_cores_warns_and_runs(tmp_path):
 
 def test_an_over_long_run_directory_name_is_one_line(tmp_path):
     out = tmp_path / ("d" * 300)
-    proc = _run(["task=bessel", "debug=smoke", "logger=none", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    proc = _run(["task=bessel", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={out}"], tmp_path, timeout=120)
     assert proc.returncode == 2 and "hydra.run.dir=" in proc.stderr and "too long" in proc.stderr
     assert "Traceback" not in proc.stderr
 
@@ -174,7 +180,11 @@ def test_damaged_mnist_files_are_named(tmp_path, data_dir, damage):
         (raw / "train-labels-idx1-ubyte").write_bytes((raw / "t10k-labels-idx1-ubyte").read_bytes())
         needle = "train-labels-idx1-ubyte holds"
     out = tmp_path / "run"
-    proc = _run(["debug=smoke", "logger=none", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}"], tmp_path, timeout=120)
+    proc = _run(
+        ["debug=smoke", "figures=false", "logger=none", f"data_dir={tmp_path / 'data'}", f"hydra.run.dir={out}"],
+        tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert "no MNIST data found" not in proc.stderr and not (out / "summary.json").exists()
 
@@ -219,7 +229,7 @@ print(acc)
 def test_smoke_multirun_fixed_9_and_12_agree(tmp_path, data_dir):
     sweep = tmp_path / "sweep"
     proc = _run(
-        ["-m", "debug=smoke", "logger=none", "search=fixed", "search.arch=9,12", f"data_dir={data_dir}",
+        ["-m", "debug=smoke", "figures=false", "logger=none", "search=fixed", "search.arch=9,12", f"data_dir={data_dir}",
          f"hydra.sweep.dir={sweep}"], tmp_path,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -249,7 +259,9 @@ def test_wandb_offline_run_is_written_inside_the_run_dir(tmp_path, data_dir):
     assert len(talk) == 1 and "wandb sync" in talk[0], talk
 
 
-@pytest.mark.parametrize("task", ["bessel", "damped_shm", "delayed_qc", "narma5", "narma10"])
+@pytest.mark.parametrize(
+    "task", ["bessel", *(pytest.param(t, marks=pytest.mark.slow) for t in ("damped_shm", "delayed_qc", "narma5", "narma10"))]
+)
 def test_timeseries_smoke_run(tmp_path, task):
     out = tmp_path / "run"
     proc = _run([f"task={task}", "debug=smoke", "logger=none", f"hydra.run.dir={out}"], tmp_path)

@@ -29,12 +29,18 @@ def _cli(args, cwd, timeout=600):
     return cli(args, cwd, timeout=timeout)
 
 
-@pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
+@pytest.mark.parametrize(
+    "launcher",
+    [
+        pytest.param([], id="basic"),
+        pytest.param(["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], id="joblib", marks=pytest.mark.slow),
+    ],
+)
 def test_a_diverging_job_never_stops_the_sweep(tmp_path, launcher):
     """`-m ... train.lr=inf,0.01` used to leave only job 0/. Now: job 0 fails with a record, every
     other job finishes, the sweep exits 1 naming the failure, and aggregate lists it."""
     sweep = tmp_path / "sweep"
-    args = ["-m", "task=bessel", "debug=smoke", "logger=none", "depth=2", f"{DIVERGE},0.01,0.02", *launcher]
+    args = ["-m", "task=bessel", "debug=smoke", "figures=false", "logger=none", "depth=2", f"{DIVERGE},0.01,0.02", *launcher]
     proc = _cli([*args, f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 1, proc.stderr
     assert f"1 job(s) of the sweep failed (failure.json in each): {sweep / '0'}" in proc.stderr
@@ -54,6 +60,7 @@ def test_a_diverging_job_never_stops_the_sweep(tmp_path, launcher):
     assert again.returncode == 1 and "nothing to do" in again.stderr
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_an_optuna_study_records_a_diverging_trial_and_writes_its_results(tmp_path):
     mine = tmp_path / "configs" / "hparams_search"
     mine.mkdir(parents=True)
@@ -74,6 +81,7 @@ def test_an_optuna_study_records_a_diverging_trial_and_writes_its_results(tmp_pa
     assert proc.returncode == 1 and f"{len(failed)} job(s) of the sweep failed" in proc.stderr
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_two_runs_started_together_into_one_directory(tmp_path):
     """Different configs, same hydra.run.dir: one run owns it and finishes whole; the other exits 2 at
     once with one line naming the directory and the owner, and writes nothing into it."""
@@ -96,9 +104,10 @@ def test_two_runs_started_together_into_one_directory(tmp_path):
     assert rows[-1]["step"] == 60 and not (out / "failure.json").exists()
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_a_finished_run_dir_is_never_emptied_by_a_rerun(tmp_path):
     out = tmp_path / "run"
-    args = ["task=bessel", "depth=2", "debug=smoke", "logger=none", f"hydra.run.dir={out}"]
+    args = ["task=bessel", "depth=2", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={out}"]
     assert _cli(args, tmp_path).returncode == 0
     metrics = (out / "metrics.jsonl").read_text()
     (out / "checkpoint.pt").unlink()
@@ -110,6 +119,7 @@ def test_a_finished_run_dir_is_never_emptied_by_a_rerun(tmp_path):
     assert (out / "checkpoint.pt").exists() and json.loads((out / "summary.json").read_text())["resumed_from_step"] is None
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_minigrid_stopped_by_sigterm_resumes_and_ends_with_every_episode(tmp_path):
     out = tmp_path / "run"
     args = ["task=minigrid", "depth=2", "train.episodes=150", "train.checkpoint_every=5", "train.log_every=5", "logger=none",
@@ -135,6 +145,7 @@ def test_minigrid_stopped_by_sigterm_resumes_and_ends_with_every_episode(tmp_pat
     assert steps == sorted(set(steps)) and steps[-1] == summary["steps"]  # no duplicated rows across the resume
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_rl_rejects_the_supervised_keys_with_one_line(tmp_path):
     for key in ("train.epochs=3", "train.lr_schedule=cosine", "train.warmup_steps=5", "train.eval_every=2", "task.window=3"):
         proc = _cli(["task=minigrid", key, "logger=none", f"hydra.run.dir={tmp_path / 'x'}"], tmp_path, timeout=120)

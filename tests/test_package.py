@@ -53,6 +53,7 @@ def test_the_manual_prints_the_installed_docs(capsys):
     assert capsys.readouterr().out.startswith("# diffqas-runner")
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_the_installed_wheel_runs_from_an_empty_directory_with_user_configs(wheel, tmp_path):
     """pip install <wheel> (into a fresh target dir, the dependencies from this environment), then
     `diffqas-run` in an empty directory, and a user's own experiment through --config-dir."""

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from diffqas_runner.aggregate import aggregate
 from diffqas_runner.record import hydra_record
 
-FAST = ["task=bessel", "debug=smoke", "depth=2", "train.max_steps=1", "logger=none"]
+FAST = ["task=bessel", "debug=smoke", "figures=false", "depth=2", "train.max_steps=1", "logger=none"]
 UNTRACKED = {".lock", "cli.log"}  # the lock holder's pid and the log: not results
 
 
@@ -83,6 +83,7 @@ def test_an_optuna_study_with_other_settings_leaves_the_finished_trials_byte_ide
     assert "Traceback" not in proc.stderr and _snapshot(sweep) == before
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_a_value_that_does_not_resolve_never_rewrites_a_finished_run(tmp_path):
     """Used to swallow the resolution error in the pre-check and let Hydra rewrite .hydra/."""
     out = tmp_path / "run"

@@ -281,7 +281,7 @@ def test_kernel_environment_check(monkeypatch):
 
 
 def test_a_bad_kernel_setting_is_refused_before_any_work(tmp_path):
-    args = ["task=bessel", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
+    args = ["task=bessel", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={tmp_path / 'run'}"]
     res = cli(args, tmp_path, environ=env(DIFFQAS_NATIVE_KERNEL="bogus"))
     errors = [line for line in res.stderr.splitlines() if line.strip()]
     assert res.returncode == 2, res.stderr

@@ -69,6 +69,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, kind, data_
     assert _rows(killed) == _rows(whole)  # the learning curve too, without duplicated rows
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resume_path_continues(tmp_path):
     out, elsewhere, whole = tmp_path / "run", tmp_path / "elsewhere", tmp_path / "whole"
     overrides = [*TIMESERIES, "train.checkpoint_every=1000"]  # only the signal writes a checkpoint
@@ -92,6 +93,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly_then_resume_path_continues
     assert _final(elsewhere) == _final(whole) and _rows(elsewhere) == _rows(whole)
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_same_seed_same_summary_and_a_finished_run_is_not_redone(tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
     for out in (a, b):
@@ -109,6 +111,7 @@ def test_same_seed_same_summary_and_a_finished_run_is_not_redone(tmp_path):
     assert proc.returncode == 2 and "train.lr" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_resume_from_an_explicit_checkpoint_into_a_new_dir(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     subprocess.run(_command([*TIMESERIES, "train.max_steps=30"], first), env=_env(), check=True, capture_output=True)
@@ -179,8 +182,9 @@ def test_wandb_online_without_network_falls_back_to_offline(tmp_path):
     assert list((out / "wandb").glob("offline-run-*")) and (out / "summary.json").exists()
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_two_sweeps_started_together_never_share_a_directory(tmp_path):
-    cmd = [sys.executable, "-m", "diffqas_runner", "-m", "task=bessel", "debug=smoke", "logger=none", "seed=0,1"]
+    cmd = [sys.executable, "-m", "diffqas_runner", "-m", "task=bessel", "debug=smoke", "figures=false", "logger=none", "seed=0,1"]
     procs = [subprocess.Popen(cmd, cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)]
     for proc in procs:
         _, err = proc.communicate(timeout=300)

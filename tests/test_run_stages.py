@@ -18,7 +18,7 @@ def _compose(overrides):
 
 
 def test_a_finished_run_is_nothing_to_do_before_data_or_generator(tmp_path, monkeypatch):
-    cfg = _compose(["task=bessel", "debug=smoke", "logger=none", "depth=2"])
+    cfg = _compose(["task=bessel", "debug=smoke", "figures=false", "logger=none", "depth=2"])
     first = run_module.run(cfg, tmp_path / "run", interactive=False)
     assert (tmp_path / "run" / "summary.json").exists()
 

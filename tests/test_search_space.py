@@ -253,7 +253,15 @@ candidates:
 def test_a_user_space_from_the_config_dir_runs(tmp_path, mode):
     (tmp_path / "cfg" / "search_space").mkdir(parents=True)
     (tmp_path / "cfg" / "search_space" / "mine.yaml").write_text(USER_SPACE)
-    args = ["--config-dir", str(tmp_path / "cfg"), "task=bessel", "search_space=mine", "debug=smoke", "logger=none"]
+    args = [
+        "--config-dir",
+        str(tmp_path / "cfg"),
+        "task=bessel",
+        "search_space=mine",
+        "debug=smoke",
+        "figures=false",
+        "logger=none",
+    ]
     if mode == "fixed":
         args += ["search=fixed", "search.arch=2"]
     res = cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
@@ -268,7 +276,10 @@ def test_a_user_space_from_the_config_dir_runs(tmp_path, mode):
 
 
 def test_wide32_smoke_reports_its_candidates(tmp_path):
-    res = cli(["task=bessel", "search_space=wide32", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path}"], tmp_path)
+    res = cli(
+        ["task=bessel", "search_space=wide32", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={tmp_path}"],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["n_candidates"] == 32 and len(summary["structural_weights"]) == 32
@@ -329,7 +340,15 @@ def test_malformed_space_files_get_one_line_errors(tmp_path, text, message):
 
     (tmp_path / "cfg" / "search_space").mkdir(parents=True)
     (tmp_path / "cfg" / "search_space" / "bad.yaml").write_text(text + "\n")
-    args = ["--config-dir", str(tmp_path / "cfg"), "task=bessel", "search_space=bad", "debug=smoke", "logger=none"]
+    args = [
+        "--config-dir",
+        str(tmp_path / "cfg"),
+        "task=bessel",
+        "search_space=bad",
+        "debug=smoke",
+        "figures=false",
+        "logger=none",
+    ]
     res = cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], tmp_path)
     errors = [line for line in res.stderr.splitlines() if line.startswith("Error")]
     assert res.returncode == 2 and len(errors) == 1 and re.search(message, errors[0]), res.stderr

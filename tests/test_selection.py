@@ -69,8 +69,8 @@ def _cli(args, cwd):
 
 def test_mnist_with_validation_logs_and_optimises_val_accuracy(tmp_path, data_dir):
     out = tmp_path / "run"
-    proc = _cli(["task=mnist", "task.validation=0.1", "debug=smoke", "logger=none", "depth=2", f"data_dir={data_dir}",
-                 f"hydra.run.dir={out}"], tmp_path)  # fmt: skip
+    proc = _cli(["task=mnist", "task.validation=0.1", "debug=smoke", "figures=false", "logger=none", "depth=2",
+                 f"data_dir={data_dir}", f"hydra.run.dir={out}"], tmp_path)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["objective"] == "val_accuracy" and 0 <= summary["metrics"]["val_accuracy"] <= 1

@@ -99,8 +99,12 @@ def test_the_shot_counter_is_checkpointed():
     assert "shot_counter" not in Generator(SHAPES, 2).state_dict()  # exact runs: state unchanged
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_cli_records_shots_and_refuses_bad_counts(tmp_path):
-    res = cli(["task=bessel", "qt.shots=1e3", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'a'}"], tmp_path)
+    res = cli(
+        ["task=bessel", "qt.shots=1e3", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={tmp_path / 'a'}"],
+        tmp_path,
+    )
     assert res.returncode == 0, res.stderr
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["shots"] == 1000 and summary["eval_shots"] == 1000
@@ -122,6 +126,7 @@ def test_eval_shots_is_resolved_in_the_summary(tmp_path, eval_shots, expected):
             "qt.shots=1000",
             f"qt.eval_shots={eval_shots}",
             "debug=smoke",
+            "figures=false",
             "logger=none",
             f"hydra.run.dir={tmp_path}",
         ],
@@ -186,8 +191,9 @@ def test_a_run_stopped_inside_a_step_resumes_to_the_same_samples(tmp_path, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_the_same_shot_count_written_two_ways_is_one_run(tmp_path):
-    args = ["task=bessel", "debug=smoke", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"]
+    args = ["task=bessel", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={tmp_path / 'r'}"]
     assert cli([*args, "qt.shots=1e3"], tmp_path).returncode == 0
     res = cli([*args, "qt.shots=1000"], tmp_path)  # the finished run, not "other settings"
     assert res.returncode == 0 and "already holds this finished run" in res.stderr, res.stderr

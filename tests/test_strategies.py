@@ -26,7 +26,8 @@ SMOKE = ["task=bessel", "debug=smoke", "logger=none", "depth=2"]
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_names_a_circuit_with_the_same_keys(tmp_path, strategy):
     out = tmp_path / "run"
-    run_module.run(_compose([*SMOKE, f"search.strategy={strategy}"]), out, interactive=False)
+    drawn = strategy == "weights"  # the figures once (they cost more than these runs)
+    run_module.run(_compose([*SMOKE, f"search.strategy={strategy}", f"figures={drawn}"]), out, interactive=False)
     s = json.loads((out / "summary.json").read_text())
     table = s["selection"]
     assert table["strategy"] == strategy and table["metric"] == "train_mse"  # no validation split: train, never test
@@ -41,7 +42,7 @@ def test_every_strategy_names_a_circuit_with_the_same_keys(tmp_path, strategy):
     selected = torch.load(out / "selected_model.pt", weights_only=True)
     model = torch.load(out / "select" / f"arch_{s['selected_arch']}" / "model.pt", weights_only=True)
     assert all(torch.equal(selected[k], model[k]) for k in model)
-    assert (out / "selected_circuit.png").stat().st_size > 0
+    assert (out / "selected_circuit.png").exists() == drawn and (not drawn or (out / "selected_circuit.png").stat().st_size > 0)
     # the ensemble is a contender beside the pick; best_model names the better one on the metric
     ensemble = [r for r in table["contenders"] if r["arch"] is None]
     assert len(ensemble) == 1 and ensemble[0]["train_mse"] == s["metrics"]["train_mse"]
@@ -67,7 +68,7 @@ def test_every_strategy_names_a_circuit_with_the_same_keys(tmp_path, strategy):
 
 
 def test_select_k_alone_still_means_strategy_select(tmp_path):
-    s = run_module.run(_compose([*SMOKE, "search.select=2"]), tmp_path / "run", interactive=False)
+    s = run_module.run(_compose([*SMOKE, "search.select=2", "figures=false"]), tmp_path / "run", interactive=False)
     assert s["selection"]["strategy"] == "select" and s["selection"]["settings"] == {"k": 2}
     assert len([r for r in s["selection"]["contenders"] if r["arch"] is not None]) == 2
 
@@ -130,7 +131,7 @@ def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_
     """search.supernet=false: the same rungs and pick as race after a DiffQAS run (the child runs
     do not depend on it), no search simulation, no ensemble row; the run's metrics and model.pt are
     its pick's; run again, it has nothing to do."""
-    base = [*SMOKE, "search.strategy=race", "task.validation=0.2", "train.max_steps=9", "train.threads=1"]
+    base = [*SMOKE, "search.strategy=race", "task.validation=0.2", "train.max_steps=9", "train.threads=1", "figures=false"]
     with_search = run_module.run(_compose(base), tmp_path / "with", interactive=False)
     alone = run_module.run(_compose([*base, "search.supernet=false"]), tmp_path / "alone", interactive=False)
     assert alone["selected_arch"] == with_search["selected_arch"]

@@ -65,6 +65,7 @@ def _check_aggregate(sweep):
         assert imread(sweep / name).shape[0] > 100
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_joblib_sweep_then_aggregate(tmp_path):
     _check_aggregate(_sweep(tmp_path, ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]))
 

@@ -262,6 +262,7 @@ def test_a_bad_variant_is_one_line_through_the_cli(tmp_path, overrides, needle):
     assert not (out / "summary.json").exists()
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_narma_smoke_runs_for_both_variants_and_the_fingerprint_tells_them_apart(tmp_path):
     runs = {}
     for variant in ("authors", "autoregressive"):
