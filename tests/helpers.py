@@ -69,3 +69,16 @@ def compose(overrides):
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return hydra_compose(config_name="config", overrides=overrides)
+
+
+def first_by_default(cases, ids=None) -> list:
+    """Parametrize cases with every case but the first marked slow: the default suite checks each
+    promise once through the command line (a few seconds a process), CI's slow suite all cases."""
+    import pytest
+
+    out = []
+    for i, case in enumerate(cases):
+        values = case if isinstance(case, tuple) else (case,)
+        marks = () if i == 0 else pytest.mark.slow
+        out.append(pytest.param(*values, marks=marks, id=None if ids is None else ids[i]))
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import cli, env
+from helpers import cli, env, first_by_default
 from helpers import compose as _compose
 from omegaconf import OmegaConf
 
@@ -90,7 +90,7 @@ BAD_INPUTS = [
 ]
 # Through the command line by default (a compose error, range checks, a schema key, a data path);
 # every case goes through the command line in the slow suite and through `validate` below.
-CLI_BY_DEFAULT = {0, 1, 13, 23, 48}
+CLI_BY_DEFAULT = {0, 23}
 
 
 @pytest.mark.parametrize(
@@ -165,7 +165,7 @@ def test_an_over_long_run_directory_name_is_one_line(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
-@pytest.mark.parametrize("damage", ["truncated", "mismatched"])
+@pytest.mark.parametrize("damage", first_by_default(["truncated", "mismatched"]))
 def test_damaged_mnist_files_are_named(tmp_path, data_dir, damage):
     """A truncated image file, or a label file that does not match its images: the message names the
     file and what is wrong (not 'no MNIST data found')."""

@@ -10,7 +10,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from helpers import cli
+from helpers import cli, first_by_default
 from omegaconf import OmegaConf
 
 from diffqas_runner.aggregate import aggregate
@@ -131,7 +131,7 @@ def test_a_full_disk_leaves_the_previous_record_whole(tmp_path, monkeypatch):
 
 
 # --- a user's file never silently loses ---------------------------------------------------------
-@pytest.mark.parametrize("group,option", [("search_space", "paper12"), ("task", "bessel")])
+@pytest.mark.parametrize("group,option", first_by_default([("search_space", "paper12"), ("task", "bessel")]))
 def test_a_user_file_with_a_packaged_name_is_refused(tmp_path, group, option):
     """Used to run with the packaged file and ignore the user's."""
     mine = tmp_path / "mine" / group
@@ -161,7 +161,7 @@ SPACE_FILES = {
 }
 
 
-@pytest.mark.parametrize("case", SPACE_FILES, ids=list(SPACE_FILES))
+@pytest.mark.parametrize("case", first_by_default(list(SPACE_FILES), ids=list(SPACE_FILES)))
 def test_a_bad_search_space_file_is_one_line(tmp_path, case):
     name, content, needle = SPACE_FILES[case]
     folder = tmp_path / "mine" / "search_space"
@@ -185,14 +185,16 @@ def test_a_bad_search_space_file_is_one_line(tmp_path, case):
 
 @pytest.mark.parametrize(
     "args,needle",
-    [
-        (["task=mnist", "task.classes={a:1}"], "task.classes"),
-        (["train.epochs=abc"], "train.epochs"),
-        (["task=imagenet"], "task=imagenet"),
-        (["train.lr=["], "override"),
-        (["--config-dir", "nowhere"], "--config-dir='nowhere'"),
-        (["--config-dir", "a-file"], "--config-dir='a-file'"),
-    ],
+    first_by_default(
+        [
+            (["task=mnist", "task.classes={a:1}"], "task.classes"),
+            (["train.epochs=abc"], "train.epochs"),
+            (["task=imagenet"], "task=imagenet"),
+            (["train.lr=["], "override"),
+            (["--config-dir", "nowhere"], "--config-dir='nowhere'"),
+            (["--config-dir", "a-file"], "--config-dir='a-file'"),
+        ]
+    ),
 )
 def test_hydra_errors_are_one_line_and_exit_2(tmp_path, args, needle):
     """Used to be Hydra's multi-line dumps (or tracebacks) with exit status 1."""

@@ -10,7 +10,7 @@ import pytest
 import reference
 import torch
 import yaml
-from helpers import cli
+from helpers import cli, first_by_default
 
 from diffqas_runner.config import ConfigError, search_space_file
 from diffqas_runner.qt.generator import Generator, GeneratorOptions
@@ -249,7 +249,7 @@ candidates:
 """
 
 
-@pytest.mark.parametrize("mode", ["diffqas", "fixed"])
+@pytest.mark.parametrize("mode", first_by_default(["diffqas", "fixed"]))
 def test_a_user_space_from_the_config_dir_runs(tmp_path, mode):
     (tmp_path / "cfg" / "search_space").mkdir(parents=True)
     (tmp_path / "cfg" / "search_space" / "mine.yaml").write_text(USER_SPACE)
@@ -327,13 +327,15 @@ def test_depth_one_drops_a_final_rz_before_deciding_independence():
 
 @pytest.mark.parametrize(
     "text, message",
-    [
-        ("product: [H, none]", r"search_space\.product=\['H', 'none'\] is not allowed; allowed: null or a mapping"),
-        ("candidates: [H-Cyc-Ry]", r"search_space\.candidates\[0\]='H-Cyc-Ry' is not allowed; allowed: a mapping"),
-        ("candidates: {init: H}", r"search_space\.candidates=\{'init': 'H'\} is not allowed; allowed: a list"),
-        ("candidates:\n  - {rotation: Ry, foo: 1}", r"search_space\.candidates\[0\]\.foo is not a key"),
-        ("name: [1, 2]\ncandidates:\n  - {rotation: Ry}", r"search_space\.name=\[1, 2\] is not allowed"),
-    ],
+    first_by_default(
+        [
+            ("product: [H, none]", r"search_space\.product=\['H', 'none'\] is not allowed; allowed: null or a mapping"),
+            ("candidates: [H-Cyc-Ry]", r"search_space\.candidates\[0\]='H-Cyc-Ry' is not allowed; allowed: a mapping"),
+            ("candidates: {init: H}", r"search_space\.candidates=\{'init': 'H'\} is not allowed; allowed: a list"),
+            ("candidates:\n  - {rotation: Ry, foo: 1}", r"search_space\.candidates\[0\]\.foo is not a key"),
+            ("name: [1, 2]\ncandidates:\n  - {rotation: Ry}", r"search_space\.name=\[1, 2\] is not allowed"),
+        ]
+    ),
 )
 def test_malformed_space_files_get_one_line_errors(tmp_path, text, message):
     import re

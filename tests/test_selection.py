@@ -78,6 +78,7 @@ def test_mnist_with_validation_logs_and_optimises_val_accuracy(tmp_path, data_di
     assert row["val_accuracy"] == summary["metrics"]["val_accuracy"]
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_the_selection_stage_names_an_angle_dependent_architecture(tmp_path):
     out = tmp_path / "run"
     args = ["task=bessel", "search=diffqas", "search.select=2", "task.validation=0.2", "depth=3", "train.epochs=3",

@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import cli
+from helpers import cli, first_by_default
 
 from diffqas_runner.qt import shots
 from diffqas_runner.qt.generator import Generator, GeneratorOptions, GeneratorSet
@@ -118,7 +118,7 @@ def test_cli_records_shots_and_refuses_bad_counts(tmp_path):
     assert not (tmp_path / "b" / "summary.json").exists()
 
 
-@pytest.mark.parametrize("eval_shots, expected", [("exact", None), ("500", 500)])
+@pytest.mark.parametrize("eval_shots, expected", first_by_default([("500", 500), ("exact", None)]))
 def test_eval_shots_is_resolved_in_the_summary(tmp_path, eval_shots, expected):
     res = cli(
         [

@@ -143,6 +143,7 @@ def test_optuna_preset_runs_and_reports_the_best_trial(tmp_path):
     assert best == pytest.approx(min(m["val_mse"] for m in metrics), rel=1e-12)
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_aggregate_names_and_skips_damaged_files(tmp_path):
     """A sweep with a damaged summary, a metrics line cut short by a kill and an unreadable failure
     record still aggregates: the good job is a row, the damaged ones are named, nothing is traced."""
@@ -161,6 +162,7 @@ def test_aggregate_names_and_skips_damaged_files(tmp_path):
     assert "## Failed jobs (1)" in text and "unreadable failure.json" in text
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_evaluate_refuses_bad_arguments_with_one_line(tmp_path):
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
@@ -172,6 +174,7 @@ def test_evaluate_refuses_bad_arguments_with_one_line(tmp_path):
         assert proc.returncode == 2 and needle in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_a_sweep_over_search_spaces_aggregates_by_space_name(tmp_path):
     sweep = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "diffqas_runner", "-m", "task=bessel", "debug=smoke", "logger=none", "search=fixed",
