@@ -126,6 +126,7 @@ def test_bad_input_is_refused_in_one_line_before_any_work(tmp_path, overrides, n
     assert code == 2 and needle in line and "\n" not in line, line
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
     corrupt = tmp_path / "data"
     (corrupt / "MNIST" / "raw").mkdir(parents=True)
@@ -150,6 +151,7 @@ def test_corrupt_data_and_unwritable_output_dir_fail_cleanly(tmp_path):
         assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_more_threads_than_cores_warns_and_runs(tmp_path):
     out = tmp_path / "a" / ".." / "run"  # a path through `..` is one directory, not two owners
     proc = _run(["task=bessel", "debug=smoke", "figures=false", "logger=none", "depth=2", f"train.threads={os.cpu_count() + 1}",
@@ -158,6 +160,7 @@ def test_more_threads_than_cores_warns_and_runs(tmp_path):
     assert "concurrent jobs >" in proc.stderr and json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 3
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_an_over_long_run_directory_name_is_one_line(tmp_path):
     out = tmp_path / ("d" * 300)
     proc = _run(["task=bessel", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={out}"], tmp_path, timeout=120)

@@ -144,6 +144,7 @@ def test_cuda_without_a_gpu_exits_2_with_one_line(tmp_path):
     assert not (out / "summary.json").exists() and not (out / "metrics.jsonl").exists()
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_a_non_interactive_run_logs_one_progress_line_per_evaluation(tmp_path):
     out = tmp_path / "run"
     proc = _cli(

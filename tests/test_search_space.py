@@ -275,6 +275,7 @@ def test_a_user_space_from_the_config_dir_runs(tmp_path, mode):
         assert len(summary["structural_weights"]) == 3 and sorted(summary["ranking"]) == [1, 2, 3]
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_wide32_smoke_reports_its_candidates(tmp_path):
     res = cli(
         ["task=bessel", "search_space=wide32", "debug=smoke", "figures=false", "logger=none", f"hydra.run.dir={tmp_path}"],
@@ -286,6 +287,7 @@ def test_wide32_smoke_reports_its_candidates(tmp_path):
     assert summary["angle_independent"] == [1, 3, 5, 7, 9, 11, 15, 19, 23, 27, 31]
 
 
+@pytest.mark.slow  # the default suite keeps one end-to-end test per promise; this one runs in CI
 def test_arch_beyond_the_space_is_refused(tmp_path):
     res = cli(["task=bessel", "search=fixed", "search.arch=13", "logger=none", f"hydra.run.dir={tmp_path}"], tmp_path)
     assert res.returncode != 0 and "search.arch=13 is not allowed; allowed: an integer 1..12" in res.stderr
