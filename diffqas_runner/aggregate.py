@@ -79,7 +79,7 @@ class Group:
     @property
     def label(self) -> str:
         s = self.first
-        if s["search"] == "diffqas" and s.get("structural_weights") is None and s.get("selection"):
+        if raced_alone(s):
             return "race (search.supernet=false)"  # no search run: the row is the race's picks
         return "DiffQAS" if s["search"] == "diffqas" else f"{s['arch']} {s['arch_name']}"
 
@@ -116,14 +116,20 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
 SUMMARY_KEYS = ("task", "search", "arch", "arch_name", "seed", "metrics", "qt_params", "wall_seconds")
 
 
+def raced_alone(summary: dict) -> bool:
+    """A `search=race` run (search.supernet=false): no search run, so no structural weights; its
+    metrics are its pick's."""
+    return summary["search"] == "diffqas" and summary.get("structural_weights") is None and bool(summary.get("selection"))
+
+
 def _paper(summary: dict, metric: str) -> float | None:
     """The paper's number for this configuration: only in its own space (another space's arch N is
     another circuit), recognised by its circuits, not its name. Summaries from before search
     spaces existed are paper12's."""
     from .quantum.candidates import PAPER12_DIGEST
 
-    if summary["search"] == "diffqas" and summary.get("structural_weights") is None and summary.get("selection"):
-        return None  # search=race: the paper has no such row
+    if raced_alone(summary):
+        return None  # the paper has no such row
     if "search_space_digest" in summary:
         if summary["search_space_digest"] != PAPER12_DIGEST:
             return None

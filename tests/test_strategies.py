@@ -11,8 +11,8 @@ from helpers import compose as _compose
 from omegaconf import open_dict
 from torch import nn
 
+from diffqas_runner import aggregate, selection, tasks
 from diffqas_runner import run as run_module
-from diffqas_runner import selection, tasks
 from diffqas_runner.errors import ConfigError
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
@@ -153,6 +153,7 @@ def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_
     model = torch.load(tmp_path / "alone" / "model.pt", weights_only=True)
     picked = torch.load(tmp_path / "alone" / "selected_model.pt", weights_only=True)
     assert model.keys() == picked.keys() and all(torch.equal(model[k], picked[k]) for k in model)
+    assert aggregate.raced_alone(alone) and not aggregate.raced_alone(with_search)  # its own row in a sweep's table
     again = run_module.run(_compose([*base, "search.supernet=false"]), tmp_path / "alone", interactive=False)
     assert again == json.loads((tmp_path / "alone" / "summary.json").read_text())
 
