@@ -27,7 +27,8 @@ def _classification(data_dir):
 
 
 def _command(overrides, out):
-    return [sys.executable, "-m", "diffqas_runner", *overrides, "logger=none", "train.threads=1", f"hydra.run.dir={out}"]
+    return [sys.executable, "-m", "diffqas_runner", *overrides, "logger=none", "train.threads=1", "figures=false",
+            f"hydra.run.dir={out}"]  # fmt: skip
 
 
 def _rows(out):
