@@ -7,7 +7,7 @@ PYTHON ?= python
 install:  ## install the package (editable) and the dev tools, at the versions CI tests (constraints.txt)
 	$(PYTHON) -m pip install -c constraints.txt -e ".[dev]"
 
-# The suites run on every core (pytest-xdist; JOBS=0 for one process).
+# The default suite runs on every core (pytest-xdist; JOBS=0 for one process).
 JOBS ?= auto
 
 test:  ## the default suite: everything but the tests marked slow (a few minutes on 2 cores)
@@ -15,8 +15,8 @@ test:  ## the default suite: everything but the tests marked slow (a few minutes
 
 test-fast: test  ## the old name of `make test`
 
-test-slow:  ## the longer checks only (CI runs them after `make test`); two 17-qubit tests can peak at 9 GB each
-	$(PYTHON) -m pytest -m slow -n $(JOBS)
+test-slow:  ## the longer checks only (CI runs them after `make test`); one process: some peak at 8 GB
+	$(PYTHON) -m pytest -m slow
 
 test-all: test test-slow  ## both
 
