@@ -74,14 +74,14 @@ class _Selection:
         dependent = [c for c in gen.candidates if not c.theta_independent(gen.n_qubits, gen.depth)]
         # circuit simulations per step of the search run: every angle-dependent candidate (constant
         # outputs need none); gumbel simulates the one sampled group (and each group once at the start)
-        if gen.sampling == "gumbel":
-            simulations = summary["steps"] + len(self.groups)
-        else:
-            simulations = len(dependent) * summary["steps"]
         self.supernet = bool(cfg.search.supernet)  # false: race alone, no search run was trained
         if not self.supernet:
             simulations = 0
-            self.weight = dict.fromkeys(self.weight)
+            self.weight = dict.fromkeys(self.weight)  # no structural weights
+        elif gen.sampling == "gumbel":
+            simulations = summary["steps"] + len(self.groups)
+        else:
+            simulations = len(dependent) * summary["steps"]
         self.cost = {"search": {"candidate_steps": simulations, "wall_seconds": summary["wall_seconds"]}}
         self.children: dict[tuple[int, int], dict] = {}  # (arch, steps) -> child summary
 
