@@ -1,4 +1,4 @@
-"""Every run's figures (record/figures.py), what reaches wandb, the progress ETA and the kernel's first build."""
+"""Every run's figures (record/figures.py), what reaches wandb, and the progress ETA."""
 
 import json
 import logging
@@ -104,7 +104,7 @@ def test_the_prediction_figure_labels_both_axes():
 
 
 def test_the_eta_ignores_the_first_step(monkeypatch, caplog):
-    """The first step pays the kernel's build (here 60 s on a fake clock): the ETA after ten steps
+    """The first step pays one-off costs (here 60 s on a fake clock: data loading, warm-up): the ETA after ten steps
     of 1 s each says 90 steps x 1 s, not (60 + 9) s / 10 steps x 90 ."""
     from diffqas_runner.record import progress as module
 
@@ -134,23 +134,6 @@ def test_the_eta_ignores_the_first_step(monkeypatch, caplog):
     with caplog.at_level(logging.INFO, logger="diffqas_runner"):
         bar.report({}, "update 6")
     assert "episode 30/100" in caplog.text and "ETA 0:35" in caplog.text, caplog.text  # 70 episodes at 2 per second
-
-
-def test_the_first_kernel_build_says_what_it_is(monkeypatch, tmp_path, caplog):
-    from torch.utils import cpp_extension
-
-    from diffqas_runner.quantum import kernel
-
-    built = object()
-    monkeypatch.delenv(kernel.ENV, raising=False)
-    monkeypatch.setattr(kernel, "_tried", False)
-    monkeypatch.setattr(kernel, "_module", None)
-    monkeypatch.setattr(cpp_extension, "_get_build_directory", lambda name, verbose: str(tmp_path))
-    monkeypatch.setattr(cpp_extension, "load_inline", lambda **kwargs: built)
-    with caplog.at_level(logging.INFO, logger="diffqas_runner"):
-        assert kernel.load() is built
-    (record,) = [r for r in caplog.records if r.name.startswith("diffqas_runner")]
-    assert "building the native simulator's C++ kernel (first use" in record.getMessage()
 
 
 def _wandb_records(path: Path):

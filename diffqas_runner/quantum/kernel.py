@@ -1,34 +1,54 @@
-"""Fused C++ kernel for the real (Ry) layers, with an adjoint backward; pure torch is the fallback.
+"""Fused C++ layer kernels with adjoint backwards (kernel.cpp); pure torch is the fallback.
 
-Built with torch.utils.cpp_extension.load_inline on first use and cached by torch (under
-$TORCH_EXTENSIONS_DIR, default ~/.cache/torch_extensions). It needs a C++ compiler and ninja;
-if either is missing or the build fails, `load()` returns None and the simulator silently
-uses its pure-torch path. DIFFQAS_NATIVE_KERNEL=torch forces the pure-torch path; =cpp makes
-a failed build an error instead (for tests and benchmarks), also when an earlier call in auto
-mode already failed; the default is auto. `check_environment` validates the variable (a run
-calls it through config.validate before any work).
+kernel.cpp is plain C++ behind a C interface (no torch or Python headers): it compiles in about
+2 s with the system's C++ compiler ($CXX, default c++) and loads with ctypes, whatever the torch
+version. The shared library is cached under $DIFFQAS_CACHE_DIR (default
+$XDG_CACHE_HOME/diffqas_runner, else ~/.cache/diffqas_runner); its name carries a digest of the
+source, the compiler flags and this CPU (it is built with -march=native), so a stale or foreign
+build is never reused.
 
-What it computes, per row (one candidate's real state vector, qubit 0 the most significant
-bit) and per layer l: x <- x[perm] (the CNOT layer), then Ry(theta[l, q]) on every wire.
+A run never waits for the compiler. DIFFQAS_NATIVE_KERNEL selects:
+- auto (default): use the cached library if it is there. If not, start one build in the
+  background (a detached process: it outlives this run, later runs use it) and simulate this
+  whole process on the pure-torch path. The choice is made once per process, so a run never
+  switches arithmetic halfway; the two paths agree to rounding (tests/test_quantum_fast.py).
+- cpp: build now if needed and wait for it; a failed build is an error (tests, benchmarks,
+  `python -m diffqas_runner.quantum.kernel` to build ahead, e.g. in a cluster image).
+- torch: never use the kernel.
+`check_environment` validates the variable (a run calls it through config.validate).
+
+What the kernels compute, per row (one candidate's state vector, qubit 0 the most significant
+bit) and per layer l: x <- sign * x[perm] (the entangling layer, signs from CZ gates), then one
+rotation on every wire: Ry(theta[l, q]) on real rows (`RyLayers`), any 2x2 matrix u[l, q] on
+complex rows (`ComplexLayers`: Rx, Rz, RyRz, Rot, ...).
 - Forward: for each chunk of 2**12 amplitudes, gather it through the permutation and apply the
   rotations of the 12 low bits while it sits in L1; then the rotations of the high bits on
   column tiles of the state seen as a (2**(n-12), 2**12) matrix. Two passes over memory per
   layer instead of one per wire.
 - Backward (adjoint): only the final state is kept. Walking the layers in reverse, it applies
-  each rotation's transpose to the state and to its gradient together, and the inverse
-  permutation. The angle gradient needs no stored state: all rotations of a layer commute, and
-  dRy(t)/dt = Ry(t) J / 2 with J = [[0, -1], [1, 0]] commuting with every Ry, so
-  dL/dtheta[l, q] = <g, J_q psi> / 2 on the layer's output (g its gradient), and that product
-  is unchanged by the orthogonal un-rotations of the same layer, so it is read off during them.
+  each rotation's inverse to the state and to its gradient together, and the inverse signed
+  permutation. All rotations of a layer commute (they act on different wires), so each one can be
+  taken as the layer's last: its input is the state un-rotated on that wire and its output
+  gradient is the current gradient. For Ry, dRy(t)/dt = Ry(t) J / 2 with J = [[0, -1], [1, 0]]
+  commuting with every Ry gives dL/dtheta[l, q] = <g, J_q psi> / 2, read off during the
+  un-rotation; for a general u, dL/du = sum g_out conj(z_in)^T (torch's convention for complex
+  tensors), and torch's autograd takes it on to the angles.
 """
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import logging
 import os
 import platform
+import shlex
+import shutil
+import subprocess
+import tempfile
 import threading
+import time
+from pathlib import Path
 
 import torch
 
@@ -36,273 +56,17 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-
-_SOURCE = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <ATen/Dispatch.h>
-#include <algorithm>
-#include <cmath>
-#include <vector>
-
-namespace {
-
-constexpr int LOW = 12;     // bits rotated per in-cache chunk
-constexpr int64_t TILE = 64; // columns per high-bit tile
-
-// One bit's rotation over a chunk; ST = the bit's stride when known at compile time (small
-// strides: the compiler then vectorises across groups instead of a 1-, 2- or 4-long loop).
-template <typename T, int ST>
-inline void rotate_bit(T* x, int64_t size, int64_t st_rt, T cc, T ss) {
-  const int64_t st = ST > 0 ? ST : st_rt;
-  for (int64_t base = 0; base < size; base += 2 * st) {
-    T* lo = x + base;
-    T* hi = lo + st;
-#pragma omp simd
-    for (int64_t k = 0; k < st; ++k) {
-      const T a = lo[k], d = hi[k];
-      lo[k] = cc * a - ss * d;
-      hi[k] = ss * a + cc * d;
-    }
-  }
-}
-
-// Rotations of the low `bits` bits of one contiguous chunk. c[b], s[b]: bit position b.
-template <typename T>
-inline void rotate_low(T* x, int bits, const T* c, const T* s) {
-  const int64_t size = int64_t(1) << bits;
-  for (int b = 0; b < bits; ++b) {
-    const int64_t st = int64_t(1) << b;
-    if (b == 0) rotate_bit<T, 1>(x, size, st, c[b], s[b]);
-    else if (b == 1) rotate_bit<T, 2>(x, size, st, c[b], s[b]);
-    else if (b == 2) rotate_bit<T, 4>(x, size, st, c[b], s[b]);
-    else rotate_bit<T, 0>(x, size, st, c[b], s[b]);
-  }
-}
-
-// Un-rotate n amplitude pairs (lo[k], hi[k]) and their gradients (glo[k], ghi[k]) by one angle;
-// returns this span's share of the angle's gradient, sum_k ghi[k] lo[k] - glo[k] hi[k].
-template <typename T>
-inline T unrotate_span(T* lo, T* hi, T* glo, T* ghi, int64_t n, T cc, T ss) {
-  T acc = 0;
-#pragma omp simd reduction(+ : acc)
-  for (int64_t k = 0; k < n; ++k) {
-    const T a = lo[k], d = hi[k], ga = glo[k], gd = ghi[k];
-    acc += gd * a - ga * d;
-    lo[k] = cc * a + ss * d;
-    hi[k] = cc * d - ss * a;
-    glo[k] = cc * ga + ss * gd;
-    ghi[k] = cc * gd - ss * ga;
-  }
-  return acc;
-}
-
-template <typename T, int ST>
-inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) {
-  const int64_t st = ST > 0 ? ST : st_rt;  // a compile-time stride for the smallest bits
-  double dot = 0;
-  for (int64_t base = 0; base < size; base += 2 * st)
-    dot += unrotate_span(x + base, x + base + st, g + base, g + base + st, st, cc, ss);
-  return dot;
-}
-
-// Transposed rotations of the low bits on (psi, g), accumulating <g, J_b psi> per bit.
-template <typename T>
-inline void unrotate_low(T* x, T* g, int bits, const T* c, const T* s, double* dots) {
-  const int64_t size = int64_t(1) << bits;
-  for (int b = 0; b < bits; ++b) {
-    const int64_t st = int64_t(1) << b;
-    if (b == 0) dots[b] += unrotate_bit<T, 1>(x, g, size, st, c[b], s[b]);
-    else if (b == 1) dots[b] += unrotate_bit<T, 2>(x, g, size, st, c[b], s[b]);
-    else if (b == 2) dots[b] += unrotate_bit<T, 4>(x, g, size, st, c[b], s[b]);
-    else dots[b] += unrotate_bit<T, 0>(x, g, size, st, c[b], s[b]);
-  }
-}
-
-// High bits (positions LOW..n-1) on a tile of columns [col, col + width) of the
-// (2**high, 2**low) matrix view. The tile's rows sit 2**low apart, a power-of-two stride that
-// maps them all to the same cache sets, so the tile is copied to a contiguous buffer first.
-template <typename T>
-inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, const T* c, const T* s) {
-  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
-  thread_local std::vector<T> tile;
-  tile.resize(rows * width);
-  T* t = tile.data();
-  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
-  for (int h = 0; h < high; ++h) {
-    const int64_t st = int64_t(1) << h;
-    const T cc = c[low + h], ss = s[low + h];
-    for (int64_t base = 0; base < rows; base += 2 * st)
-      for (int64_t r = base; r < base + st; ++r) {
-        T* lo = t + r * width;
-        T* hi = t + (r + st) * width;
-#pragma omp simd
-        for (int64_t k = 0; k < width; ++k) {
-          const T a = lo[k], d = hi[k];
-          lo[k] = cc * a - ss * d;
-          hi[k] = ss * a + cc * d;
-        }
-      }
-  }
-  for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
-}
-
-template <typename T>
-inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t width, const T* c, const T* s,
-                          double* dots) {
-  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
-  thread_local std::vector<T> tiles;
-  tiles.resize(2 * rows * width);
-  T* t = tiles.data();
-  T* tg = t + rows * width;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
-    std::copy(g + r * ld + col, g + r * ld + col + width, tg + r * width);
-  }
-  for (int h = 0; h < high; ++h) {
-    const int64_t st = int64_t(1) << h;
-    const T cc = c[low + h], ss = s[low + h];
-    double dot = 0;
-    for (int64_t base = 0; base < rows; base += 2 * st)
-      for (int64_t r = base; r < base + st; ++r)
-        dot += unrotate_span(t + r * width, t + (r + st) * width, tg + r * width, tg + (r + st) * width, width, cc, ss);
-    dots[low + h] += dot;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
-    std::copy(tg + r * width, tg + (r + 1) * width, g + r * ld + col);
-  }
-}
-
-// cos/sin of theta/2 per layer, indexed by bit position (bit b is wire n-1-b).
-template <typename T>
-std::vector<T> trig(const torch::Tensor& theta, bool sine) {
-  auto th = theta.to(torch::kFloat64).contiguous();
-  const int64_t layers = th.size(0), n = th.size(1);
-  const double* t = th.data_ptr<double>();
-  std::vector<T> out(layers * n);
-  for (int64_t l = 0; l < layers; ++l)
-    for (int64_t b = 0; b < n; ++b) {
-      const double half = t[l * n + (n - 1 - b)] / 2;
-      out[l * n + b] = T(sine ? std::sin(half) : std::cos(half));
-    }
-  return out;
-}
-
-struct Shape {
-  int64_t rows, n, dim, low, high, chunks, tiles, tile;
-};
-
-Shape shape_of(const torch::Tensor& state) {
-  Shape sh;
-  sh.rows = state.size(0);
-  sh.dim = state.size(1);
-  sh.n = 0;
-  while ((int64_t(1) << sh.n) < sh.dim) ++sh.n;
-  sh.low = std::min<int64_t>(sh.n, LOW);
-  sh.high = sh.n - sh.low;
-  sh.chunks = sh.dim >> sh.low;
-  sh.tile = std::min<int64_t>(TILE, int64_t(1) << sh.low);
-  sh.tiles = (int64_t(1) << sh.low) / sh.tile;
-  return sh;
-}
-
-}  // namespace
-
-// state (rows, 2**n) after the first layer; theta (L-1, n); perm (rows, 2**n) int32.
-torch::Tensor forward(torch::Tensor state, torch::Tensor theta, torch::Tensor perm) {
-  const Shape sh = shape_of(state);
-  auto cur = state.contiguous().clone();
-  auto nxt = torch::empty_like(cur);
-  const int32_t* p = perm.data_ptr<int32_t>();
-  AT_DISPATCH_FLOATING_TYPES(state.scalar_type(), "ry_forward", [&] {
-    using T = scalar_t;
-    const auto cs = trig<T>(theta, false), sn = trig<T>(theta, true);
-    for (int64_t l = 0; l < theta.size(0); ++l) {
-      const T* c = cs.data() + l * sh.n; const T* s = sn.data() + l * sh.n;
-      const T* in = cur.data_ptr<T>(); T* out = nxt.data_ptr<T>();
-      at::parallel_for(0, sh.rows * sh.chunks, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t job = begin; job < end; ++job) {
-          const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-          const T* src = in + row * sh.dim;
-          const int32_t* pr = p + row * sh.dim + start;
-          T* dst = out + row * sh.dim + start;
-          for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) dst[i] = src[pr[i]];
-          rotate_low(dst, int(sh.low), c, s);
-        }
-      });
-      if (sh.high > 0)
-        at::parallel_for(0, sh.rows * sh.tiles, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t job = begin; job < end; ++job) {
-            const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
-            rotate_high(out + row * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s);
-          }
-        });
-      std::swap(cur, nxt);
-    }
-  });
-  return cur;
-}
-
-// final (rows, 2**n), grad (rows, 2**n) -> [grad of the input state, grad of theta (L-1, n)].
-std::vector<torch::Tensor> backward(torch::Tensor final_state, torch::Tensor grad, torch::Tensor theta,
-                                    torch::Tensor perm) {
-  const Shape sh = shape_of(final_state);
-  const int64_t layers = theta.size(0);
-  auto psi = final_state.contiguous().clone(), g = grad.contiguous().clone();
-  auto psi2 = torch::empty_like(psi), g2 = torch::empty_like(g);
-  auto dtheta = torch::zeros({layers, sh.n}, theta.options().dtype(torch::kFloat64));
-  double* dt = dtheta.data_ptr<double>();
-  const int32_t* p = perm.data_ptr<int32_t>();
-  const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
-  std::vector<double> part(std::max(jobs_low, jobs_high) * sh.n);
-  AT_DISPATCH_FLOATING_TYPES(psi.scalar_type(), "ry_backward", [&] {
-    using T = scalar_t;
-    const auto cs = trig<T>(theta, false), sn = trig<T>(theta, true);
-    for (int64_t l = layers - 1; l >= 0; --l) {
-      const T* c = cs.data() + l * sh.n; const T* s = sn.data() + l * sh.n;
-      std::fill(part.begin(), part.end(), 0.0);
-      T* x = psi.data_ptr<T>(); T* gx = g.data_ptr<T>();
-      if (sh.high > 0)
-        at::parallel_for(0, jobs_high, 1, [&](int64_t begin, int64_t end) {
-          for (int64_t job = begin; job < end; ++job) {
-            const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
-            unrotate_high(x + row * sh.dim, gx + row * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s,
-                          part.data() + job * sh.n);
-          }
-        });
-      T* xo = psi2.data_ptr<T>(); T* go = g2.data_ptr<T>();
-      at::parallel_for(0, jobs_low, 1, [&](int64_t begin, int64_t end) {
-        for (int64_t job = begin; job < end; ++job) {
-          const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-          T* xs = x + row * sh.dim + start; T* gs = gx + row * sh.dim + start;
-          // high-bit dots were written to part[job' * n + b] for b >= low, low-bit ones go here:
-          // both index ranges of `part` are per job and are summed below.
-          std::vector<double> dots(sh.low, 0.0);
-          unrotate_low(xs, gs, int(sh.low), c, s, dots.data());
-          for (int64_t b = 0; b < sh.low; ++b) part[job * sh.n + b] += dots[b];
-          const int32_t* pr = p + row * sh.dim + start;
-          T* xd = xo + row * sh.dim; T* gd = go + row * sh.dim;
-          for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
-            xd[pr[i]] = xs[i];
-            gd[pr[i]] = gs[i];
-          }
-        }
-      });
-      for (int64_t job = 0; job < std::max(jobs_low, jobs_high); ++job)
-        for (int64_t b = 0; b < sh.n; ++b) dt[l * sh.n + (sh.n - 1 - b)] += 0.5 * part[job * sh.n + b];
-      std::swap(psi, psi2);
-      std::swap(g, g2);
-    }
-  });
-  return {g, dtheta.to(theta.scalar_type())};
-}
-"""
+ABI = 2  # diffqas_abi_version() of kernel.cpp
+SOURCE = Path(__file__).with_name("kernel.cpp")
+FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+LOW, TILE = 12, 64  # kernel.cpp's chunk bits and tile width (scratch sizes below)
+NOT_YET = "the C++ kernel is not built yet"
+STALE_SECONDS = 600  # a background build's lock older than this is abandoned
 
 _lock = threading.Lock()
 _module = None
 _tried = False
-_error: Exception | None = None  # why the one build attempt failed
+_error: Exception | None = None  # why this process has no kernel (a failed build, or none yet)
 
 
 def check_environment() -> str | None:
@@ -321,70 +85,208 @@ def mode() -> str:
     return os.environ.get(ENV, "auto").strip().lower() or "auto"
 
 
-def _build_name() -> str:
-    """The extension's name: it is compiled for this CPU (-march=native), so the CPU's model and
-    flags and the source are in the name, and a cache shared with another CPU is never reused."""
+def compiler() -> str:
+    return os.environ.get("CXX", "c++")
+
+
+def cache_dir() -> Path:
+    if os.environ.get("DIFFQAS_CACHE_DIR"):
+        return Path(os.environ["DIFFQAS_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "diffqas_runner"
+
+
+def library_path() -> Path:
+    """Where the built library is cached: the source, flags, compiler name and this CPU's model and
+    flags are in its name, so a file there is current."""
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu += "".join(line for line in f if line.startswith(("model name", "flags")))
     except OSError:
         pass
-    digest = hashlib.sha256((cpu + _SOURCE + torch.__version__).encode()).hexdigest()[:12]
-    return f"diffqas_ry_kernel_{digest}"
+    text = cpu + SOURCE.read_text() + " ".join(FLAGS) + compiler()
+    return cache_dir() / f"diffqas_kernel_{hashlib.sha256(text.encode()).hexdigest()[:12]}.so"
+
+
+def _command(out: Path) -> list[str]:
+    return [*shlex.split(compiler()), *FLAGS, str(SOURCE), "-o", str(out)]
+
+
+def build() -> Path:
+    """Compile kernel.cpp now (about 2 s) into the cache; returns the library's path. The file
+    appears atomically (written elsewhere, then renamed), so a reader never sees half of it."""
+    path = library_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        out = Path(tmp) / path.name
+        res = subprocess.run(_command(out), capture_output=True, text=True)
+        if res.returncode != 0:
+            raise RuntimeError(f"{' '.join(_command(out))} failed:\n{res.stderr.strip()[-2000:]}")
+        os.replace(out, path)
+    return path
+
+
+def build_in_background() -> bool:
+    """Start one detached build for later runs unless one is under way (a lock file younger than
+    STALE_SECONDS); False when there is no compiler or the cache is not writable."""
+    if shutil.which(shlex.split(compiler())[0]) is None:
+        return False
+    path = library_path()
+    lock = path.with_suffix(".building")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if lock.exists() and time.time() - lock.stat().st_mtime < STALE_SECONDS:
+            return True
+        lock.unlink(missing_ok=True)
+        try:
+            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:  # another process started the build a moment ago
+            return True
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        q = shlex.quote
+        script = f"{shlex.join(_command(tmp))} && mv -f {q(str(tmp))} {q(str(path))}; rm -f {q(str(tmp))} {q(str(lock))}"
+        with open(path.with_suffix(".log"), "w") as logfile:  # the compiler's messages, if any
+            # `( ... ) &`: the shell returns at once and the build, orphaned, outlives this process
+            # (no zombie, no unwaited child)
+            subprocess.run(
+                ["sh", "-c", f"( {script} ) &"],
+                stdin=subprocess.DEVNULL,
+                stdout=logfile,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                check=True,
+            )
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return True
+
+
+def _open(path: Path):
+    lib = ctypes.CDLL(str(path))
+    if lib.diffqas_abi_version() != ABI:
+        raise RuntimeError(f"{path} has ABI {lib.diffqas_abi_version()}, expected {ABI}")
+    p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+    for name in ("ry_forward", "cx_forward"):
+        for suffix in ("f64", "f32"):
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = [p, p, p, i64, p, p, i64, i64, i32], i32
+    for name in ("ry_backward", "cx_backward"):
+        for suffix in ("f64", "f32"):
+            fn = getattr(lib, f"{name}_{suffix}")
+            fn.argtypes, fn.restype = [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32], i32
+    return lib
 
 
 def load():
-    """The compiled extension, or None (pure-torch fallback). Builds it once per process; with
-    DIFFQAS_NATIVE_KERNEL=cpp a failed build raises, on this call and every later one."""
+    """The loaded library, or None (this process runs on pure torch). Decided once per process:
+    see the module docstring for the modes. With DIFFQAS_NATIVE_KERNEL=cpp a failed build
+    raises, on this call and every later one."""
     global _module, _tried, _error
-    if mode() == "torch":
+    current = mode()
+    if current == "torch":
         return None
     with _lock:
-        if not _tried:
+        if _module is None and (not _tried or (current == "cpp" and not _failed_build())):
             _tried = True
+            path = library_path()
             try:
-                # its import logs a warning about CUDA on CPU-only machines: not ours to show
-                logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-                from torch.utils import cpp_extension
-                from torch.utils.cpp_extension import load_inline
-
-                name = _build_name()  # source, CPU and torch version are in it: a built file is current
-                build_dir = cpp_extension._get_build_directory(name, verbose=False)
-                if os.path.isfile(os.path.join(build_dir, f"{name}.so")):  # skip ninja's ~1 s check
-                    try:
-                        _module = cpp_extension._import_module_from_library(name, build_dir, True)
-                        return _module
-                    except Exception:
-                        pass
-                log.info("building the native simulator's C++ kernel (first use: a minute or more; later runs reuse it)")
-                _module = load_inline(
-                    name=name,
-                    cpp_sources=_SOURCE,
-                    functions=["forward", "backward"],
-                    extra_cflags=["-O3", "-march=native", "-fopenmp"],
-                    extra_ldflags=["-fopenmp"],
-                    verbose=False,
-                )
-            except Exception as err:  # no compiler, no ninja, a failed build: the torch path takes over
+                if path.is_file():
+                    _module, _error = _open(path), None
+                elif current == "cpp":
+                    log.info("building the native simulator's C++ kernel (about 2 s, once per machine)")
+                    _module, _error = _open(build()), None
+                else:
+                    started = build_in_background()
+                    _error = RuntimeError(NOT_YET + (": building it in the background" if started else ""))
+                    if started:
+                        log.info("building the native simulator's C++ kernel in the background; this run uses pure torch")
+            except Exception as err:  # no compiler, a failed build: the torch path takes over
                 _module, _error = None, err
-    if _module is None and mode() == "cpp":
+    if _module is None and current == "cpp":
         raise RuntimeError(f"{ENV}=cpp but the C++ kernel did not build: {_error!r}") from _error
     return _module
 
 
+def _failed_build() -> bool:
+    """Whether this process's error is a build that failed (not merely 'not built yet')."""
+    return not str(_error).startswith(NOT_YET)
+
+
+def _call(name: str, dtype: torch.dtype, *args) -> int:
+    """Call kernel.cpp's `name` for dtype with tensors passed as data pointers (None: a null one)
+    and torch's thread count last."""
+    fn = getattr(load(), f"{name}_{ {torch.float64: 'f64', torch.float32: 'f32'}[dtype] }")
+    ptrs = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args]
+    return fn(*ptrs, torch.get_num_threads())
+
+
+def _jobs(rows: int, n: int) -> int:
+    """kernel.cpp's max(jobs_low, jobs_high): the scratch rows of per-job partial sums."""
+    low = min(n, LOW)
+    return rows * max(2**n >> low, (1 << low) // min(TILE, 1 << low))
+
+
 class RyLayers(torch.autograd.Function):
-    """All layers after the first of a batch of real Ry rows: (rows, 2**n) -> (rows, 2**n)."""
+    """Layers of real Ry rows: state (rows, 2**n) after the first layer (or the start state),
+    theta (layers, n), perm (rows, 2**n) int32, sign (rows, 2**n) or None -> (rows, 2**n)."""
 
     @staticmethod
-    def forward(ctx, state, theta, perm):
-        module = load()
-        final = module.forward(state, theta, perm)
-        ctx.save_for_backward(final, theta, perm)
+    def forward(ctx, state, theta, perm, sign=None):
+        rows, dim = state.shape
+        a, b = state.detach().contiguous().clone(), torch.empty_like(state)
+        th = theta.detach().to(torch.float64).contiguous()
+        which = _call("ry_forward", state.dtype, a, b, th, th.shape[0], perm, sign, rows, dim.bit_length() - 1)
+        final = b if which else a
+        ctx.save_for_backward(final, theta, perm, sign)
         return final
 
     @staticmethod
     def backward(ctx, grad):
-        final, theta, perm = ctx.saved_tensors
-        grad_state, grad_theta = load().backward(final, grad, theta, perm)
-        return grad_state, grad_theta, None
+        final, theta, perm, sign = ctx.saved_tensors
+        rows, dim = final.shape
+        n = dim.bit_length() - 1
+        psi, g = final.clone(), grad.contiguous().clone()
+        psi2, g2 = torch.empty_like(psi), torch.empty_like(g)
+        part = torch.zeros(_jobs(rows, n) * n, dtype=torch.float64)
+        th = theta.detach().to(torch.float64).contiguous()
+        dtheta = torch.zeros(th.shape, dtype=torch.float64)
+        args = (psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n)
+        which = _call("ry_backward", final.dtype, *args)
+        return (g2 if which else g), dtheta.to(theta.dtype), None, None
+
+
+class ComplexLayers(torch.autograd.Function):
+    """Layers of complex rows in split planes: state (rows, 2, 2**n) real (real parts, then
+    imaginary parts), u (layers, n, 2, 2) complex (one matrix per wire), perm (rows, 2**n) int32,
+    sign (rows, 2**n) real or None -> (rows, 2, 2**n)."""
+
+    @staticmethod
+    def forward(ctx, state, u, perm, sign=None):
+        rows, _, dim = state.shape
+        a, b = state.detach().contiguous().clone(), torch.empty_like(state)
+        u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
+        which = _call("cx_forward", state.dtype, a, b, u64, u64.shape[0], perm, sign, rows, dim.bit_length() - 1)
+        final = b if which else a
+        ctx.save_for_backward(final, u, perm, sign)
+        return final
+
+    @staticmethod
+    def backward(ctx, grad):
+        final, u, perm, sign = ctx.saved_tensors
+        rows, _, dim = final.shape
+        n = dim.bit_length() - 1
+        psi, g = final.clone(), grad.contiguous().clone()
+        psi2, g2 = torch.empty_like(psi), torch.empty_like(g)
+        part = torch.zeros(_jobs(rows, n) * n * 8, dtype=torch.float64)
+        u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
+        du = torch.zeros(u64.shape, dtype=torch.float64)
+        args = (psi, g, psi2, g2, part, du, u64, u64.shape[0], perm, sign, rows, n)
+        which = _call("cx_backward", final.dtype, *args)
+        return (g2 if which else g), torch.view_as_complex(du).to(u.dtype), None, None
+
+
+if __name__ == "__main__":  # build ahead of time: python -m diffqas_runner.quantum.kernel
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    started = time.perf_counter()
+    print(f"{build()} ({time.perf_counter() - started:.1f} s)")

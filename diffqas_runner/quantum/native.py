@@ -227,6 +227,59 @@ def _permutations(cands: tuple[Candidate, ...], n: int) -> torch.Tensor:
     return torch.stack([entangler_permutation(c.entangler, n) for c in cands]).to(torch.int32)
 
 
+@lru_cache(maxsize=32)
+def _signs(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor | None:
+    """(rows, 2**n) signs of each row's entangling layer (CZ gates), or None when all are +1."""
+    signs = [layer_op(c.entangler, n)[1] for c in cands]
+    if all(s is None for s in signs):
+        return None
+    return torch.stack([torch.ones(2**n) if s is None else s for s in signs]).to(dtype)
+
+
+def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) -> torch.Tensor:
+    """`_simulate_group` on the C++ kernel: real rows for Ry, complex split planes for the rest.
+
+    When the first entangler fixes every row's start state, layer 0 is a product of rotated
+    1-qubit states and the kernel runs layers 1..L-1; otherwise (CZs on |+..+>) it starts from
+    the start state and runs every layer."""
+    n_layers, n = theta.shape[:2]
+    rows, dim = len(cands), 2**n
+    fixed = all(_start_fixed(c, n) for c in cands)
+    perm, sign = _permutations(cands, n), _signs(cands, n, theta.dtype)
+    if mode == "ry":
+        if fixed:
+            state = _first_layer(cands, _single_qubit("ry", theta[0]), False).view(rows, dim)
+            if n_layers == 1:
+                return state.square()
+            return kernel.RyLayers.apply(state, theta[1:], perm, sign).square()
+        start = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
+        return kernel.RyLayers.apply(start, theta, perm, sign).square()
+    axes = cands[0].rotation.axes
+    mats = _single_qubit("complex", theta if theta.dim() == 3 else theta[..., None], axes)  # (L, n, 2, 2)
+    if fixed:
+        cdtype = mats.dtype
+        r = 2**-0.5
+        plus, zero = torch.tensor([r, r], dtype=cdtype), torch.tensor([1.0, 0.0], dtype=cdtype)
+        starts = torch.stack([plus if c.hadamard else zero for c in cands])  # (rows, 2)
+        vecs = torch.einsum("qab,kb->kqa", mats[0], starts)[..., None]
+        psi = _kron(vecs).squeeze(-1)  # (rows, 2**n) complex
+        state = torch.stack([psi.real, psi.imag], 1)
+        if n_layers == 1:
+            return state.square().sum(1)
+        mats = mats[1:]
+    else:
+        real = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
+        state = torch.stack([real, torch.zeros_like(real)], 1)
+    return kernel.ComplexLayers.apply(state, mats, perm, sign).square().sum(1)
+
+
+def _start_vector(cand: Candidate, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """|+..+> with H, else |0..0>, as a real (2**n,) vector."""
+    if cand.hadamard:
+        return torch.full((2**n,), 2 ** (-n / 2), dtype=dtype)
+    return torch.eye(1, 2**n, dtype=dtype)[0]
+
+
 def _start_fixed(cand: Candidate, n: int) -> bool:
     """Whether the first entangler leaves the start state alone: CNOTs and CZs fix |0..0>, CNOTs
     fix |+..+>, CZs do not (they flip the signs of some of its terms)."""
@@ -265,15 +318,13 @@ def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str
             theta = theta[..., None]
     elif mode != "complex" or theta.shape[2] != len(axes):
         raise ValueError(f"theta {tuple(theta.shape)} does not fit mode {mode!r} with {cands[0].rotation.label}")
+    if theta.device.type == "cpu" and kernel.load() is not None:
+        return _kernel_group(theta, cands, mode)
     is_rx = mode == "rx"
     mats = _single_qubit(mode, theta, axes)  # (L, n, 2, 2)
     if all(_start_fixed(c, n) for c in cands):
         flat = _first_layer(cands, mats[0], is_rx)
         first = 1
-        signed = any(layer_op(c.entangler, n)[1] is not None for c in cands)
-        if mode == "ry" and not signed and n_layers > 1 and theta.device.type == "cpu" and kernel.load() is not None:
-            state = kernel.RyLayers.apply(flat.view(len(cands), 2**n), theta[1:], _permutations(cands, n))
-            return state.square()
     else:  # a CZ entangler on |+..+>: start from the start state and run every layer
         dim = 2**n
         plus, zero = torch.full((dim,), dim**-0.5, dtype=torch.float64), torch.eye(1, dim, dtype=torch.float64)[0]

@@ -1,0 +1,533 @@
+// The native simulator's fused layer kernels (see kernel.py for what they compute and why).
+//
+// Plain C++ with a C interface: no torch or Python headers, so it compiles in a few seconds
+// with any C++17 compiler and does not depend on the torch version. kernel.py loads it with
+// ctypes and hands it the data pointers of torch tensors.
+//
+// Layout: a batch of `rows` state vectors of 2**n amplitudes, qubit 0 the most significant bit
+// (bit position b is wire n-1-b). Real rows (Ry layers) are (rows, 2**n); complex rows are split
+// planes (rows, 2, 2**n): real parts, then imaginary parts. One layer is: x <- sign * x[perm]
+// (the entangler: a signed permutation, sign optional), then one rotation on every wire.
+//
+// Work is split in two passes per layer: chunks of 2**LOW amplitudes are gathered through the
+// permutation and rotated on their LOW low bits while they sit in L1; the high bits are rotated
+// on column tiles of the (2**high, 2**LOW) matrix view, copied to a contiguous buffer first.
+// Every job writes its own slice and its own partial sums, which are added in job order: the
+// result does not depend on the thread count.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+constexpr int LOW = 12;       // bits rotated per in-cache chunk
+constexpr int64_t TILE = 64;  // columns per high-bit tile
+
+struct Shape {
+  int64_t rows, n, dim, low, high, chunks, tiles, tile;
+};
+
+Shape shape_of(int64_t rows, int64_t n) {
+  Shape sh;
+  sh.rows = rows;
+  sh.n = n;
+  sh.dim = int64_t(1) << n;
+  sh.low = std::min<int64_t>(n, LOW);
+  sh.high = n - sh.low;
+  sh.chunks = sh.dim >> sh.low;
+  sh.tile = std::min<int64_t>(TILE, int64_t(1) << sh.low);
+  sh.tiles = (int64_t(1) << sh.low) / sh.tile;
+  return sh;
+}
+
+// ------------------------------------------------------------------------------------------
+// Real rows: Ry(theta) = [[c, -s], [s, c]], c = cos(theta / 2), s = sin(theta / 2).
+
+template <typename T, int ST>
+inline void rotate_bit(T* x, int64_t size, int64_t st_rt, T cc, T ss) {
+  const int64_t st = ST > 0 ? ST : st_rt;  // small strides known at compile time vectorise
+  for (int64_t base = 0; base < size; base += 2 * st) {
+    T* lo = x + base;
+    T* hi = lo + st;
+#pragma omp simd
+    for (int64_t k = 0; k < st; ++k) {
+      const T a = lo[k], d = hi[k];
+      lo[k] = cc * a - ss * d;
+      hi[k] = ss * a + cc * d;
+    }
+  }
+}
+
+template <typename T>
+inline void rotate_low(T* x, int bits, const T* c, const T* s) {
+  const int64_t size = int64_t(1) << bits;
+  for (int b = 0; b < bits; ++b) {
+    const int64_t st = int64_t(1) << b;
+    if (b == 0) rotate_bit<T, 1>(x, size, st, c[b], s[b]);
+    else if (b == 1) rotate_bit<T, 2>(x, size, st, c[b], s[b]);
+    else if (b == 2) rotate_bit<T, 4>(x, size, st, c[b], s[b]);
+    else rotate_bit<T, 0>(x, size, st, c[b], s[b]);
+  }
+}
+
+// Un-rotate pairs (lo, hi) and their gradients by one angle; returns this span's share of the
+// angle's gradient, sum_k ghi[k] lo[k] - glo[k] hi[k].
+template <typename T>
+inline T unrotate_span(T* lo, T* hi, T* glo, T* ghi, int64_t n, T cc, T ss) {
+  T acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t k = 0; k < n; ++k) {
+    const T a = lo[k], d = hi[k], ga = glo[k], gd = ghi[k];
+    acc += gd * a - ga * d;
+    lo[k] = cc * a + ss * d;
+    hi[k] = cc * d - ss * a;
+    glo[k] = cc * ga + ss * gd;
+    ghi[k] = cc * gd - ss * ga;
+  }
+  return acc;
+}
+
+template <typename T, int ST>
+inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) {
+  const int64_t st = ST > 0 ? ST : st_rt;
+  double dot = 0;
+  for (int64_t base = 0; base < size; base += 2 * st)
+    dot += unrotate_span(x + base, x + base + st, g + base, g + base + st, st, cc, ss);
+  return dot;
+}
+
+template <typename T>
+inline void unrotate_low(T* x, T* g, int bits, const T* c, const T* s, double* dots) {
+  const int64_t size = int64_t(1) << bits;
+  for (int b = 0; b < bits; ++b) {
+    const int64_t st = int64_t(1) << b;
+    if (b == 0) dots[b] += unrotate_bit<T, 1>(x, g, size, st, c[b], s[b]);
+    else if (b == 1) dots[b] += unrotate_bit<T, 2>(x, g, size, st, c[b], s[b]);
+    else if (b == 2) dots[b] += unrotate_bit<T, 4>(x, g, size, st, c[b], s[b]);
+    else dots[b] += unrotate_bit<T, 0>(x, g, size, st, c[b], s[b]);
+  }
+}
+
+template <typename T>
+inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, const T* c, const T* s) {
+  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
+  thread_local std::vector<T> tile;
+  tile.resize(rows * width);
+  T* t = tile.data();
+  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
+  for (int h = 0; h < high; ++h) {
+    const int64_t st = int64_t(1) << h;
+    const T cc = c[low + h], ss = s[low + h];
+    for (int64_t base = 0; base < rows; base += 2 * st)
+      for (int64_t r = base; r < base + st; ++r) {
+        T* lo = t + r * width;
+        T* hi = t + (r + st) * width;
+#pragma omp simd
+        for (int64_t k = 0; k < width; ++k) {
+          const T a = lo[k], d = hi[k];
+          lo[k] = cc * a - ss * d;
+          hi[k] = ss * a + cc * d;
+        }
+      }
+  }
+  for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+}
+
+template <typename T>
+inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t width, const T* c, const T* s,
+                          double* dots) {
+  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
+  thread_local std::vector<T> tiles;
+  tiles.resize(2 * rows * width);
+  T* t = tiles.data();
+  T* tg = t + rows * width;
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
+    std::copy(g + r * ld + col, g + r * ld + col + width, tg + r * width);
+  }
+  for (int h = 0; h < high; ++h) {
+    const int64_t st = int64_t(1) << h;
+    const T cc = c[low + h], ss = s[low + h];
+    double dot = 0;
+    for (int64_t base = 0; base < rows; base += 2 * st)
+      for (int64_t r = base; r < base + st; ++r)
+        dot += unrotate_span(t + r * width, t + (r + st) * width, tg + r * width, tg + (r + st) * width, width, cc, ss);
+    dots[low + h] += dot;
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+    std::copy(tg + r * width, tg + (r + 1) * width, g + r * ld + col);
+  }
+}
+
+// cos/sin of theta/2 per layer in bit order (bit b is wire n-1-b); theta (layers, n) float64.
+template <typename T>
+std::vector<T> trig(const double* theta, int64_t layers, int64_t n, bool sine) {
+  std::vector<T> out(layers * n);
+  for (int64_t l = 0; l < layers; ++l)
+    for (int64_t b = 0; b < n; ++b) {
+      const double half = theta[l * n + (n - 1 - b)] / 2;
+      out[l * n + b] = T(sine ? std::sin(half) : std::cos(half));
+    }
+  return out;
+}
+
+// Forward: a holds the input (rows, 2**n) and is overwritten; b is scratch. Returns 0 if the
+// result is in a, 1 if in b.
+template <typename T>
+int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* perm, const T* sign, int64_t rows,
+               int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
+  T* cur = a;
+  T* nxt = b;
+  for (int64_t l = 0; l < layers; ++l) {
+    const T* c = cs.data() + l * sh.n;
+    const T* s = sn.data() + l * sh.n;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      const T* src = cur + row * sh.dim;
+      const int32_t* pr = perm + row * sh.dim + start;
+      T* dst = nxt + row * sh.dim + start;
+      if (sign == nullptr) {
+        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) dst[i] = src[pr[i]];
+      } else {
+        const T* sg = sign + row * sh.dim + start;
+        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) dst[i] = src[pr[i]] * sg[i];
+      }
+      rotate_low(dst, int(sh.low), c, s);
+    }
+    if (sh.high > 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < sh.rows * sh.tiles; ++job) {
+        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+        rotate_high(nxt + row * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s);
+      }
+    }
+    std::swap(cur, nxt);
+  }
+  return cur == a ? 0 : 1;
+}
+
+// Backward (adjoint): psi holds the final state, g its gradient; psi2, g2 scratch; part
+// (max(jobs) * n) float64 scratch; dtheta (layers, n) float64 output. Returns 0 if the input
+// state's gradient is in g, 1 if in g2.
+template <typename T>
+int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, const double* theta, int64_t layers,
+                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
+  const int64_t jobs = std::max(jobs_low, jobs_high);
+  const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
+  T* x = psi;
+  T* gx = g;
+  T* xo = psi2;
+  T* go = g2;
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const T* c = cs.data() + l * sh.n;
+    const T* s = sn.data() + l * sh.n;
+    std::fill(part, part + jobs * sh.n, 0.0);
+    if (sh.high > 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < jobs_high; ++job) {
+        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+        unrotate_high(x + row * sh.dim, gx + row * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s,
+                      part + job * sh.n);
+      }
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs_low; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      T* xs = x + row * sh.dim + start;
+      T* gs = gx + row * sh.dim + start;
+      std::vector<double> dots(sh.low, 0.0);
+      unrotate_low(xs, gs, int(sh.low), c, s, dots.data());
+      for (int64_t b = 0; b < sh.low; ++b) part[job * sh.n + b] += dots[b];
+      const int32_t* pr = perm + row * sh.dim + start;
+      T* xd = xo + row * sh.dim;
+      T* gd = go + row * sh.dim;
+      if (sign == nullptr) {
+        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
+          xd[pr[i]] = xs[i];
+          gd[pr[i]] = gs[i];
+        }
+      } else {
+        const T* sg = sign + row * sh.dim + start;
+        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
+          xd[pr[i]] = xs[i] * sg[i];
+          gd[pr[i]] = gs[i] * sg[i];
+        }
+      }
+    }
+    for (int64_t job = 0; job < jobs; ++job)
+      for (int64_t b = 0; b < sh.n; ++b) dtheta[l * sh.n + (sh.n - 1 - b)] += 0.5 * part[job * sh.n + b];
+    std::swap(x, xo);
+    std::swap(gx, go);
+  }
+  return gx == g ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------
+// Complex rows (split planes) under one 2x2 complex matrix per (layer, wire):
+// u = (u00r, u00i, u01r, u01i, u10r, u10i, u11r, u11i), (lo, hi) <- (u00 lo + u01 hi, u10 lo + u11 hi).
+// The backward un-applies u^H to the state and to its gradient and accumulates the gradient of
+// u in torch's convention for complex tensors: dL/du[a][b] = sum g_out[a] * conj(z_in[b]).
+
+struct U {
+  double v[8];
+};
+
+template <typename T>
+inline void apply_span(T* lr, T* li, T* hr, T* hi, int64_t n, const T* u) {
+  const T ar = u[0], ai = u[1], br = u[2], bi = u[3], cr = u[4], ci = u[5], dr = u[6], di = u[7];
+#pragma omp simd
+  for (int64_t k = 0; k < n; ++k) {
+    const T xr = lr[k], xi = li[k], yr = hr[k], yi = hi[k];
+    lr[k] = ar * xr - ai * xi + br * yr - bi * yi;
+    li[k] = ar * xi + ai * xr + br * yi + bi * yr;
+    hr[k] = cr * xr - ci * xi + dr * yr - di * yi;
+    hi[k] = cr * xi + ci * xr + dr * yi + di * yr;
+  }
+}
+
+// z_in = u^H z_out and g_in = u^H g_out on a span; acc[8] += entries of g_out z_in^H.
+template <typename T>
+inline void unapply_span(T* lr, T* li, T* hr, T* hi, T* glr, T* gli, T* ghr, T* ghi, int64_t n, const T* u,
+                         double* acc) {
+  const T ar = u[0], ai = u[1], br = u[2], bi = u[3], cr = u[4], ci = u[5], dr = u[6], di = u[7];
+  // u^H = [[conj a, conj c], [conj b, conj d]]
+  T s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0;
+#pragma omp simd reduction(+ : s0, s1, s2, s3, s4, s5, s6, s7)
+  for (int64_t k = 0; k < n; ++k) {
+    const T xr = lr[k], xi = li[k], yr = hr[k], yi = hi[k];
+    const T zr = ar * xr + ai * xi + cr * yr + ci * yi;  // conj(a) x + conj(c) y
+    const T zi = ar * xi - ai * xr + cr * yi - ci * yr;
+    const T wr = br * xr + bi * xi + dr * yr + di * yi;  // conj(b) x + conj(d) y
+    const T wi = br * xi - bi * xr + dr * yi - di * yr;
+    const T gxr = glr[k], gxi = gli[k], gyr = ghr[k], gyi = ghi[k];
+    // g_out[a] * conj(z_in[b]): (gr + i gi)(zr - i zi) = (gr zr + gi zi) + i (gi zr - gr zi)
+    s0 += gxr * zr + gxi * zi;
+    s1 += gxi * zr - gxr * zi;
+    s2 += gxr * wr + gxi * wi;
+    s3 += gxi * wr - gxr * wi;
+    s4 += gyr * zr + gyi * zi;
+    s5 += gyi * zr - gyr * zi;
+    s6 += gyr * wr + gyi * wi;
+    s7 += gyi * wr - gyr * wi;
+    lr[k] = zr;
+    li[k] = zi;
+    hr[k] = wr;
+    hi[k] = wi;
+    glr[k] = ar * gxr + ai * gxi + cr * gyr + ci * gyi;
+    gli[k] = ar * gxi - ai * gxr + cr * gyi - ci * gyr;
+    ghr[k] = br * gxr + bi * gxi + dr * gyr + di * gyi;
+    ghi[k] = br * gxi - bi * gxr + dr * gyi - di * gyr;
+  }
+  acc[0] += s0; acc[1] += s1; acc[2] += s2; acc[3] += s3;
+  acc[4] += s4; acc[5] += s5; acc[6] += s6; acc[7] += s7;
+}
+
+// Chunk of `size` amplitudes at re / im (split planes), its low `bits` bits; u per bit (8 each).
+template <typename T>
+inline void capply_low(T* re, T* im, int bits, const T* u) {
+  const int64_t size = int64_t(1) << bits;
+  for (int b = 0; b < bits; ++b) {
+    const int64_t st = int64_t(1) << b;
+    for (int64_t base = 0; base < size; base += 2 * st)
+      apply_span(re + base, im + base, re + base + st, im + base + st, st, u + 8 * b);
+  }
+}
+
+template <typename T>
+inline void cunapply_low(T* re, T* im, T* gre, T* gim, int bits, const T* u, double* acc) {
+  const int64_t size = int64_t(1) << bits;
+  for (int b = 0; b < bits; ++b) {
+    const int64_t st = int64_t(1) << b;
+    for (int64_t base = 0; base < size; base += 2 * st)
+      unapply_span(re + base, im + base, re + base + st, im + base + st, gre + base, gim + base, gre + base + st,
+                   gim + base + st, st, u + 8 * b, acc + 8 * b);
+  }
+}
+
+// High bits on a column tile; `planes` pointers (re, im[, gre, gim]) each of one row's plane.
+template <typename T>
+inline void ctile(T** planes, int nplanes, int high, int low, int64_t col, int64_t width, const T* u, double* acc) {
+  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
+  thread_local std::vector<T> buf;
+  buf.resize(nplanes * rows * width);
+  for (int p = 0; p < nplanes; ++p)
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(planes[p] + r * ld + col, planes[p] + r * ld + col + width, buf.data() + (p * rows + r) * width);
+  T* t[4];
+  for (int p = 0; p < nplanes; ++p) t[p] = buf.data() + p * rows * width;
+  for (int h = 0; h < high; ++h) {
+    const int64_t st = int64_t(1) << h;
+    const T* uh = u + 8 * (low + h);
+    for (int64_t base = 0; base < rows; base += 2 * st)
+      for (int64_t r = base; r < base + st; ++r) {
+        const int64_t o = r * width, p = (r + st) * width;
+        if (nplanes == 2)
+          apply_span(t[0] + o, t[1] + o, t[0] + p, t[1] + p, width, uh);
+        else
+          unapply_span(t[0] + o, t[1] + o, t[0] + p, t[1] + p, t[2] + o, t[3] + o, t[2] + p, t[3] + p, width, uh,
+                       acc + 8 * (low + h));
+      }
+  }
+  for (int p = 0; p < nplanes; ++p)
+    for (int64_t r = 0; r < rows; ++r)
+      std::copy(buf.data() + (p * rows + r) * width, buf.data() + (p * rows + r + 1) * width, planes[p] + r * ld + col);
+}
+
+// u (layers, n, 8) float64 in wire order -> (layers, n, 8) of T in bit order.
+template <typename T>
+std::vector<T> bit_order(const double* u, int64_t layers, int64_t n) {
+  std::vector<T> out(layers * n * 8);
+  for (int64_t l = 0; l < layers; ++l)
+    for (int64_t b = 0; b < n; ++b)
+      for (int k = 0; k < 8; ++k) out[(l * n + b) * 8 + k] = T(u[(l * n + (n - 1 - b)) * 8 + k]);
+  return out;
+}
+
+template <typename T>
+int cx_forward(T* a, T* b, const double* u64, int64_t layers, const int32_t* perm, const T* sign, int64_t rows,
+               int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const auto u = bit_order<T>(u64, layers, n);
+  T* cur = a;
+  T* nxt = b;
+  for (int64_t l = 0; l < layers; ++l) {
+    const T* ul = u.data() + l * sh.n * 8;
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      const T* sre = cur + 2 * row * sh.dim;
+      const T* sim = sre + sh.dim;
+      T* dre = nxt + 2 * row * sh.dim + start;
+      T* dim_ = dre + sh.dim;
+      const int32_t* pr = perm + row * sh.dim + start;
+      if (sign == nullptr) {
+        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
+          dre[i] = sre[pr[i]];
+          dim_[i] = sim[pr[i]];
+        }
+      } else {
+        const T* sg = sign + row * sh.dim + start;
+        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
+          dre[i] = sre[pr[i]] * sg[i];
+          dim_[i] = sim[pr[i]] * sg[i];
+        }
+      }
+      capply_low(dre, dim_, int(sh.low), ul);
+    }
+    if (sh.high > 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < sh.rows * sh.tiles; ++job) {
+        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+        T* planes[2] = {nxt + 2 * row * sh.dim, nxt + 2 * row * sh.dim + sh.dim};
+        ctile(planes, 2, int(sh.high), int(sh.low), col, sh.tile, ul, nullptr);
+      }
+    }
+    std::swap(cur, nxt);
+  }
+  return cur == a ? 0 : 1;
+}
+
+// part: max(jobs) * n * 8 float64 scratch; du (layers, n, 8) float64 output in wire order.
+template <typename T>
+int cx_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* du, const double* u64, int64_t layers,
+                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
+  const int64_t jobs = std::max(jobs_low, jobs_high), stride = sh.n * 8;
+  const auto u = bit_order<T>(u64, layers, n);
+  T* x = psi;
+  T* gx = g;
+  T* xo = psi2;
+  T* go = g2;
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const T* ul = u.data() + l * stride;
+    std::fill(part, part + jobs * stride, 0.0);
+    if (sh.high > 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < jobs_high; ++job) {
+        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+        T* base = x + 2 * row * sh.dim;
+        T* gbase = gx + 2 * row * sh.dim;
+        T* planes[4] = {base, base + sh.dim, gbase, gbase + sh.dim};
+        ctile(planes, 4, int(sh.high), int(sh.low), col, sh.tile, ul, part + job * stride);
+      }
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs_low; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      T* xr = x + 2 * row * sh.dim + start;
+      T* xi = xr + sh.dim;
+      T* gr = gx + 2 * row * sh.dim + start;
+      T* gi = gr + sh.dim;
+      cunapply_low(xr, xi, gr, gi, int(sh.low), ul, part + job * stride);
+      const int32_t* pr = perm + row * sh.dim + start;
+      T* dr = xo + 2 * row * sh.dim;
+      T* di = dr + sh.dim;
+      T* hr = go + 2 * row * sh.dim;
+      T* hi = hr + sh.dim;
+      const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
+      for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
+        const T f = sg == nullptr ? T(1) : sg[i];
+        dr[pr[i]] = xr[i] * f;
+        di[pr[i]] = xi[i] * f;
+        hr[pr[i]] = gr[i] * f;
+        hi[pr[i]] = gi[i] * f;
+      }
+    }
+    for (int64_t job = 0; job < jobs; ++job)
+      for (int64_t b = 0; b < sh.n; ++b)
+        for (int k = 0; k < 8; ++k) du[(l * sh.n + (sh.n - 1 - b)) * 8 + k] += part[job * stride + b * 8 + k];
+    std::swap(x, xo);
+    std::swap(gx, go);
+  }
+  return gx == g ? 0 : 1;
+}
+
+}  // namespace
+
+extern "C" {
+
+int diffqas_abi_version() { return 2; }
+
+int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
+                   int64_t rows, int64_t n, int threads) {
+  return ry_forward<double>(a, b, theta, layers, perm, sign, rows, n, threads);
+}
+int ry_forward_f32(float* a, float* b, const double* theta, int64_t layers, const int32_t* perm, const float* sign,
+                   int64_t rows, int64_t n, int threads) {
+  return ry_forward<float>(a, b, theta, layers, perm, sign, rows, n, threads);
+}
+int ry_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta,
+                    const double* theta, int64_t layers, const int32_t* perm, const double* sign, int64_t rows,
+                    int64_t n, int threads) {
+  return ry_backward<double>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, threads);
+}
+int ry_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* dtheta, const double* theta,
+                    int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
+  return ry_backward<float>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, threads);
+}
+int cx_forward_f64(double* a, double* b, const double* u, int64_t layers, const int32_t* perm, const double* sign,
+                   int64_t rows, int64_t n, int threads) {
+  return cx_forward<double>(a, b, u, layers, perm, sign, rows, n, threads);
+}
+int cx_forward_f32(float* a, float* b, const double* u, int64_t layers, const int32_t* perm, const float* sign,
+                   int64_t rows, int64_t n, int threads) {
+  return cx_forward<float>(a, b, u, layers, perm, sign, rows, n, threads);
+}
+int cx_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* du, const double* u,
+                    int64_t layers, const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
+  return cx_backward<double>(psi, g, psi2, g2, part, du, u, layers, perm, sign, rows, n, threads);
+}
+int cx_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* du, const double* u,
+                    int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
+  return cx_backward<float>(psi, g, psi2, g2, part, du, u, layers, perm, sign, rows, n, threads);
+}
+
+}  // extern "C"
