@@ -250,6 +250,45 @@ def test_kernel_and_torch_paths_both_match_the_reference(kernel_mode, monkeypatc
     assert bool(calls) == (kernel_mode == "cpp")  # the path under test is the one that ran
 
 
+_KERNEL_ROWS = [  # one of each kernel path: signed real rows, complex rows with and without signs
+    ("ry", Candidate(1, "H", Entangler("cz", "ring"), Rotation(("Y",)))),  # CZ on |+..+>: dense start
+    ("ry", Candidate(2, "none", Entangler("cz", "chain"), Rotation(("Y",)))),
+    ("rx", Candidate(3, "none", Entangler("cz", "ring"), Rotation(("X",)))),
+    ("complex", Candidate(4, "H", Entangler("cnot", "ring"), Rotation(("Y", "Z")))),
+    ("complex", Candidate(5, "none", Entangler("cz", "chain"), Rotation(("Z", "Y", "Z")))),
+    ("complex", Candidate(6, "H", Entangler("cz", "ring"), Rotation(("Z",)))),
+]
+
+
+@pytest.mark.parametrize("n,layers", [(6, 3), (13, 2)])  # n = 13: the kernel's high-bit tiles too
+def test_signed_and_complex_rows_match_the_reference_with_gradients(n, layers, kernel_mode, monkeypatch):
+    """Every kernel path (and its pure-torch twin) against the textbook simulator: probabilities,
+    and the gradient along random directions against a central difference; float32 too."""
+    calls = []
+    for cls in (kernel.RyLayers, kernel.ComplexLayers):
+        real = cls.apply
+        monkeypatch.setattr(cls, "apply", lambda *a, real=real: calls.append(1) or real(*a))
+    gen = torch.Generator().manual_seed(n)
+    for mode, cand in _KERNEL_ROWS:
+        k = cand.rotation.n_angles
+        theta = _theta((layers, n) if k == 1 else (layers, n, k), seed=n + cand.number).requires_grad_()
+        coeffs = torch.randn(1, 2**n, generator=gen, dtype=torch.float64)
+        probs = native._simulate_group(theta, (cand,), mode)
+        torch.testing.assert_close(probs, reference.probabilities(theta, [cand]), rtol=0, atol=1e-12, msg=cand.name)
+        (grad,) = torch.autograd.grad((coeffs * probs).sum(), theta)
+        for _ in range(2):
+            direction = torch.randn(theta.shape, generator=gen, dtype=torch.float64)
+            slope = reference.directional_derivative(theta, [cand], coeffs, direction)
+            assert abs(float((grad * direction).sum()) - slope) < 1e-7 * max(1.0, abs(slope)), cand.name
+        low = theta.detach().float().requires_grad_()
+        probs32 = native._simulate_group(low, (cand,), mode)
+        assert probs32.dtype == torch.float32
+        torch.testing.assert_close(probs32.double(), probs.detach(), rtol=0, atol=2e-6, msg=cand.name)
+        (grad32,) = torch.autograd.grad((coeffs.float() * probs32).sum(), low)
+        torch.testing.assert_close(grad32.double(), grad, rtol=1e-3, atol=1e-4, msg=cand.name)
+    assert bool(calls) == (kernel_mode == "cpp")  # the path under test is the one that ran
+
+
 def test_kernel_builds_where_ci_requires_it(monkeypatch):
     if not kernel_required():
         pytest.skip("DIFFQAS_REQUIRE_KERNEL=1 (CI) with a C++ compiler on PATH only")
