@@ -233,6 +233,9 @@ class BackendConfig:
     # native: the torch device, cpu | cuda | cuda:N; pennylane: its device, default.qubit | lightning.qubit
     device: str = "cpu"
     precision: Precision = Precision.float64
+    # native: the simulation's working memory per step in MB, met by simulating candidates in
+    # chunks (null: half the memory free when the run starts)
+    memory_mb: int | None = None
 
 
 @dataclass
@@ -527,6 +530,7 @@ def _validate_train(cfg) -> None:
     _positive_int_or_null(cfg, "train.max_steps")
     _positive_int_or_null(cfg, "train.checkpoint_every")
     _positive_int_or_null(cfg, "train.threads")
+    _positive_int_or_null(cfg, "backend.memory_mb")
     _check(_finite(train.lr) and train.lr > 0, "train.lr", train.lr, "a finite number > 0")
     betas = list(train.betas)
     _check(len(betas) == 2 and all(0 <= b < 1 for b in betas), "train.betas", betas, "two numbers in [0, 1)")

@@ -9,12 +9,13 @@ ratios printed come from this one invocation.
 
     python scripts/bench_backends.py [--sizes 8x10,12x10,14x15,17x15] [--json PATH]
         [--backends native,default.qubit,lightning.qubit] [--precision float64,float32]
-        [--threads N] [--memory-mb MB] [--search-space paper12|wide32|PATH.yaml]
+        [--threads N] [--memory-mb MB] [--sim-memory-mb MB] [--search-space paper12|wide32|PATH.yaml]
 
 `--precision` applies to the native backends; the PennyLane backends always run in float64.
 Backend native-torch is native with its C++ kernel switched off (the pure-torch fallback).
 "x native" is step_s over the native float64 step_s of the same size in this invocation.
-`--memory-mb` skips a size whose peak RSS, projected from the same backend's smaller sizes,
+`--sim-memory-mb` is backend.memory_mb for the native backends (candidates simulated in chunks
+that fit it). `--memory-mb` skips a size whose peak RSS, projected from the same backend's smaller sizes,
 exceeds it (and says so). Each row records the 1-minute load average when its subprocess started.
 `--json PATH` writes the rows as a JSON list, each row carrying the machine it ran on.
 """
@@ -43,7 +44,15 @@ def _rss_mb() -> float:
 
 
 def one_config(
-    n: int, layers: int, backend: str, precision: str, repeats: int, budget: float, threads: int | None, space: str
+    n: int,
+    layers: int,
+    backend: str,
+    precision: str,
+    repeats: int,
+    budget: float,
+    threads: int | None,
+    space: str,
+    sim_memory_mb: int | None = None,
 ) -> dict:
     import torch
 
@@ -62,6 +71,7 @@ def one_config(
         tensor_scale="none",
         space=search_space_file(space),
         dtype=torch.float32 if precision == "float32" else torch.float64,
+        memory_mb=sim_memory_mb,
     )
     load = os.getloadavg()[0]
     base_mb = _rss_mb()  # torch, the project and the backend's imports, before any simulation
@@ -90,6 +100,7 @@ def one_config(
         "backend": backend,
         "kernel": kernel,
         "precision": precision,
+        "sim_memory_mb": sim_memory_mb if native else None,
         "step_s": statistics.median(times),
         "min_s": min(times),
         "peak_mb": _rss_mb(),
@@ -159,13 +170,15 @@ def main() -> None:
         default=None,
         help="skip a size whose peak RSS, projected from the backend's previous size, exceeds this (default: 80%% of RAM)",
     )
+    parser.add_argument("--sim-memory-mb", type=int, default=None, help="backend.memory_mb of the native backends")
     parser.add_argument("--json", help="write the rows as a JSON list to this path")
     parser.add_argument("--search-space", default="paper12", help="a packaged space (paper12, wide32) or a YAML file")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: n,L,backend,precision in a subprocess
     args = parser.parse_args()
     if args.one:
         n, layers, backend, precision = args.one.split(",")
-        row = one_config(int(n), int(layers), backend, precision, args.repeats, args.budget, args.threads, args.search_space)
+        config = (int(n), int(layers), backend, precision, args.repeats, args.budget, args.threads, args.search_space)
+        row = one_config(*config, args.sim_memory_mb)
         print(json.dumps(row))
         return
 
@@ -180,7 +193,7 @@ def main() -> None:
     info["command"] = " ".join(["python", *sys.argv])
     print(f"# {info['cpu']}, {info['cores']} cores, {info['memory_mb']} MB, Python {info['python']}, {info['date']}")
     print(f"# torch threads: {args.threads or 'torch default'}; memory budget {memory_mb:.0f} MB; load {os.getloadavg()}")
-    print(f"# search space: {args.search_space}")
+    print(f"# search space: {args.search_space}; backend.memory_mb: {args.sim_memory_mb or 'default (half the free memory)'}")
     head = ("n", 3), ("L", 3), ("backend", 16), ("precision", 9), ("step_s", 10), ("peak_mb", 9), ("threads", 7), ("load", 5)
     print(" ".join(f"{name:>{width}}" for name, width in head), f"{'x native':>9}")
     rows, too_slow, previous = [], set(), {}
@@ -208,6 +221,7 @@ def main() -> None:
                 args.search_space,
             ]
             cmd += ["--threads", str(args.threads)] if args.threads else []
+            cmd += ["--sim-memory-mb", str(args.sim_memory_mb)] if args.sim_memory_mb else []
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
             row = {**json.loads(out.strip().splitlines()[-1]), **info}
             rows.append(row)

@@ -87,6 +87,9 @@ BAD_INPUTS = [
     (["task.kind=rl"], "task.kind='rl'"),
     (["task=bessel", "task.window=1000"], "task.window=1000"),
     (["search=fixed", "search.arch=3", "search.select=2"], "search.select=2"),
+    (["backend.memory_mb=0"], "backend.memory_mb=0"),
+    (["backend.memory_mb=-5"], "backend.memory_mb=-5"),
+    (["backend.memory_mb=lots"], "backend.memory_mb"),
 ]
 # Through the command line by default (a compose error, range checks, a schema key, a data path);
 # every case goes through the command line in the slow suite and through `validate` below.

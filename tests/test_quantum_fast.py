@@ -181,3 +181,43 @@ def test_kernel_mode_comes_from_the_environment(monkeypatch):
     monkeypatch.setenv(kernel.ENV, "fortran")
     with pytest.raises(ValueError, match=kernel.ENV):
         kernel.mode()
+
+
+# --- memory chunking (backend.memory_mb) -----------------------------------------------------------
+def test_chunked_simulation_gives_the_same_probabilities_and_gradients(kernel_mode, monkeypatch):
+    """A tiny budget simulates wide32's candidates a few rows at a time (checkpointed on the torch
+    path): the same probabilities and gradients as one batch, to rounding."""
+    from diffqas_runner.config import search_space_file
+
+    space = search_space_file("wide32")
+    n, layers = 12, 3  # a Ry row needs 0.25 MB on the kernel, 1.1 MB on pure torch: 1 MB holds 4 or 1
+    theta = torch.rand((layers, n, 3), dtype=torch.float64, generator=torch.Generator().manual_seed(3)) * 6.3
+    coeffs = torch.randn(len(space), 2**n, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+
+    def run(memory_mb):
+        t = theta.clone().requires_grad_()
+        probs = native.probabilities(t, space, memory_mb=memory_mb)
+        (grad,) = torch.autograd.grad((coeffs * probs).sum(), t)
+        return probs.detach(), grad
+
+    calls = []
+    real = native._simulate_group
+    monkeypatch.setattr(native, "_simulate_group", lambda th, cands, mode=None: calls.append(len(cands)) or real(th, cands, mode))
+    whole = run(10**6)
+    batches = len(calls)
+    calls.clear()
+    chunked = run(1)
+    per_row = native.row_bytes("ry", n, layers, torch.float64, kernel_mode == "cpp")  # the smallest rows
+    assert max(calls) <= max(1, 2**20 // per_row) and len(calls) > batches  # it did chunk
+    # to rounding: batched first-layer products round differently for different batch sizes
+    torch.testing.assert_close(chunked[0], whole[0], rtol=0, atol=1e-15)
+    torch.testing.assert_close(chunked[1], whole[1], rtol=1e-12, atol=1e-12)
+
+
+def test_the_default_budget_is_half_the_free_memory_decided_once(monkeypatch):
+    native.default_memory_mb.cache_clear()
+    monkeypatch.setattr(native, "available_mb", lambda: 1000)
+    assert native.default_memory_mb() == 500
+    monkeypatch.setattr(native, "available_mb", lambda: 10)
+    assert native.default_memory_mb() == 500  # once per process
+    native.default_memory_mb.cache_clear()

@@ -96,6 +96,7 @@ class GeneratorOptions:
     backend: str = _BACKEND.name.value
     device: str = PennyLaneDevice.default_qubit.value  # PennyLane device when backend=pennylane
     dtype: torch.dtype = DTYPES[_BACKEND.precision.value]  # of the simulation and the QT parameters
+    memory_mb: int | None = _BACKEND.memory_mb  # native: the simulation's budget per step (None: half the free memory)
     out_dtype: torch.dtype = torch.float32  # of the generated weights (the target's dtype)
     shots: int | None = _QT.shots  # finite shots per circuit and step (None: exact probabilities)
     eval_shots: int | str | None = _QT.eval_shots  # for evaluation (eval mode): None (= shots), "exact", N
@@ -124,6 +125,7 @@ class GeneratorOptions:
             backend=choice(cfg.backend.name),
             device=PennyLaneDevice.default_qubit.value if native else cfg.backend.device,
             dtype=DTYPES[choice(cfg.backend.precision)],
+            memory_mb=cfg.backend.memory_mb,
             **qt,
         )
 
@@ -313,11 +315,14 @@ class Generator(_Evaluating, nn.Module):
         soft = torch.softmax((logits + gumbel) / self.temperature(), 0)
         return int(torch.argmax(soft.detach())), soft
 
+    def _simulate(self, theta: torch.Tensor, cands) -> torch.Tensor:
+        opts = self.options
+        return probabilities(theta, cands, backend=opts.backend, device=opts.device, memory_mb=opts.memory_mb)
+
     def _group_probabilities(self, k: int) -> torch.Tensor:
         head = int(self.group_heads[k])
         theta = self.theta[head] if self.per_candidate else self.theta
-        opts = self.options
-        return probabilities(theta, [self.candidates[head]], backend=opts.backend, device=opts.device)[0]
+        return self._simulate(theta, [self.candidates[head]])[0]
 
     def _sampled_probabilities(self) -> torch.Tensor:
         """Gumbel: only the chosen group's circuit is simulated (its lowest-numbered member).
@@ -351,11 +356,9 @@ class Generator(_Evaluating, nn.Module):
         if self.sampling == "gumbel":
             return self._sampled_probabilities()
         if self.per_candidate:
-            probs = torch.cat(
-                [probabilities(t, [c], backend=opts.backend, device=opts.device) for t, c in zip(self.theta, self.candidates)]
-            )
+            probs = torch.cat([self._simulate(t, [c]) for t, c in zip(self.theta, self.candidates)])
         else:
-            probs = probabilities(self.theta, self.candidates, backend=opts.backend, device=opts.device)
+            probs = self._simulate(self.theta, self.candidates)
         shots = opts.shots if self.training else self.eval_shots
         if shots is not None:  # one draw per group of identical candidates, shared by its members
             stream = finite_shots.TRAIN if self.training else finite_shots.EVAL

@@ -25,14 +25,20 @@ __all__ = [
 
 
 def probabilities(
-    theta: torch.Tensor, cands: Sequence[Candidate], backend: str = "native", device: str = "default.qubit"
+    theta: torch.Tensor,
+    cands: Sequence[Candidate],
+    backend: str = "native",
+    device: str = "default.qubit",
+    memory_mb: int | None = None,
 ) -> torch.Tensor:
     """Probabilities (len(cands), 2**n) of several candidates for shared angles theta (L, n), or
-    (L, n, k) when candidates have up to k rotations per wire."""
+    (L, n, k) when candidates have up to k rotations per wire. memory_mb (native only): the
+    simulation's budget per step, met by simulating candidates in chunks (None: half of what the
+    machine has free)."""
     if backend == "native":
         from . import native
 
-        return native.probabilities(theta, cands)
+        return native.probabilities(theta, cands, memory_mb)
     if backend == "pennylane":
         from . import pennylane
 

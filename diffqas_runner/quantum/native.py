@@ -27,6 +27,7 @@ Basis order everywhere outside this module: qubit 0 is the most significant bit.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -403,9 +404,63 @@ def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.d
         return _simulate_any(torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device), cand)
 
 
-def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tensor:
+def available_mb() -> int:
+    """The memory this machine has free now (MemAvailable, else all of it), in MB."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20
+
+
+@lru_cache(maxsize=1)
+def default_memory_mb() -> int:
+    """backend.memory_mb=null: half the memory available when this process first simulates
+    (decided once, so a run's chunking, and so its arithmetic, never changes halfway)."""
+    return max(1, available_mb() // 2)
+
+
+def row_bytes(mode: str, n: int, n_layers: int, dtype: torch.dtype, on_kernel: bool) -> int:
+    """Estimated peak bytes one row of a `_simulate_group` step holds, forward and backward. The
+    kernel keeps about 8 copies of the state (its adjoint backward stores no layers); pure torch
+    keeps about 7 per layer for autograd (measured: 100-120 MB per Ry row at 17 qubits, 15
+    layers). Planes: 1 for Ry rows, 2 for Rx (re, im) and complex."""
+    planes = 1 if mode == "ry" else 2
+    copies = 8 if on_kernel else 7 * (n_layers + 2)
+    return planes * (2**n) * torch.finfo(dtype).bits // 8 * copies
+
+
+def _chunked_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str, memory_mb: int | None) -> torch.Tensor:
+    """`_simulate_group` in chunks of rows that fit `memory_mb` (None: `default_memory_mb()`). Rows
+    do not interact, so chunking changes values only by rounding (batched products of the first
+    layer round differently for another batch size: ~1e-17 here). On the pure-torch
+    path every chunk but the working one is checkpointed (torch.utils.checkpoint): its activations
+    are dropped after the forward and recomputed in the backward, one chunk at a time."""
+    budget = (default_memory_mb() if memory_mb is None else memory_mb) * 2**20
+    on_kernel = theta.device.type == "cpu" and kernel.load() is not None
+    per_row = row_bytes(mode, theta.shape[1], theta.shape[0], theta.dtype, on_kernel)
+    size = max(1, budget // per_row)
+    if size >= len(cands):
+        return _simulate_group(theta, cands, mode)
+    parts = []
+    for start in range(0, len(cands), size):
+        chunk = cands[start : start + size]
+        if on_kernel or not theta.requires_grad:
+            parts.append(_simulate_group(theta, chunk, mode))
+        else:
+            from torch.utils.checkpoint import checkpoint
+
+            parts.append(checkpoint(_simulate_group, theta, chunk, mode, use_reentrant=False))
+    return torch.cat(parts)
+
+
+def probabilities(theta: torch.Tensor, cands: Sequence[Candidate], memory_mb: int | None = None) -> torch.Tensor:
     """Measurement probabilities (len(cands), 2**n) for the shared angles theta: (L, n), or
-    (L, n, k) when some candidate has k rotations per wire (each uses its first ones)."""
+    (L, n, k) when some candidate has k rotations per wire (each uses its first ones).
+    memory_mb: the budget of one step's simulation, met by simulating rows in chunks (`_chunked_group`)."""
     if theta.dim() not in (2, 3) or theta.shape[1] < 2 or theta.shape[0] < 1:
         raise ValueError(f"theta must have shape (L, n) or (L, n, k) with L >= 1 and n >= 2, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
@@ -418,7 +473,7 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tens
         mode = _mode(cand, n, n_layers)
         if mode == "static":
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
-        else:  # Ry rows with signed (CZ) layers apart: the C++ kernel takes the sign-free ones
+        else:  # signed (CZ) Ry rows apart: the sign-free ones need no sign array
             signed = mode == "ry" and layer_op(cand.entangler, n)[1] is not None
             groups.setdefault((mode, cand.rotation, signed), []).append(i)
     for (mode, _, _), members in groups.items():
@@ -427,6 +482,6 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate]) -> torch.Tens
         if mode == "closed_form":
             probs = closed_form.probabilities(angles, members_c)
         else:
-            probs = _simulate_group(angles, members_c, mode)
+            probs = _chunked_group(angles, members_c, mode, memory_mb)
         rows.update(zip(members, probs.unbind(0)))
     return torch.stack([rows[i] for i in range(len(cands))])
