@@ -175,9 +175,11 @@ std::vector<T> trig(const double* theta, int64_t layers, int64_t n, bool sine) {
 
 // Forward: a holds the input (rows, 2**n) and is overwritten; b is scratch. Returns 0 if the
 // result is in a, 1 if in b.
+// Rows come in blocks of `group` (1, or 2 for Rx rows kept as (real, imaginary) pairs): perm
+// indexes the block's group * 2**n amplitudes, so a layer may move values between a block's rows.
 template <typename T>
 int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* perm, const T* sign, int64_t rows,
-               int64_t n, int threads) {
+               int64_t n, int64_t group, int threads) {
   const Shape sh = shape_of(rows, n);
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
   T* cur = a;
@@ -188,7 +190,7 @@ int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* p
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* src = cur + row * sh.dim;
+      const T* src = cur + (row / group) * group * sh.dim;
       const int32_t* pr = perm + row * sh.dim + start;
       T* dst = nxt + row * sh.dim + start;
       if (sign == nullptr) {
@@ -216,7 +218,7 @@ int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* p
 // state's gradient is in g, 1 if in g2.
 template <typename T>
 int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, const double* theta, int64_t layers,
-                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int threads) {
+                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int64_t group, int threads) {
   const Shape sh = shape_of(rows, n);
   const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
   const int64_t jobs = std::max(jobs_low, jobs_high);
@@ -246,8 +248,8 @@ int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, cons
       unrotate_low(xs, gs, int(sh.low), c, s, dots.data());
       for (int64_t b = 0; b < sh.low; ++b) part[job * sh.n + b] += dots[b];
       const int32_t* pr = perm + row * sh.dim + start;
-      T* xd = xo + row * sh.dim;
-      T* gd = go + row * sh.dim;
+      T* xd = xo + (row / group) * group * sh.dim;  // perm is a bijection of the block: no two jobs write one place
+      T* gd = go + (row / group) * group * sh.dim;
       if (sign == nullptr) {
         for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
           xd[pr[i]] = xs[i];
@@ -494,24 +496,25 @@ int cx_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* du, const do
 
 extern "C" {
 
-int diffqas_abi_version() { return 2; }
+int diffqas_abi_version() { return 3; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
-                   int64_t rows, int64_t n, int threads) {
-  return ry_forward<double>(a, b, theta, layers, perm, sign, rows, n, threads);
+                   int64_t rows, int64_t n, int64_t group, int threads) {
+  return ry_forward<double>(a, b, theta, layers, perm, sign, rows, n, group, threads);
 }
 int ry_forward_f32(float* a, float* b, const double* theta, int64_t layers, const int32_t* perm, const float* sign,
-                   int64_t rows, int64_t n, int threads) {
-  return ry_forward<float>(a, b, theta, layers, perm, sign, rows, n, threads);
+                   int64_t rows, int64_t n, int64_t group, int threads) {
+  return ry_forward<float>(a, b, theta, layers, perm, sign, rows, n, group, threads);
 }
 int ry_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta,
                     const double* theta, int64_t layers, const int32_t* perm, const double* sign, int64_t rows,
-                    int64_t n, int threads) {
-  return ry_backward<double>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, threads);
+                    int64_t n, int64_t group, int threads) {
+  return ry_backward<double>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
 }
 int ry_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* dtheta, const double* theta,
-                    int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
-  return ry_backward<float>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, threads);
+                    int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int64_t group,
+                    int threads) {
+  return ry_backward<float>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
 }
 int cx_forward_f64(double* a, double* b, const double* u, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int threads) {

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 2  # diffqas_abi_version() of kernel.cpp
+ABI = 3  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 LOW, TILE = 12, 64  # kernel.cpp's chunk bits and tile width (scratch sizes below)
@@ -167,14 +167,16 @@ def _open(path: Path):
     if lib.diffqas_abi_version() != ABI:
         raise RuntimeError(f"{path} has ABI {lib.diffqas_abi_version()}, expected {ABI}")
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
-    for name in ("ry_forward", "cx_forward"):
+    signatures = {
+        "ry_forward": [p, p, p, i64, p, p, i64, i64, i64, i32],  # ..., rows, n, group, threads
+        "ry_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i64, i32],
+        "cx_forward": [p, p, p, i64, p, p, i64, i64, i32],  # ..., rows, n, threads
+        "cx_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
+    }
+    for name, argtypes in signatures.items():
         for suffix in ("f64", "f32"):
             fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = [p, p, p, i64, p, p, i64, i64, i32], i32
-    for name in ("ry_backward", "cx_backward"):
-        for suffix in ("f64", "f32"):
-            fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32], i32
+            fn.argtypes, fn.restype = argtypes, i32
     return lib
 
 
@@ -229,16 +231,19 @@ def _jobs(rows: int, n: int) -> int:
 
 class RyLayers(torch.autograd.Function):
     """Layers of real Ry rows: state (rows, 2**n) after the first layer (or the start state),
-    theta (layers, n), perm (rows, 2**n) int32, sign (rows, 2**n) or None -> (rows, 2**n)."""
+    theta (layers, n), perm (rows, 2**n) int32, sign (rows, 2**n) or None -> (rows, 2**n).
+    group: rows come in blocks of `group` whose perm indexes the whole block (group * 2**n
+    amplitudes): 2 for Rx rows kept as (real, imaginary) pairs (native._rx_pairs)."""
 
     @staticmethod
-    def forward(ctx, state, theta, perm, sign=None):
+    def forward(ctx, state, theta, perm, sign=None, group=1):
         rows, dim = state.shape
         a, b = state.detach().contiguous().clone(), torch.empty_like(state)
         th = theta.detach().to(torch.float64).contiguous()
-        which = _call("ry_forward", state.dtype, a, b, th, th.shape[0], perm, sign, rows, dim.bit_length() - 1)
+        which = _call("ry_forward", state.dtype, a, b, th, th.shape[0], perm, sign, rows, dim.bit_length() - 1, group)
         final = b if which else a
         ctx.save_for_backward(final, theta, perm, sign)
+        ctx.group = group
         return final
 
     @staticmethod
@@ -251,9 +256,9 @@ class RyLayers(torch.autograd.Function):
         part = torch.zeros(_jobs(rows, n) * n, dtype=torch.float64)
         th = theta.detach().to(torch.float64).contiguous()
         dtheta = torch.zeros(th.shape, dtype=torch.float64)
-        args = (psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n)
+        args = (psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n, ctx.group)
         which = _call("ry_backward", final.dtype, *args)
-        return (g2 if which else g), dtheta.to(theta.dtype), None, None
+        return (g2 if which else g), dtheta.to(theta.dtype), None, None, None
 
 
 class ComplexLayers(torch.autograd.Function):

@@ -255,6 +255,15 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
             return kernel.RyLayers.apply(state, theta[1:], perm, sign).square()
         start = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
         return kernel.RyLayers.apply(start, theta, perm, sign).square()
+    if mode == "rx":  # (real, imaginary) row pairs on the real kernel: see _rx_pairs
+        perm2, sign2 = _rx_pairs(cands, n, theta.dtype)
+        if fixed:
+            state = _first_layer(cands, _single_qubit("rx", theta[0]), True).view(2 * rows, dim)
+            if n_layers > 1:
+                state = kernel.RyLayers.apply(state, theta[1:], perm2, sign2, 2)
+        else:
+            state = kernel.RyLayers.apply(_rx_start(cands, n, theta.dtype).view(2 * rows, dim), theta, perm2, sign2, 2)
+        return state.square().view(rows, 2, dim).sum(1)
     axes = cands[0].rotation.axes
     mats = _single_qubit("complex", theta if theta.dim() == 3 else theta[..., None], axes)  # (L, n, 2, 2)
     if fixed:
@@ -272,6 +281,34 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
         real = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
         state = torch.stack([real, torch.zeros_like(real)], 1)
     return kernel.ComplexLayers.apply(state, mats, perm, sign).square().sum(1)
+
+
+@lru_cache(maxsize=32)
+def _rx_pairs(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rx rows on the real Ry kernel: each candidate is a (real, imaginary) row pair of
+    phi = D^-1 psi (`_signed_source`), whose layer is R' = Ry Z on every wire after the signed
+    permutation D P D. The Z layer is a sign (-1)^popcount(x), folded into the permutation's, and
+    the pair's gather indexes both its rows (kernel group 2). Returns (perm, sign), (2 rows, 2**n)."""
+    dim = 2**n
+    source, sign = _signed_source(cands, n, True)
+    base = (torch.arange(2 * len(cands)) // 2 * 2 * dim)[:, None]
+    perm = (source.view(-1, dim) - base).to(torch.int32)
+    x = torch.arange(dim)
+    parity = 1.0 - 2.0 * (sum((x >> b) & 1 for b in range(n)) % 2).to(torch.float64)
+    sign = (torch.ones(2 * len(cands), dim, dtype=torch.float64) if sign is None else sign.view(-1, dim)) * parity
+    return perm.contiguous(), sign.to(dtype).contiguous()
+
+
+def _rx_start(cands: Sequence[Candidate], n: int, dtype: torch.dtype) -> torch.Tensor:
+    """The start state of Rx rows in the tracked frame phi = D^-1 psi: phi[x] = i^popcount(x) psi[x],
+    as (len(cands), 2, 2**n) (real, imaginary) rows."""
+    dim = 2**n
+    start = torch.stack([_start_vector(c, n, torch.float64) for c in cands])
+    x = torch.arange(dim)
+    turns = sum(((x >> b) & 1) for b in range(n)) % 4
+    re = torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=torch.float64)[turns]
+    im = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float64)[turns]
+    return torch.stack([start * re, start * im], 1).to(dtype)
 
 
 def _start_vector(cand: Candidate, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -327,15 +364,10 @@ def _simulate_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str
         flat = _first_layer(cands, mats[0], is_rx)
         first = 1
     else:  # a CZ entangler on |+..+>: start from the start state and run every layer
-        dim = 2**n
-        plus, zero = torch.full((dim,), dim**-0.5, dtype=torch.float64), torch.eye(1, dim, dtype=torch.float64)[0]
-        start = torch.stack([plus if c.hadamard else zero for c in cands])
-        if is_rx:  # the tracked phi = D^-1 psi: phi[x] = i^popcount(x) psi[x], as (real, imaginary) rows
-            x = torch.arange(dim)
-            turns = sum(((x >> b) & 1) for b in range(n)) % 4
-            re = torch.tensor([1.0, 0.0, -1.0, 0.0], dtype=torch.float64)[turns]
-            im = torch.tensor([0.0, 1.0, 0.0, -1.0], dtype=torch.float64)[turns]
-            start = torch.stack([start * re, start * im], 1)
+        if is_rx:  # the tracked phi = D^-1 psi as (real, imaginary) rows
+            start = _rx_start(cands, n, torch.float64)
+        else:
+            start = torch.stack([_start_vector(c, n, torch.float64) for c in cands])
         flat = start.to(dtype=mats.dtype, device=theta.device).reshape(-1)
         first = 0
     plan = _plan(cands, n, theta.dtype, str(theta.device), mode)
