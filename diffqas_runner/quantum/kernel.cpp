@@ -331,12 +331,48 @@ inline void unapply_span(T* lr, T* li, T* hr, T* hi, T* glr, T* gli, T* ghr, T* 
   acc[4] += s4; acc[5] += s5; acc[6] += s6; acc[7] += s7;
 }
 
+// The lowest bits (stride < SMALL) have spans too short to pay a call and a reduction each: they
+// are gathered into contiguous (lo, hi) buffers for a whole chunk, handled as one long span, and
+// scattered back.
+constexpr int SMALL_BITS = 3;
+
+template <typename T>
+inline void split_pairs(const T* x, T* lo, T* hi, int64_t size, int b) {
+  const int64_t st = int64_t(1) << b, half = size / 2;
+  for (int64_t p = 0; p < half; ++p) {
+    const int64_t i = ((p >> b) << (b + 1)) | (p & (st - 1));
+    lo[p] = x[i];
+    hi[p] = x[i + st];
+  }
+}
+
+template <typename T>
+inline void join_pairs(T* x, const T* lo, const T* hi, int64_t size, int b) {
+  const int64_t st = int64_t(1) << b, half = size / 2;
+  for (int64_t p = 0; p < half; ++p) {
+    const int64_t i = ((p >> b) << (b + 1)) | (p & (st - 1));
+    x[i] = lo[p];
+    x[i + st] = hi[p];
+  }
+}
+
 // Chunk of `size` amplitudes at re / im (split planes), its low `bits` bits; u per bit (8 each).
 template <typename T>
 inline void capply_low(T* re, T* im, int bits, const T* u) {
-  const int64_t size = int64_t(1) << bits;
+  const int64_t size = int64_t(1) << bits, half = size / 2;
+  thread_local std::vector<T> buf;
+  buf.resize(4 * half);
+  T *lr = buf.data(), *li = lr + half, *hr = li + half, *hi = hr + half;
   for (int b = 0; b < bits; ++b) {
     const int64_t st = int64_t(1) << b;
+    if (b < SMALL_BITS) {
+      split_pairs(re, lr, hr, size, b);
+      split_pairs(im, li, hi, size, b);
+      apply_span(lr, li, hr, hi, half, u + 8 * b);
+      join_pairs(re, lr, hr, size, b);
+      join_pairs(im, li, hi, size, b);
+      continue;
+    }
     for (int64_t base = 0; base < size; base += 2 * st)
       apply_span(re + base, im + base, re + base + st, im + base + st, st, u + 8 * b);
   }
@@ -344,9 +380,25 @@ inline void capply_low(T* re, T* im, int bits, const T* u) {
 
 template <typename T>
 inline void cunapply_low(T* re, T* im, T* gre, T* gim, int bits, const T* u, double* acc) {
-  const int64_t size = int64_t(1) << bits;
+  const int64_t size = int64_t(1) << bits, half = size / 2;
+  thread_local std::vector<T> buf;
+  buf.resize(8 * half);
+  T *lr = buf.data(), *li = lr + half, *hr = li + half, *hi = hr + half;
+  T *glr = hi + half, *gli = glr + half, *ghr = gli + half, *ghi = ghr + half;
   for (int b = 0; b < bits; ++b) {
     const int64_t st = int64_t(1) << b;
+    if (b < SMALL_BITS) {
+      split_pairs(re, lr, hr, size, b);
+      split_pairs(im, li, hi, size, b);
+      split_pairs(gre, glr, ghr, size, b);
+      split_pairs(gim, gli, ghi, size, b);
+      unapply_span(lr, li, hr, hi, glr, gli, ghr, ghi, half, u + 8 * b, acc + 8 * b);
+      join_pairs(re, lr, hr, size, b);
+      join_pairs(im, li, hi, size, b);
+      join_pairs(gre, glr, ghr, size, b);
+      join_pairs(gim, gli, ghi, size, b);
+      continue;
+    }
     for (int64_t base = 0; base < size; base += 2 * st)
       unapply_span(re + base, im + base, re + base + st, im + base + st, gre + base, gim + base, gre + base + st,
                    gim + base + st, st, u + 8 * b, acc + 8 * b);
