@@ -248,8 +248,9 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
     fixed = all(_start_fixed(c, n) for c in cands)
     perm, sign = _permutations(cands, n), _signs(cands, n, theta.dtype)
     if mode == "ry":
-        if fixed:
-            state = _first_layer(cands, _single_qubit("ry", theta[0]), False).view(rows, dim)
+        if fixed:  # the rotations of every layer, then layer 0's: the autograd graph (and so the
+            # order gradients are summed in, to the last bit) of the pure-torch path
+            state = _first_layer(cands, _single_qubit("ry", theta)[0], False).view(rows, dim)
             if n_layers == 1:
                 return state.square()
             return kernel.RyLayers.apply(state, theta[1:], perm, sign).square()
