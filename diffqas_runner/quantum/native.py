@@ -259,7 +259,7 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
     if mode == "rx":  # (real, imaginary) row pairs on the real kernel: see _rx_pairs
         perm2, sign2 = _rx_pairs(cands, n, theta.dtype)
         if fixed:
-            state = _first_layer(cands, _single_qubit("rx", theta[0]), True).view(2 * rows, dim)
+            state = _first_layer(cands, _single_qubit("rx", theta)[0], True).view(2 * rows, dim)
             if n_layers > 1:
                 state = kernel.RyLayers.apply(state, theta[1:], perm2, sign2, 2)
         else:
@@ -268,12 +268,7 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
     axes = cands[0].rotation.axes
     mats = _single_qubit("complex", theta if theta.dim() == 3 else theta[..., None], axes)  # (L, n, 2, 2)
     if fixed:
-        cdtype = mats.dtype
-        r = 2**-0.5
-        plus, zero = torch.tensor([r, r], dtype=cdtype), torch.tensor([1.0, 0.0], dtype=cdtype)
-        starts = torch.stack([plus if c.hadamard else zero for c in cands])  # (rows, 2)
-        vecs = torch.einsum("qab,kb->kqa", mats[0], starts)[..., None]
-        psi = _kron(vecs).squeeze(-1)  # (rows, 2**n) complex
+        psi = _first_layer(cands, mats[0], False).view(rows, dim)  # complex
         state = torch.stack([psi.real, psi.imag], 1)
         if n_layers == 1:
             return state.square().sum(1)
@@ -469,9 +464,9 @@ def row_bytes(mode: str, n: int, n_layers: int, dtype: torch.dtype, on_kernel: b
 def _chunked_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str, memory_mb: int | None) -> torch.Tensor:
     """`_simulate_group` in chunks of rows that fit `memory_mb` (None: `default_memory_mb()`). Rows
     do not interact, so chunking changes values only by rounding (batched products of the first
-    layer round differently for another batch size: ~1e-17 here). On the pure-torch
-    path every chunk but the working one is checkpointed (torch.utils.checkpoint): its activations
-    are dropped after the forward and recomputed in the backward, one chunk at a time."""
+    layer round differently for another batch size: ~1e-17 here). On the pure-torch path every
+    chunk is checkpointed (torch.utils.checkpoint): its activations are dropped after the forward
+    and recomputed in the backward, one chunk at a time. The kernel keeps no layers: it loops."""
     budget = (default_memory_mb() if memory_mb is None else memory_mb) * 2**20
     on_kernel = theta.device.type == "cpu" and kernel.load() is not None
     per_row = row_bytes(mode, theta.shape[1], theta.shape[0], theta.dtype, on_kernel)
