@@ -100,3 +100,39 @@ def test_cpp_mode_builds_now_and_the_library_name_tracks_the_compiler(fresh, mon
     assert kernel.library_path().is_file()
     monkeypatch.setenv("CXX", "g++" if kernel.compiler() != "g++" else "c++")
     assert not kernel.library_path().exists()  # another compiler: another file, never a stale one
+
+
+def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):
+    """Raw pointers: a perm of another dtype or layout, or a sign of another dtype, is an error, not
+    a read past a buffer; a non-contiguous state is copied, not misread."""
+    import torch
+
+    monkeypatch.setenv(kernel.ENV, "cpp")
+    try:
+        kernel.load()
+    except RuntimeError as err:
+        from helpers import kernel_required
+
+        if kernel_required():
+            pytest.fail(f"DIFFQAS_REQUIRE_KERNEL=1 and a C++ compiler is on PATH, but: {err}")
+        pytest.skip(f"the C++ kernel could not be built here: {err}")
+    rows, n = 2, 3
+    state = torch.rand(rows, 2**n, dtype=torch.float64)
+    theta = torch.rand(1, n, dtype=torch.float64)
+    perm = torch.arange(2**n, dtype=torch.int32).repeat(rows, 1)
+    good = kernel.RyLayers.apply(state, theta, perm, None)
+    transposed = state.T.contiguous().T  # the same values, column-major
+    torch.testing.assert_close(kernel.RyLayers.apply(transposed, theta, perm, None), good, rtol=0, atol=0)
+    for bad_perm in (perm.long(), torch.arange(2**n, dtype=torch.int32).expand(rows, 2**n), perm[:, :4]):
+        with pytest.raises(ValueError, match="perm must be a contiguous int32"):
+            kernel.RyLayers.apply(state, theta, bad_perm, None)
+    with pytest.raises(ValueError, match="sign must be None or a contiguous torch.float64"):
+        kernel.RyLayers.apply(state, theta, perm, torch.ones(rows, 2**n, dtype=torch.float32))
+    planes, eye = torch.rand(rows, 2, 2**n, dtype=torch.float64), torch.eye(2, dtype=torch.complex128).repeat(1, n, 1, 1)
+    with pytest.raises(ValueError, match="perm must be"):
+        kernel.ComplexLayers.apply(planes, eye, perm.long(), None)
+
+
+def test_an_empty_cxx_means_the_default_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "")
+    assert kernel.compiler() == "c++"

@@ -1,7 +1,7 @@
 // The native simulator's fused layer kernels (see kernel.py for what they compute and why).
 //
 // Plain C++ with a C interface: no torch or Python headers, so it compiles in a few seconds
-// with any C++17 compiler and does not depend on the torch version. kernel.py loads it with
+// with any C++20 compiler (kernel.py's flags) and does not depend on the torch version. kernel.py loads it with
 // ctypes and hands it the data pointers of torch tensors.
 //
 // Layout: a batch of `rows` state vectors of 2**n amplitudes, qubit 0 the most significant bit

@@ -51,6 +51,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.autograd.function import once_differentiable
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ def mode() -> str:
 
 
 def compiler() -> str:
-    return os.environ.get("CXX", "c++")
+    return os.environ.get("CXX") or "c++"  # an empty $CXX is unset
 
 
 def cache_dir() -> Path:
@@ -96,33 +97,40 @@ def cache_dir() -> Path:
     return Path(base) / "diffqas_runner"
 
 
-def library_path() -> Path:
-    """Where the built library is cached: the source, flags, compiler name and this CPU's model and
-    flags are in its name, so a file there is current."""
+def _source_and_path() -> tuple[str, Path]:
+    """kernel.cpp's text and where its library is cached: the source, flags, compiler name and
+    this CPU's model and flags are in its name, so a file there is current. A build compiles this
+    text (a copy), never the file read again later, so the name always matches what was built."""
     cpu = platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu += "".join(line for line in f if line.startswith(("model name", "flags")))
     except OSError:
         pass
-    text = cpu + SOURCE.read_text() + " ".join(FLAGS) + compiler()
-    return cache_dir() / f"diffqas_kernel_{hashlib.sha256(text.encode()).hexdigest()[:12]}.so"
+    source = SOURCE.read_text()
+    text = cpu + source + " ".join(FLAGS) + compiler()
+    return source, cache_dir() / f"diffqas_kernel_{hashlib.sha256(text.encode()).hexdigest()[:12]}.so"
 
 
-def _command(out: Path) -> list[str]:
-    return [*shlex.split(compiler()), *FLAGS, str(SOURCE), "-o", str(out)]
+def library_path() -> Path:
+    return _source_and_path()[1]
+
+
+def _command(source: Path, out: Path) -> list[str]:
+    return [*shlex.split(compiler()), *FLAGS, str(source), "-o", str(out)]
 
 
 def build() -> Path:
     """Compile kernel.cpp now (about 2 s) into the cache; returns the library's path. The file
     appears atomically (written elsewhere, then renamed), so a reader never sees half of it."""
-    path = library_path()
+    text, path = _source_and_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
-        out = Path(tmp) / path.name
-        res = subprocess.run(_command(out), capture_output=True, text=True)
+        source, out = Path(tmp) / "kernel.cpp", Path(tmp) / path.name
+        source.write_text(text)
+        res = subprocess.run(_command(source, out), capture_output=True, text=True)
         if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(_command(out))} failed:\n{res.stderr.strip()[-2000:]}")
+            raise RuntimeError(f"{' '.join(_command(source, out))} failed:\n{res.stderr.strip()[-2000:]}")
         os.replace(out, path)
     return path
 
@@ -132,7 +140,7 @@ def build_in_background() -> bool:
     STALE_SECONDS); False when there is no compiler or the cache is not writable."""
     if shutil.which(shlex.split(compiler())[0]) is None:
         return False
-    path = library_path()
+    text, path = _source_and_path()
     lock = path.with_suffix(".building")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,9 +151,14 @@ def build_in_background() -> bool:
             os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
         except FileExistsError:  # another process started the build a moment ago
             return True
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    except OSError:
+        return False
+    try:  # from here on the lock is ours: it goes with the build, or right away if none starts
+        tmp, source = path.with_suffix(f".{os.getpid()}.tmp"), path.with_suffix(f".{os.getpid()}.cpp")
+        source.write_text(text)
         q = shlex.quote
-        script = f"{shlex.join(_command(tmp))} && mv -f {q(str(tmp))} {q(str(path))}; rm -f {q(str(tmp))} {q(str(lock))}"
+        done = f"rm -f {q(str(tmp))} {q(str(source))} {q(str(lock))}"
+        script = f"{shlex.join(_command(source, tmp))} && mv -f {q(str(tmp))} {q(str(path))}; {done}"
         with open(path.with_suffix(".log"), "w") as logfile:  # the compiler's messages, if any
             # `( ... ) &`: the shell returns at once and the build, orphaned, outlives this process
             # (no zombie, no unwaited child)
@@ -158,6 +171,8 @@ def build_in_background() -> bool:
                 check=True,
             )
     except (OSError, subprocess.SubprocessError):
+        for leftover in (lock, path.with_suffix(f".{os.getpid()}.cpp")):
+            leftover.unlink(missing_ok=True)
         return False
     return True
 
@@ -194,7 +209,11 @@ def load():
             path = library_path()
             try:
                 if path.is_file():
-                    _module, _error = _open(path), None
+                    try:
+                        _module, _error = _open(path), None
+                    except OSError as err:  # e.g. a shared cache built where a library this node lacks exists
+                        log.warning("the cached C++ kernel %s does not load here (%s); this run uses pure torch", path, err)
+                        raise
                 elif current == "cpp":
                     log.info("building the native simulator's C++ kernel (about 2 s, once per machine)")
                     _module, _error = _open(build()), None
@@ -223,6 +242,17 @@ def _call(name: str, dtype: torch.dtype, *args) -> int:
     return fn(*ptrs, torch.get_num_threads())
 
 
+def _check_inputs(state: torch.Tensor, perm: torch.Tensor, sign: torch.Tensor | None, rows: int, dim: int) -> None:
+    """What kernel.cpp reads through raw pointers must be what it assumes: CPU, contiguous, perm
+    int32 (rows, 2**n), sign None or (rows, 2**n) in the state's dtype."""
+    if state.device.type != "cpu" or state.dtype not in (torch.float64, torch.float32):
+        raise ValueError(f"the kernel takes float64 or float32 CPU states, got {state.dtype} on {state.device}")
+    if perm.dtype != torch.int32 or tuple(perm.shape) != (rows, dim) or not perm.is_contiguous():
+        raise ValueError(f"perm must be a contiguous int32 ({rows}, {dim}) tensor, got {perm.dtype} {tuple(perm.shape)}")
+    if sign is not None and (sign.dtype != state.dtype or tuple(sign.shape) != (rows, dim) or not sign.is_contiguous()):
+        raise ValueError(f"sign must be None or a contiguous {state.dtype} ({rows}, {dim}) tensor")
+
+
 def _jobs(rows: int, n: int) -> int:
     """kernel.cpp's max(jobs_low, jobs_high): the scratch rows of per-job partial sums."""
     low = min(n, LOW)
@@ -238,7 +268,9 @@ class RyLayers(torch.autograd.Function):
     @staticmethod
     def forward(ctx, state, theta, perm, sign=None, group=1):
         rows, dim = state.shape
-        a, b = state.detach().contiguous().clone(), torch.empty_like(state)
+        _check_inputs(state, perm, sign, rows, dim)
+        a = state.detach().contiguous().clone()
+        b = torch.empty_like(a)
         th = theta.detach().to(torch.float64).contiguous()
         which = _call("ry_forward", state.dtype, a, b, th, th.shape[0], perm, sign, rows, dim.bit_length() - 1, group)
         final = b if which else a
@@ -247,6 +279,7 @@ class RyLayers(torch.autograd.Function):
         return final
 
     @staticmethod
+    @once_differentiable  # the adjoint backward is not itself differentiable: say so, not zeros
     def backward(ctx, grad):
         final, theta, perm, sign = ctx.saved_tensors
         rows, dim = final.shape
@@ -269,7 +302,9 @@ class ComplexLayers(torch.autograd.Function):
     @staticmethod
     def forward(ctx, state, u, perm, sign=None):
         rows, _, dim = state.shape
-        a, b = state.detach().contiguous().clone(), torch.empty_like(state)
+        _check_inputs(state, perm, sign, rows, dim)
+        a = state.detach().contiguous().clone()
+        b = torch.empty_like(a)
         u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
         which = _call("cx_forward", state.dtype, a, b, u64, u64.shape[0], perm, sign, rows, dim.bit_length() - 1)
         final = b if which else a
@@ -277,6 +312,7 @@ class ComplexLayers(torch.autograd.Function):
         return final
 
     @staticmethod
+    @once_differentiable  # the adjoint backward is not itself differentiable: say so, not zeros
     def backward(ctx, grad):
         final, u, perm, sign = ctx.saved_tensors
         rows, _, dim = final.shape

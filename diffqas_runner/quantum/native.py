@@ -464,9 +464,10 @@ def row_bytes(mode: str, n: int, n_layers: int, dtype: torch.dtype, on_kernel: b
 def _chunked_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str, memory_mb: int | None) -> torch.Tensor:
     """`_simulate_group` in chunks of rows that fit `memory_mb` (None: `default_memory_mb()`). Rows
     do not interact, so chunking changes values only by rounding (batched products of the first
-    layer round differently for another batch size: ~1e-17 here). On the pure-torch path every
-    chunk is checkpointed (torch.utils.checkpoint): its activations are dropped after the forward
-    and recomputed in the backward, one chunk at a time. The kernel keeps no layers: it loops."""
+    layer round differently for another batch size: ~1e-17 here). Every chunk is
+    checkpointed (torch.utils.checkpoint): its activations are dropped after the forward
+    and recomputed in the backward, one chunk at a time; on the kernel too (its graph keeps the
+    final state and the first layer of every row)."""
     budget = (default_memory_mb() if memory_mb is None else memory_mb) * 2**20
     on_kernel = theta.device.type == "cpu" and kernel.load() is not None
     per_row = row_bytes(mode, theta.shape[1], theta.shape[0], theta.dtype, on_kernel)
@@ -476,9 +477,9 @@ def _chunked_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str,
     parts = []
     for start in range(0, len(cands), size):
         chunk = cands[start : start + size]
-        if on_kernel or not theta.requires_grad:
+        if not theta.requires_grad:
             parts.append(_simulate_group(theta, chunk, mode))
-        else:
+        else:  # the kernel's graph also keeps a state and the first layer per row: checkpoint it too
             from torch.utils.checkpoint import checkpoint
 
             parts.append(checkpoint(_simulate_group, theta, chunk, mode, use_reentrant=False))
