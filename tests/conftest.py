@@ -20,18 +20,13 @@ def data_dir() -> Path:
 def kernel_mode(request, monkeypatch):
     """Run a test on the pure-torch layers and on the C++ kernel (the kernel case skips where it
     cannot build, and fails there when kernel_required())."""
-    from helpers import kernel_required
+    from helpers import load_kernel_or_skip
 
     from diffqas_runner.quantum import kernel
 
-    monkeypatch.setenv(kernel.ENV, request.param)
     if request.param == "cpp":
-        try:
-            kernel.load()  # raises in cpp mode when the build failed, now or earlier in this process
-        except RuntimeError as err:
-            if kernel_required():
-                pytest.fail(f"DIFFQAS_REQUIRE_KERNEL=1 and a C++ compiler is on PATH, but: {err}")
-            pytest.skip(f"the C++ kernel could not be built here: {err}")
+        load_kernel_or_skip(monkeypatch)  # cpp mode raises when the build failed, now or earlier in this process
     else:
+        monkeypatch.setenv(kernel.ENV, request.param)
         assert kernel.load() is None
     return request.param

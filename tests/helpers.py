@@ -55,7 +55,23 @@ def metrics_rows(run_dir: Path) -> list[dict]:
 def kernel_required() -> bool:
     """CI's promise (.ci/run sets DIFFQAS_REQUIRE_KERNEL=1): where a C++ compiler is on PATH, the
     C++ kernel builds, so its tests fail instead of skipping when it does not."""
-    return os.environ.get("DIFFQAS_REQUIRE_KERNEL") == "1" and shutil.which(os.environ.get("CXX", "c++")) is not None
+    return os.environ.get("DIFFQAS_REQUIRE_KERNEL") == "1" and shutil.which(os.environ.get("CXX") or "c++") is not None
+
+
+def load_kernel_or_skip(monkeypatch):
+    """Switch this test to DIFFQAS_NATIVE_KERNEL=cpp and load the C++ kernel: skip where it cannot
+    be built, fail there when kernel_required()."""
+    import pytest
+
+    from diffqas_runner.quantum import kernel
+
+    monkeypatch.setenv(kernel.ENV, "cpp")
+    try:
+        return kernel.load()
+    except RuntimeError as err:
+        if kernel_required():
+            pytest.fail(f"DIFFQAS_REQUIRE_KERNEL=1 and a C++ compiler is on PATH, but: {err}")
+        pytest.skip(f"the C++ kernel could not be built here: {err}")
 
 
 def compose(overrides):

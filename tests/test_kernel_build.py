@@ -106,16 +106,9 @@ def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):
     """Raw pointers: a perm of another dtype or layout, or a sign of another dtype, is an error, not
     a read past a buffer; a non-contiguous state is copied, not misread."""
     import torch
+    from helpers import load_kernel_or_skip
 
-    monkeypatch.setenv(kernel.ENV, "cpp")
-    try:
-        kernel.load()
-    except RuntimeError as err:
-        from helpers import kernel_required
-
-        if kernel_required():
-            pytest.fail(f"DIFFQAS_REQUIRE_KERNEL=1 and a C++ compiler is on PATH, but: {err}")
-        pytest.skip(f"the C++ kernel could not be built here: {err}")
+    load_kernel_or_skip(monkeypatch)
     rows, n = 2, 3
     state = torch.rand(rows, 2**n, dtype=torch.float64)
     theta = torch.rand(1, n, dtype=torch.float64)

@@ -10,7 +10,7 @@ against autograd through `native._simulate_any` (a plain complex simulation that
 import pytest
 import reference
 import torch
-from helpers import kernel_required
+from helpers import load_kernel_or_skip
 
 from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, kernel, native, probabilities
 from diffqas_runner.quantum.candidates import CHAIN, RING, RX, RY, Candidate, Entangler
@@ -156,13 +156,7 @@ def test_every_candidate_matches_pennylane_on_both_kernels(n, layers, kernel_mod
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 @pytest.mark.parametrize("n,layers", [(2, 2), (3, 4), (11, 3), (12, 2), (13, 3), (14, 5)])
 def test_cpp_kernel_matches_the_torch_layers(n, layers, dtype, monkeypatch):
-    monkeypatch.setenv(kernel.ENV, "cpp")
-    try:
-        kernel.load()
-    except RuntimeError as err:
-        if kernel_required():
-            pytest.fail(f"DIFFQAS_REQUIRE_KERNEL=1 and a C++ compiler is on PATH, but: {err}")
-        pytest.skip(f"the C++ kernel could not be built here: {err}")
+    load_kernel_or_skip(monkeypatch)
     ry = tuple(c for c in CANDIDATES if c.rotation == RY)
     theta = _theta(n, layers, seed=n * layers, dtype=dtype)
     coeffs = torch.randn(len(ry), 2**n, generator=torch.Generator().manual_seed(6), dtype=dtype)
