@@ -73,6 +73,16 @@ class BitsInit(Enum):
     default = "default"
 
 
+class BitsCoding(Enum):
+    pm1 = "pm1"  # each basis-state bit as -1 / +1 (the toolkit's)
+    binary = "binary"  # as 0 / 1
+
+
+class ImageModel(Enum):
+    mlp = "mlp"  # MLP 784-hidden-K
+    cnn = "cnn"  # the Quantum-Train toolkit's small CNN: conv 1->8 (5x5), pool, conv 8->12 (5x5), pool, 192-20-K
+
+
 class BackendName(Enum):
     native = "native"
     pennylane = "pennylane"
@@ -131,7 +141,10 @@ class ClassificationTaskConfig(TaskConfig):
     kind: TaskKind = TaskKind.classification
     # two or more distinct labels 0..9 (relabelled 0..K-1 in this order), or `all`: the ten classes
     classes: Any = field(default_factory=lambda: [1, 5])
-    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP 784-128-64-K
+    hidden: list[int] = field(default_factory=lambda: [128, 64])  # MLP 784-128-64-K (model=mlp)
+    # the target network: mlp (784-hidden-K) | cnn (the toolkit's: 6,690 weights for ten classes,
+    # 13 qubits; `hidden` is not used)
+    model: ImageModel = ImageModel.mlp
     depth: int = 15
     # a stratified, seeded (by `seed`) hold-out of this fraction of the training images as a
     # validation split (val_accuracy, val_loss): what to choose settings on (0: none)
@@ -217,6 +230,10 @@ class QTConfig:
     center_output: bool = True
     mapping_hidden: list[int] = field(default_factory=list)
     mapping_bits_init: BitsInit = BitsInit.zero
+    mapping_bits: BitsCoding = BitsCoding.pm1  # how the mapping reads a basis state's bits: pm1 (-1/+1) | binary (0/1)
+    # a learnable gain and shift per target tensor after `tensor_scale` (2 parameters per tensor;
+    # init 1 and 0, so the first step's weights are today's): each layer finds its own scale
+    tensor_affine: bool = False
     input_norm: InputNorm = InputNorm.standardize
     theta_init: ThetaInit = ThetaInit.uniform
     theta_std: float = 0.01

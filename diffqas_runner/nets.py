@@ -16,6 +16,25 @@ def mlp(widths: list[int], dtype: torch.dtype | None = None) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+class ToolkitCNN(nn.Module):
+    """The Quantum-Train toolkit's small image CNN (its MNIST / FashionMNIST appendix target):
+    Conv2d(1, 8, 5) -> MaxPool(2) -> Conv2d(8, 12, 5) -> MaxPool(2) -> Linear(192, 20) -> Linear(20, K),
+    with no activation but the max-pools, as the toolkit writes it. Ten classes: 6,690 weights
+    (13 qubits). Takes flat (N, 784) images, as the classification task stores them."""
+
+    def __init__(self, classes: int = 10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 8, kernel_size=5)
+        self.conv2 = nn.Conv2d(8, 12, kernel_size=5)
+        self.fc1 = nn.Linear(12 * 4 * 4, 20)
+        self.fc2 = nn.Linear(20, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.max_pool2d(self.conv1(x.view(-1, 1, 28, 28)), 2)
+        x = nn.functional.max_pool2d(self.conv2(x), 2)
+        return self.fc2(self.fc1(x.flatten(1)))
+
+
 class LSTMRegressor(nn.Module):
     """One-layer LSTM with one bias per gate, then Linear(hidden -> 1) on the last hidden state.
 

@@ -28,6 +28,31 @@ CZ = np.diag([1, 1, 1, -1]).astype(np.complex128)
 TWO_QUBIT = {"cnot": CNOT, "cz": CZ}
 
 
+def u3(t: float, p: float, lam: float) -> np.ndarray:
+    """U3 as Qiskit and PennyLane write it out (with its phase)."""
+    c, s = np.cos(t / 2), np.sin(t / 2)
+    return np.array([[c, -np.exp(1j * lam) * s], [np.exp(1j * p) * s, np.exp(1j * (p + lam)) * c]], dtype=np.complex128)
+
+
+def controlled(gate: str, angles) -> np.ndarray:
+    """A parametrised controlled gate as its 4x4 matrix [[I, 0], [0, U]] on |control target>:
+    U = R_a(t) for CRa, Rz(c) Ry(b) Rz(a) for CRot(a, b, c), U3 for CU3."""
+    if gate in ("crx", "cry", "crz"):
+        u = rotation(gate[-1].upper(), angles[0])
+    elif gate == "crot":
+        u = rotation("Z", angles[2]) @ rotation("Y", angles[1]) @ rotation("Z", angles[0])
+    elif gate == "cu3":
+        u = u3(*angles[:3])
+    else:
+        raise ValueError(f"unknown gate {gate!r}")
+    out = np.eye(4, dtype=np.complex128)
+    out[2:, 2:] = u
+    return out
+
+
+ANGLES_PER_PAIR = {"crx": 1, "cry": 1, "crz": 1, "crot": 3, "cu3": 3}
+
+
 def rotation(axis: str, t: float) -> np.ndarray:
     """R_axis(t) = exp(-i t sigma / 2) = cos(t/2) I - i sin(t/2) sigma (sigma^2 = I)."""
     return np.cos(t / 2) * I2 - 1j * np.sin(t / 2) * PAULI[axis]
@@ -61,10 +86,14 @@ def apply(state: np.ndarray, gate: np.ndarray, wires: tuple[int, ...]) -> np.nda
     return np.moveaxis(out, list(range(k)), list(wires))
 
 
-def state(theta, cand) -> np.ndarray:
+def _numpy(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu().double() if isinstance(x, torch.Tensor) else x, dtype=np.float64)
+
+
+def state(theta, cand, phi=None) -> np.ndarray:
     """The final state (2**n,) for angles theta (L, n) or (L, n, k); the j-th rotation of a wire
-    uses angle slot j."""
-    theta = np.asarray(theta.detach().cpu().double() if isinstance(theta, torch.Tensor) else theta, dtype=np.float64)
+    uses angle slot j. A parametrised entangler's pair j in layer l uses phi[l, j, :m]."""
+    theta = _numpy(theta)
     if theta.ndim == 2:
         theta = theta[..., None]
     layers, n = theta.shape[:2]
@@ -75,10 +104,11 @@ def state(theta, cand) -> np.ndarray:
     if cand.init == "H":
         for q in range(n):
             psi = apply(psi, H, (q,))
-    two = TWO_QUBIT[cand.entangler.gate]
+    gate = cand.entangler.gate
     layer_pairs = pairs(cand, n)
     for layer in range(layers):
-        for c, t in layer_pairs:
+        for j, (c, t) in enumerate(layer_pairs):
+            two = TWO_QUBIT[gate] if gate in TWO_QUBIT else controlled(gate, _numpy(phi)[layer, j])
             psi = apply(psi, two, (c, t))
         for q in range(n):
             for j, axis in enumerate(axes):
@@ -86,16 +116,19 @@ def state(theta, cand) -> np.ndarray:
     return psi.reshape(-1)
 
 
-def probabilities(theta, cands) -> torch.Tensor:
+def probabilities(theta, cands, phi=None) -> torch.Tensor:
     """(len(cands), 2**n) float64 probabilities, qubit 0 the most significant bit."""
-    return torch.from_numpy(np.stack([np.abs(state(theta, c)) ** 2 for c in cands]))
+    return torch.from_numpy(np.stack([np.abs(state(theta, c, phi)) ** 2 for c in cands]))
 
 
-def directional_derivative(theta: torch.Tensor, cands, coeffs: torch.Tensor, direction: torch.Tensor, eps=1e-4) -> float:
-    """d/ds sum(coeffs * probabilities(theta + s direction)) at s = 0, by a fourth-order central
-    difference (error ~ eps^4, rounding ~ 1e-16 / eps)."""
+def directional_derivative(
+    theta: torch.Tensor, cands, coeffs: torch.Tensor, direction: torch.Tensor, eps=1e-4, phi=None, phi_direction=None
+) -> float:
+    """d/ds sum(coeffs * probabilities(theta + s direction, phi + s phi_direction)) at s = 0, by a
+    fourth-order central difference (error ~ eps^4, rounding ~ 1e-16 / eps)."""
 
     def f(s):
-        return float((coeffs * probabilities(theta.detach() + s * direction, cands)).sum())
+        moved = None if phi is None else phi.detach() + s * phi_direction
+        return float((coeffs * probabilities(theta.detach() + s * direction, cands, moved)).sum())
 
     return (8 * (f(eps) - f(-eps)) - (f(2 * eps) - f(-2 * eps))) / (12 * eps)

@@ -98,7 +98,7 @@ def test_entangler_patterns_and_layer_ops():
         ({"rotation": "Ry", "entangler": [[0, 0]]}, r"entangler=\[\[0, 0\]\] is not allowed; allowed: .*distinct wires"),
         ({"rotation": "Ry", "entangler": [[0, -1]]}, r"distinct wires >= 0"),
         ({"rotation": "Ry", "entangler": []}, r"non-empty"),
-        ({"rotation": "Ry", "entangler": "cz_ring", "gate": "cnot"}, r"names CZ gates but gate=cnot"),
+        ({"rotation": "Ry", "entangler": "cz_ring", "gate": "cnot"}, r"names cz gates but gate=cnot"),
         ({"rotation": "Ry", "gate": "swap"}, r"candidates\[0\]\.gate='swap' is not allowed; allowed: cnot, cz"),
         ({"rotation": "Ry", "init": "X"}, r"candidates\[0\]\.init='X' is not allowed; allowed: none, H"),
         ({"rotation": "Ry", "shape": 3}, r"candidates\[0\]\.shape is not a key"),

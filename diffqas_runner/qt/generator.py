@@ -19,6 +19,7 @@ from torch import nn
 from ..config import (
     Angles,
     BackendConfig,
+    BitsCoding,
     BackendName,
     ConfigError,
     InputNorm,
@@ -54,6 +55,7 @@ ANGLES = _values(Angles)
 TENSOR_SCALES = _values(TensorScale)
 INPUT_NORMS = _values(InputNorm)
 TOOLKIT_NEGATIVE = _values(ToolkitNegative)
+MAPPING_BITS = _values(BitsCoding)
 
 
 def n_qubits_for(n_params: int) -> int:
@@ -86,7 +88,9 @@ class GeneratorOptions:
     toolkit_negative: str = _QT.toolkit_negative.value
     center_output: bool = _QT.center_output
     mapping_hidden: tuple[int, ...] = tuple(_QT.mapping_hidden)  # () = the paper's Linear(n+1 -> 1)
-    mapping_bits_init: str = _QT.mapping_bits_init.value  # zero | default: initial weights on the +-1 bit inputs
+    mapping_bits_init: str = _QT.mapping_bits_init.value  # zero | default: initial weights on the bit inputs
+    mapping_bits: str = _QT.mapping_bits.value  # pm1 | binary: a basis state's bits as -1/+1 or 0/1
+    tensor_affine: bool = _QT.tensor_affine  # a learnable gain and shift per target tensor
     input_norm: str = _QT.input_norm.value  # x -> (x - mean) / std before the mapping | none
     theta_init: str = _QT.theta_init.value  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
     theta_std: float = _QT.theta_std
@@ -178,6 +182,7 @@ class Generator(_Evaluating, nn.Module):
             ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
             ("qt.input_norm", opts.input_norm, INPUT_NORMS),
             ("qt.toolkit_negative", opts.toolkit_negative, TOOLKIT_NEGATIVE),
+            ("qt.mapping_bits", opts.mapping_bits, MAPPING_BITS),
         ):
             if value not in allowed:  # the CLI's schema catches these first; this guards Python callers
                 raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -213,6 +218,19 @@ class Generator(_Evaluating, nn.Module):
         else:
             theta = opts.theta_std * torch.randn(shape, dtype=dtype)
         self.theta = nn.Parameter(theta)
+        # Parametrised entanglers (CRx, ..., CU3): their angles phi, (L, P, m) with P pairs and m
+        # angles per pair at most over the candidates, shared like theta (each uses its first ones)
+        ent = [c for c in self.candidates if c.entangler.parametrised]
+        if ent:
+            pshape = (depth, max(len(c.entangler.pairs_on(n)) for c in ent), max(c.entangler.n_angles for c in ent))
+            pshape = (len(self.candidates), *pshape) if self.per_candidate else pshape
+            if opts.theta_init == "uniform":
+                phi = torch.rand(pshape, dtype=dtype) * 2 * math.pi
+            else:
+                phi = opts.theta_std * torch.randn(pshape, dtype=dtype)
+            self.phi = nn.Parameter(phi)
+        else:
+            self.register_parameter("phi", None)
         if opts.mode == "diffqas":
             count = len(self.candidates)
             self.structural = nn.Parameter(torch.full((count,), 1.0 / count, dtype=dtype))
@@ -221,8 +239,8 @@ class Generator(_Evaluating, nn.Module):
 
         # Inputs of the mapping: the +-1 bits of every used basis index (qubit 0 most significant).
         index = torch.arange(self.n_params)
-        bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype) * 2 - 1
-        self.register_buffer("bits", bits, persistent=False)
+        bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype)
+        self.register_buffer("bits", bits * 2 - 1 if opts.mapping_bits == "pm1" else bits, persistent=False)
         self.mapping = mlp([n + 1, *opts.mapping_hidden, 1], dtype=dtype)
         if opts.mapping_bits_init == "zero":
             with torch.no_grad():
@@ -234,6 +252,8 @@ class Generator(_Evaluating, nn.Module):
             self.mapping[-1].bias.requires_grad_(False)
         if all(c.theta_independent(n, depth) for c in self.candidates):
             self.theta.requires_grad_(False)
+            if self.phi is not None:
+                self.phi.requires_grad_(False)
         # Candidates with identical outputs in this mode (see quantum/groups.py): with per-candidate
         # angles only the angle-independent ones. Under finite shots a group is measured once per
         # step and its members share those frequencies, so they stay identical there too.
@@ -257,6 +277,9 @@ class Generator(_Evaluating, nn.Module):
             # which step's sample is drawn next: the trainers set it (`at_step`) before every step,
             # a training forward advances it; checkpointed with the generator
             self.register_buffer("shot_counter", torch.zeros((), dtype=torch.int64))
+        if opts.tensor_affine:  # one gain and one shift per target tensor (qt.tensor_affine)
+            self.gain = nn.Parameter(torch.ones(len(self.shapes), dtype=dtype))
+            self.shift = nn.Parameter(torch.zeros(len(self.shapes), dtype=dtype))
         scales = [1.0 / math.sqrt(fan_in(s)) if opts.tensor_scale != "none" else 1.0 for s in self.shapes]
         self.register_buffer(
             "scale",
@@ -315,14 +338,21 @@ class Generator(_Evaluating, nn.Module):
         soft = torch.softmax((logits + gumbel) / self.temperature(), 0)
         return int(torch.argmax(soft.detach())), soft
 
-    def _simulate(self, theta: torch.Tensor, cands) -> torch.Tensor:
+    def _simulate(self, theta: torch.Tensor, phi: torch.Tensor | None, cands) -> torch.Tensor:
         opts = self.options
-        return probabilities(theta, cands, backend=opts.backend, device=opts.device, memory_mb=opts.memory_mb)
+        cands = [cands] if isinstance(cands, Candidate) else cands
+        return probabilities(theta, cands, backend=opts.backend, device=opts.device, memory_mb=opts.memory_mb, phi=phi)
+
+    def _angles_of(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(theta, phi) candidate i (0-based) is simulated with: its own with per-candidate angles."""
+        if not self.per_candidate:
+            return self.theta, self.phi
+        return self.theta[i], None if self.phi is None else self.phi[i]
 
     def _group_probabilities(self, k: int) -> torch.Tensor:
         head = int(self.group_heads[k])
-        theta = self.theta[head] if self.per_candidate else self.theta
-        return self._simulate(theta, [self.candidates[head]])[0]
+        theta, phi = self._angles_of(head)
+        return self._simulate(theta, phi, self.candidates[head])[0]
 
     def _sampled_probabilities(self) -> torch.Tensor:
         """Gumbel: only the chosen group's circuit is simulated (its lowest-numbered member).
@@ -356,9 +386,9 @@ class Generator(_Evaluating, nn.Module):
         if self.sampling == "gumbel":
             return self._sampled_probabilities()
         if self.per_candidate:
-            probs = torch.cat([self._simulate(t, [c]) for t, c in zip(self.theta, self.candidates)])
+            probs = torch.cat([self._simulate(*self._angles_of(i), c) for i, c in enumerate(self.candidates)])
         else:
-            probs = self._simulate(self.theta, self.candidates)
+            probs = self._simulate(self.theta, self.phi, self.candidates)
         shots = opts.shots if self.training else self.eval_shots
         if shots is not None:  # one draw per group of identical candidates, shared by its members
             stream = finite_shots.TRAIN if self.training else finite_shots.EVAL
@@ -421,6 +451,10 @@ class Generator(_Evaluating, nn.Module):
             kappa = torch.cat([standardize(t) for t in kappa.split(self.sizes)])
         elif self.options.tensor_scale == "init":
             kappa = (kappa - self.init_mean[self.tensor_index]) / self.init_std[self.tensor_index]
+        if self.options.tensor_affine:
+            sizes = torch.tensor(self.sizes, device=kappa.device)
+            gain, shift = (torch.repeat_interleave(v, sizes) for v in (self.gain, self.shift))
+            return kappa * self.scale * gain + shift
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:
@@ -431,12 +465,25 @@ class Generator(_Evaluating, nn.Module):
     def trainable_parameters(self) -> int:
         """Live parameters: those that can change a generated weight (`qt_params`). Angles count
         only where an angle-dependent candidate uses them."""
-        live = sum(p.numel() for name, p in self.named_parameters() if p.requires_grad and name != "theta")
+        live = sum(p.numel() for name, p in self.named_parameters() if p.requires_grad and name not in ("theta", "phi"))
         if not self.theta.requires_grad:
             return live
-        per_layer_wire = self.depth * self.n_qubits
-        used = [c.rotation.n_angles for c in self.candidates if not c.theta_independent(self.n_qubits, self.depth)]
-        return live + per_layer_wire * (sum(used) if self.per_candidate else max(used))
+        n = self.n_qubits
+        dependent = [c for c in self.candidates if not c.theta_independent(n, self.depth)]
+        used = [c.rotation.n_angles for c in dependent]
+        live += self.depth * n * (sum(used) if self.per_candidate else max(used))
+        if self.phi is None:
+            return live
+        # entangler angles a run can change: each candidate's (pairs, angles) slots in every layer
+        # but the first when it starts from |0..0> (no control is 1 there); shared: their union
+        masks = []
+        for c in dependent:
+            mask = torch.zeros(self.phi.shape[-3:], dtype=torch.bool)
+            mask[0 if c.hadamard else 1 :, : len(c.entangler.pairs_on(n)), : c.entangler.n_angles] = True
+            masks.append(mask)
+        if not masks:
+            return live
+        return live + int(sum(m.sum() for m in masks) if self.per_candidate else torch.stack(masks).any(0).sum())
 
     def paper_parameters(self) -> int:
         """Every parameter, as SPEC section 3 counts them (`qt_params_paper`)."""

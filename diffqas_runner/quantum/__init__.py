@@ -30,19 +30,21 @@ def probabilities(
     backend: str = "native",
     device: str = "default.qubit",
     memory_mb: int | None = None,
+    phi: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Probabilities (len(cands), 2**n) of several candidates for shared angles theta (L, n), or
-    (L, n, k) when candidates have up to k rotations per wire. memory_mb (native only): the
-    simulation's budget per step, met by simulating candidates in chunks (None: half of what the
-    machine has free)."""
+    (L, n, k) when candidates have up to k rotations per wire, and phi (L, P, m) the angles of
+    parametrised entanglers (CRx, ..., CU3: pair j of layer l uses phi[l, j, :m]; None when no
+    candidate has one). memory_mb (native only): the simulation's budget per step, met by
+    simulating candidates in chunks (None: half of what the machine has free)."""
     if backend == "native":
         from . import native
 
-        return native.probabilities(theta, cands, memory_mb)
+        return native.probabilities(theta, cands, memory_mb, phi)
     if backend == "pennylane":
         from . import pennylane
 
-        return pennylane.probabilities(theta, cands, device)
+        return pennylane.probabilities(theta, cands, device, phi)
     raise ValueError(f"backend={backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
 
 
@@ -51,6 +53,9 @@ def candidate_probabilities(
 ) -> torch.Tensor:
     """The 2**n probabilities (float64, qubit 0 most significant) of candidate `arch` (1..len(space))
     of `space` (default paper12; e.g. `config.search_space_file("wide32")`). theta: (L, n), or
-    (L, n, k) for a candidate with k rotations per wire."""
+    (L, n, k) for a candidate with k rotations per wire; `phi=` (L, pairs, m) for a parametrised
+    entangler's angles."""
     theta = torch.as_tensor(theta, dtype=torch.float64)
+    if kwargs.get("phi") is not None:
+        kwargs["phi"] = torch.as_tensor(kwargs["phi"], dtype=torch.float64)
     return probabilities(theta, [candidate(arch, CANDIDATES if space is None else space)], backend, **kwargs)[0]

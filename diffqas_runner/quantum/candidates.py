@@ -1,14 +1,17 @@
 """Candidate circuits as plain data, and the search spaces built from them.
 
 A candidate is: an initial layer (nothing, or H on every wire), then L layers of (entangler,
-rotation layer on every wire). An entangler is a list of two-qubit gates (CNOT or CZ) given by a
-named pattern or by explicit (control, target) pairs; a rotation layer is one or more rotations
-per wire (Rx, Ry, Rz, e.g. Ry then Rz, or Rot = Rz Ry Rz with three angles), each with its own
-angle. `paper12` is SPEC.md section 2's space in its numbering: product(H, none) x (Ent, Cyc) x
+rotation layer on every wire). An entangler is a list of two-qubit gates given by a named pattern
+or by explicit (control, target) pairs: CNOT or CZ, or a parametrised controlled rotation (CRx,
+CRy, CRz, CRot = controlled Rz Ry Rz, CU3 = controlled U3) with its own angles per pair and layer
+(`Entangler.n_angles`; the circuit's `phi` tensor). A rotation layer is one or more rotations per
+wire (Rx, Ry, Rz, e.g. Ry then Rz, or Rot = Rz Ry Rz with three angles; U3 is Rot up to a global
+phase and the order of its angles, so it is read as Rot), each with its own angle. `paper12` is SPEC.md section 2's space in its numbering: product(H, none) x (Ent, Cyc) x
 (Rx, Ry, Rz), where Ent is the CNOT chain in brick order and Cyc the CNOT ring.
 
-Both gates are signed permutations of the computational basis (CNOT permutes, CZ flips signs), so
-a whole entangling layer is one signed permutation: `layer_op` composes it once per (entangler, n).
+CNOT and CZ are signed permutations of the computational basis (CNOT permutes, CZ flips signs), so
+such an entangling layer is one signed permutation: `layer_op` composes it once per (entangler, n).
+The parametrised gates are not; they are simulated gate by gate (quantum/native.py, "controlled").
 """
 
 from __future__ import annotations
@@ -22,14 +25,19 @@ from functools import lru_cache
 
 import torch
 
-GATES = ("cnot", "cz")
+GATES = ("cnot", "cz", "crx", "cry", "crz", "crot", "cu3")
+# angles per (control, target) pair of each parametrised controlled gate; CNOT and CZ have none
+GATE_ANGLES = {"cnot": 0, "cz": 0, "crx": 1, "cry": 1, "crz": 1, "crot": 3, "cu3": 3}
 PATTERNS = ("chain", "ring", "all_to_all", "stride2", "none")
 INITS = ("none", "H")
 AXES = ("X", "Y", "Z")
-ROTATIONS_ALLOWED = "Rx, Ry, Rz, a sequence such as RyRz (Ry then Rz), Rot (Rz Ry Rz), or a list of axes such as [Y, Z]"
+ROTATIONS_ALLOWED = (
+    "Rx, Ry, Rz, a sequence such as RyRz (Ry then Rz), Rot (Rz Ry Rz) or U3 (= Rot), or a list of axes such as [Y, Z]"
+)
 MAX_CANDIDATES = 256  # each live candidate is a state vector per step: 256 is far past any published space
 # Labels in candidate names; the paper's two keep its names (Ent, Cyc).
 _PATTERN_LABEL = {"chain": "Ent", "ring": "Cyc", "all_to_all": "All", "stride2": "Str2", "none": "NoEnt"}
+_GATE_LABEL = {"cnot": "", "cz": "CZ", "crx": "CRx", "cry": "CRy", "crz": "CRz", "crot": "CRot", "cu3": "CU3"}
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,16 @@ class Entangler:
     @property
     def label(self) -> str:
         base = _PATTERN_LABEL[self.pattern] if self.pattern else "Pairs" + "_".join(f"{c}-{t}" for c, t in self.pairs)
-        return base if self.gate == "cnot" else f"CZ{base}"
+        return _GATE_LABEL[self.gate] + base
+
+    @property
+    def n_angles(self) -> int:
+        """Angles per (control, target) pair: 0 for CNOT and CZ, 1 for CRx/CRy/CRz, 3 for CRot/CU3."""
+        return GATE_ANGLES[self.gate]
+
+    @property
+    def parametrised(self) -> bool:
+        return self.n_angles > 0
 
     def pairs_on(self, n: int) -> list[tuple[int, int]]:
         """(control, target) pairs on n wires, in application order."""
@@ -116,9 +133,17 @@ class Candidate:
         while depth == 1 and axes and axes[-1] == "Z":
             axes.pop()
         axes = set(axes)
+        if self.entangler.parametrised:
+            # From |0..0> with Z rotations no control is ever 1, so no controlled gate acts; a CRz
+            # layer is diagonal, so with Z rotations only phases change. Anything else moves weight.
+            return axes <= {"Z"} and (not self.hadamard or self.entangler.gate == "crz")
         if axes <= {"Z"}:
             return True
         return axes == {"X"} and self.hadamard and layer_op(self.entangler, n)[1] is None
+
+    def ent_angles(self, n: int) -> int:
+        """Angles of one entangling layer on n wires: pairs x angles per pair (0 for CNOT, CZ)."""
+        return len(self.entangler.pairs_on(n)) * self.entangler.n_angles
 
 
 @lru_cache(maxsize=256)
@@ -127,8 +152,10 @@ def layer_op(entangler: Entangler, n: int) -> tuple[torch.Tensor, torch.Tensor |
 
     Qubit 0 is the most significant bit; sign is None when every sign is +1 (CNOT only).
     Composition: applying gate G (out[i] = s_G[i] in[p_G[i]]) after (perm, sign) gives
-    perm[p_G] and s_G * sign[p_G].
+    perm[p_G] and s_G * sign[p_G]. Parametrised entanglers (CRx, ...) are not permutations.
     """
+    if entangler.parametrised:
+        raise ValueError(f"{entangler.gate} gates are not a signed permutation; simulate them gate by gate")
     idx = torch.arange(2**n, dtype=torch.int64)
     perm, sign = idx.clone(), torch.ones(2**n, dtype=torch.int8)
     for a, b in entangler.pairs_on(n):
@@ -152,9 +179,10 @@ class SpaceError(ValueError):
 
 
 def parse_rotation(value, key: str) -> Rotation:
-    """'Ry', 'RyRz', 'Rot' (= Rz Ry Rz, 3 angles) or a list of axes ['Y', 'Z']."""
+    """'Ry', 'RyRz', 'Rot' (= Rz Ry Rz, 3 angles), 'U3' (read as Rot: U3(a, b, c) equals
+    Rz(b) Ry(a) Rz(c) up to a global phase, the same family of layers) or a list of axes ['Y', 'Z']."""
     if isinstance(value, str):
-        if value.strip().lower() == "rot":
+        if value.strip().lower() in ("rot", "u3"):
             return Rotation(("Z", "Y", "Z"))
         tokens = re.fullmatch(r"(?:[Rr][xyzXYZ])+", value.strip())
         axes = tuple(t[1].upper() for t in re.findall(r"[Rr][xyzXYZ]", value)) if tokens else ()
@@ -168,19 +196,21 @@ def parse_rotation(value, key: str) -> Rotation:
 
 
 def parse_entangler(value, gate, key: str) -> Entangler:
-    """A pattern name ('ring', 'cz_ring', ...) or explicit [[control, target], ...] pairs."""
+    """A pattern name ('ring', 'cz_ring', 'cu3_ring', ...) or explicit [[control, target], ...] pairs."""
     gate = gate.strip().lower() if isinstance(gate, str) else gate
     if gate is not None and gate not in GATES:
         raise SpaceError(f"{key.rsplit('.', 1)[0]}.gate={gate!r} is not allowed; allowed: {', '.join(GATES)} (or null)")
     if isinstance(value, str):
         name = value.strip().lower()
-        named_gate = "cz" if name.startswith("cz_") else None
-        pattern = name.removeprefix("cz_")
+        prefix, _, rest = name.partition("_")
+        named_gate = prefix if rest and prefix in GATES and prefix != "cnot" else None
+        pattern = rest if named_gate else name
         if pattern not in PATTERNS:
-            allowed = ", ".join(PATTERNS) + " (each also as cz_<name> for CZ gates), or [[control, target], ...]"
+            gates = ", ".join(g for g in GATES if g != "cnot")
+            allowed = ", ".join(PATTERNS) + f" (each also as <gate>_<name> with gate one of {gates}), or [[control, target], ...]"
             raise SpaceError(f"{key}={value!r} is not allowed; allowed: {allowed}")
-        if named_gate and gate == "cnot":
-            raise SpaceError(f"{key}={value!r} names CZ gates but gate=cnot; allowed: drop one of them")
+        if named_gate and gate is not None and gate != named_gate:
+            raise SpaceError(f"{key}={value!r} names {named_gate} gates but gate={gate}; allowed: drop one of them")
         return Entangler(gate or named_gate or "cnot", pattern)
     pairs = []
     if isinstance(value, Sequence) and not isinstance(value, str):

@@ -58,6 +58,7 @@ def applies(cand: Candidate, n: int) -> bool:
     return (
         cand.rotation == RX
         and not cand.hadamard
+        and not cand.entangler.parametrised
         and layer_op(cand.entangler, n)[1] is None
         and linear_images(cand.entangler, n) is not None
     )

@@ -20,12 +20,21 @@ from collections.abc import Sequence
 
 import torch
 
-from .candidates import Candidate, layer_op
+from dataclasses import replace
+
+from .candidates import Candidate, Entangler, layer_op
 
 
 def _signature(cand: Candidate, n: int, depth: int | None = None) -> tuple:
     if cand.theta_independent(n, depth):
         return ("uniform",) if cand.hadamard else ("basis-0",)
+    if cand.entangler.parametrised:
+        # A parametrised entangler is the same circuit only with the same gate on the same pairs in
+        # the same order (each pair's angles sit in its slot); no further identities are claimed.
+        if depth == 1 and not cand.hadamard:  # its only layer acts on |0..0>: no control is 1, no gate acts
+            return _signature(replace(cand, entangler=Entangler("cnot", "none")), n, depth)
+        ent = (cand.entangler.gate, tuple(cand.entangler.pairs_on(n)))
+        return ("circuit", cand.hadamard, ent, tuple(enumerate(cand.rotation.axes)))
     perm, sign = layer_op(cand.entangler, n)
     layer = (perm.numpy().tobytes(), None if sign is None else sign.numpy().tobytes())
     axes = tuple(enumerate(cand.rotation.axes))  # (angle slot, axis): the slot says which angle it uses
@@ -96,7 +105,13 @@ def confirm(
     k = max(c.rotation.n_angles for c in cands)
     shape = (depth, n) if k == 1 else (depth, n, k)
     thetas = [torch.rand(shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
-    probs = [probabilities(t, list(cands)) for t in thetas]
+    ent = [c for c in cands if c.entangler.parametrised]
+    if ent:  # parametrised entanglers: random phi too, passed as `phi=`
+        phi_shape = (depth, max(len(c.entangler.pairs_on(n)) for c in ent), max(c.entangler.n_angles for c in ent))
+        phis = [torch.rand(phi_shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
+        probs = [probabilities(t, list(cands), phi=f) for t, f in zip(thetas, phis)]
+    else:
+        probs = [probabilities(t, list(cands)) for t in thetas]
     index = {c.number: i for i, c in enumerate(cands)}
     groups = output_groups(cands, n, depth)
     for group in groups:

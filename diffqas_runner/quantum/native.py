@@ -19,6 +19,11 @@ scripts/bench_backends.py):
 - On CPU, sign-free Ry rows' layers after the first run in a fused C++ kernel with an adjoint
   backward (`kernel`, built on first use; pure torch below is the fallback, forced with
   DIFFQAS_NATIVE_KERNEL=torch).
+- Parametrised entanglers (CRx, CRy, CRz, CRot, CU3; their angles are `phi`) are not
+  permutations: each candidate runs gate by gate on complex amplitudes ("controlled"): a
+  controlled gate applies its 2x2 to the half of the state whose control bit is 1, a CRz layer
+  (diagonal) is one phase per basis state, and the rotation layer is the Kronecker blocks
+  applied as small GEMMs. From |0..0> the first entangler acts on no state (no control is 1).
 - The first layer acts on a product state (|0..0> or |+..+>) that the first entangler fixes
   (unless CZs act on |+..+>: then the dense start state goes through every layer), so its
   output is a Kronecker product of 2-vectors.
@@ -324,6 +329,8 @@ def _mode(cand: Candidate, n: int, depth: int | None = None) -> str:
     """Which path simulates the candidate, from its structure (see the module docstring)."""
     if cand.theta_independent(n, depth):
         return "static"
+    if cand.entangler.parametrised:
+        return "controlled"
     if closed_form.applies(cand, n):
         return "closed_form"
     return _layer_mode(cand)
@@ -429,7 +436,117 @@ def _simulate_any(theta: torch.Tensor, cand: Candidate) -> torch.Tensor:
 @lru_cache(maxsize=256)
 def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.dtype, device: str) -> torch.Tensor:
     with torch.no_grad():
+        if cand.entangler.parametrised:
+            zeros = torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device)
+            phi = torch.zeros(n_layers, max(1, len(cand.entangler.pairs_on(n))), cand.entangler.n_angles, dtype=dtype, device=device)
+            return _simulate_controlled(zeros, phi, (cand,))[0]
         return _simulate_any(torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device), cand)
+
+
+# --- parametrised entanglers: gate by gate ----------------------------------------------------
+def controlled_matrices(gate: str, angles: torch.Tensor) -> torch.Tensor:
+    """(..., 2, 2) complex matrices a controlled gate applies to its target when the control is 1;
+    angles (..., m). CRx/CRy/CRz: R_a(t); CRot(a, b, c): Rz(c) Ry(b) Rz(a) (PennyLane's CRot);
+    CU3(t, p, l): [[cos t/2, -e^(il) sin t/2], [e^(ip) sin t/2, e^(i(p+l)) cos t/2]] (U3 with its
+    phase, which a control makes relative: CU3 is not a controlled Rot)."""
+    cdtype = torch.complex128 if angles.dtype == torch.float64 else torch.complex64
+    if gate in ("crx", "cry", "crz"):
+        return _rotation(gate[-1].upper(), angles[..., 0], cdtype)
+    if gate == "crot":
+        return _single_qubit("complex", angles, ("Z", "Y", "Z"))
+    if gate != "cu3":
+        raise ValueError(f"{gate!r} is not a parametrised controlled gate")
+    t, p, lam = angles.unbind(-1)
+    c, s = torch.cos(t / 2).to(cdtype), torch.sin(t / 2).to(cdtype)
+    ep, el = torch.exp(1j * p.to(cdtype)), torch.exp(1j * lam.to(cdtype))
+    return torch.stack([torch.stack([c, -el * s], -1), torch.stack([ep * s, ep * el * c], -1)], -2)
+
+
+def _apply_rows(state: torch.Tensor, u: torch.Tensor, first: int, width: int) -> torch.Tensor:
+    """Per-row (R, 2**width, 2**width) matrices on wires first..first+width-1 of (R, 2**n) states."""
+    view = state.view(state.shape[0], 2**first, 2**width, -1)
+    return torch.einsum("rij,rajb->raib", u, view).reshape(state.shape)
+
+
+def _apply_controlled(state: torch.Tensor, u: torch.Tensor, control: int, target: int, n: int) -> torch.Tensor:
+    """Per-row 2x2 matrices u (R, 2, 2) on `target` where the `control` bit is 1, for states
+    (R, 2**n): the control-1 half's two target slices mix as u says; the rest is copied (out of
+    place, for autograd)."""
+    lo, hi = sorted((control, target))
+    v = state.view(state.shape[0], 2**lo, 2, 2 ** (hi - lo - 1), 2, 2 ** (n - 1 - hi))
+    c_axis = 2 if control < target else 4
+    off, on = v.unbind(c_axis)  # unbind, not select: its backward is one stack, not zeros + copy per slice
+    t_at = 2 if control > target else 3  # the target's axis in `on`
+    a, b = on.unbind(t_at)
+    k = u.view(-1, 2, 2, 1, 1, 1)
+    new = torch.stack([k[:, 0, 0] * a + k[:, 0, 1] * b, k[:, 1, 0] * a + k[:, 1, 1] * b], t_at)
+    return torch.stack([off, new], c_axis).reshape(state.shape)
+
+
+@lru_cache(maxsize=64)
+def _crz_signs(pairs: tuple[tuple[int, int], ...], n: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """(2**n, pairs): bit_c (bit_t - 1/2) per basis state and pair: a CRz layer's phase is this times its angles."""
+    x = torch.arange(2**n)
+    cols = [((x >> (n - 1 - c)) & 1) * (((x >> (n - 1 - t)) & 1) - 0.5) for c, t in pairs]
+    return torch.stack(cols, 1).to(dtype=dtype, device=device)
+
+
+def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
+    """Probabilities (len(cands), 2**n) of candidates with one parametrised entangler (the same
+    gate on the same pairs) and one start, batched as rows: theta (L, n) or (L, n, k) the shared
+    rotation angles (each candidate its first ones), phi (L, >= pairs, >= m) the entangler's (pair
+    j of layer l uses phi[l, j, :m])."""
+    head = cands[0]
+    if any((c.entangler.gate, c.entangler.pairs_on(theta.shape[1]), c.hadamard) != (head.entangler.gate, head.entangler.pairs_on(theta.shape[1]), head.hadamard) for c in cands):
+        raise ValueError(f"one entangler and one start per batch; got {[c.name for c in cands]}")
+    theta = theta[..., None] if theta.dim() == 2 else theta
+    n_layers, n = theta.shape[:2]
+    pairs = head.entangler.pairs_on(n)
+    gate, m = head.entangler.gate, head.entangler.n_angles
+    mats = torch.stack(
+        [_single_qubit("complex", theta[..., : c.rotation.n_angles], c.rotation.axes) for c in cands], 1
+    )  # (L, R, n, 2, 2)
+    rows, cdtype = len(cands), mats.dtype
+    state = _start_vector(head, n, theta.dtype).to(device=theta.device, dtype=cdtype).expand(rows, -1)
+    width = BLOCK if n >= 2 * BLOCK else max(1, n // 2)
+    blocks = [(a, min(width, n - a)) for a in range(0, n, width)]
+    if gate == "crz" and pairs:
+        signs = _crz_signs(tuple(pairs), n, theta.dtype, str(theta.device))
+    elif pairs:  # (L, pairs, 2, 2) gate matrices, the same for every row
+        gates = controlled_matrices(gate, phi[:, : len(pairs), :m])
+    for layer in range(n_layers):
+        if pairs and (layer > 0 or head.hadamard):  # from |0..0> no control is 1 in layer 0
+            if gate == "crz":
+                state = state * torch.exp(1j * (signs @ phi[layer, : len(pairs), 0])).to(cdtype)
+            else:
+                for j, (c, t) in enumerate(pairs):
+                    state = _apply_controlled(state, gates[layer, j].expand(rows, 2, 2), c, t, n)
+        for a, w in blocks:
+            state = _apply_rows(state, _kron(mats[layer, :, a : a + w]), a, w)
+    return torch.view_as_real(state).square().sum(-1)
+
+
+def _controlled_rows(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Candidate, ...], memory_mb: int | None) -> torch.Tensor:
+    """`_simulate_controlled` in batches of one entangler and start; when the batches' autograd
+    graphs would not fit the budget (`row_bytes`), each row is simulated alone and checkpointed
+    (its activations recomputed in the backward)."""
+    budget = (default_memory_mb() if memory_mb is None else memory_mb) * 2**20
+    n_layers, n = theta.shape[:2]
+    per_row = row_bytes("controlled", n, n_layers, theta.dtype, False, max(len(c.entangler.pairs_on(n)) for c in cands))
+    batches: dict[tuple, list[int]] = {}
+    for i, c in enumerate(cands):
+        batches.setdefault((c.entangler, c.hadamard), []).append(i)
+    rows: dict[int, torch.Tensor] = {}
+    fits = not (theta.requires_grad or phi.requires_grad) or per_row * len(cands) <= budget
+    for members in batches.values():
+        if fits:
+            probs = _simulate_controlled(theta, phi, tuple(cands[i] for i in members))
+        else:
+            from torch.utils.checkpoint import checkpoint
+
+            probs = torch.cat([checkpoint(_simulate_controlled, theta, phi, (cands[i],), use_reentrant=False) for i in members])
+        rows.update(zip(members, probs.unbind(0)))
+    return torch.stack([rows[i] for i in range(len(cands))])
 
 
 def available_mb() -> int:
@@ -451,13 +568,17 @@ def default_memory_mb() -> int:
     return max(1, available_mb() // 2)
 
 
-def row_bytes(mode: str, n: int, n_layers: int, dtype: torch.dtype, on_kernel: bool) -> int:
+def row_bytes(mode: str, n: int, n_layers: int, dtype: torch.dtype, on_kernel: bool, pairs: int = 0) -> int:
     """Estimated peak bytes one row of a `_simulate_group` step holds, forward and backward. The
     kernel keeps about 8 copies of the state (its adjoint backward stores no layers); pure torch
     keeps about 7 per layer for autograd (measured: 100-120 MB per Ry row at 17 qubits, 15
-    layers). Planes: 1 for Ry rows, 2 for Rx (re, im) and complex."""
+    layers). Planes: 1 for Ry rows, 2 for Rx (re, im) and complex. "controlled" rows (gate by
+    gate) keep about 2 copies per gate and block of every layer."""
     planes = 1 if mode == "ry" else 2
-    copies = 8 if on_kernel else 7 * (n_layers + 2)
+    if mode == "controlled":
+        copies = 2 * (pairs + 5) * n_layers + 4
+    else:
+        copies = 8 if on_kernel else 7 * (n_layers + 2)
     return planes * (2**n) * torch.finfo(dtype).bits // 8 * copies
 
 
@@ -486,22 +607,40 @@ def _chunked_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str,
     return torch.cat(parts)
 
 
-def probabilities(theta: torch.Tensor, cands: Sequence[Candidate], memory_mb: int | None = None) -> torch.Tensor:
+def check_phi(phi: torch.Tensor | None, cands: Sequence[Candidate], n_layers: int, n: int) -> None:
+    """phi must hold (L, pairs, angles per pair) for every candidate with a parametrised entangler."""
+    need = [(len(c.entangler.pairs_on(n)), c.entangler.n_angles, c) for c in cands if c.entangler.parametrised]
+    if not need:
+        return
+    pairs, m = max(p for p, _, _ in need), max(k for _, k, _ in need)
+    if phi is None or phi.dim() != 3 or phi.shape[0] != n_layers or phi.shape[1] < pairs or phi.shape[2] < m:
+        shape = None if phi is None else tuple(phi.shape)
+        raise ValueError(f"phi must have shape ({n_layers}, >= {pairs}, >= {m}) for {need[0][2].name}'s entangler angles, got {shape}")
+
+
+def probabilities(
+    theta: torch.Tensor, cands: Sequence[Candidate], memory_mb: int | None = None, phi: torch.Tensor | None = None
+) -> torch.Tensor:
     """Measurement probabilities (len(cands), 2**n) for the shared angles theta: (L, n), or
-    (L, n, k) when some candidate has k rotations per wire (each uses its first ones).
+    (L, n, k) when some candidate has k rotations per wire (each uses its first ones), and phi
+    (L, P, m): the angles of parametrised entanglers (pair j of layer l uses phi[l, j, :m]).
     memory_mb: the budget of one step's simulation, met by simulating rows in chunks (`_chunked_group`)."""
     if theta.dim() not in (2, 3) or theta.shape[1] < 2 or theta.shape[0] < 1:
         raise ValueError(f"theta must have shape (L, n) or (L, n, k) with L >= 1 and n >= 2, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"theta dtype must be float32 or float64, got {theta.dtype}")
     n_layers, n = theta.shape[:2]
+    check_phi(phi, cands, n_layers, n)
     rows: dict[int, torch.Tensor] = {}
     groups: dict[tuple, list[int]] = {}
+    controlled: list[int] = []
     for i, cand in enumerate(cands):
         angles = _angles(theta, cand)  # checks the angle count for every candidate
         mode = _mode(cand, n, n_layers)
         if mode == "static":
             rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
+        elif mode == "controlled":
+            controlled.append(i)
         else:  # signed (CZ) Ry rows apart: the sign-free ones need no sign array
             signed = mode == "ry" and layer_op(cand.entangler, n)[1] is not None
             groups.setdefault((mode, cand.rotation, signed), []).append(i)
@@ -513,4 +652,7 @@ def probabilities(theta: torch.Tensor, cands: Sequence[Candidate], memory_mb: in
         else:
             probs = _chunked_group(angles, members_c, mode, memory_mb)
         rows.update(zip(members, probs.unbind(0)))
+    if controlled:
+        probs = _controlled_rows(theta, phi.to(theta.dtype), tuple(cands[i] for i in controlled), memory_mb)
+        rows.update(zip(controlled, probs.unbind(0)))
     return torch.stack([rows[i] for i in range(len(cands))])

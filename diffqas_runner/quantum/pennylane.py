@@ -17,6 +17,12 @@ from .candidates import Candidate
 
 DEVICES = ("default.qubit", "lightning.qubit")  # the CLI's schema offers the same (tested)
 _ROTATIONS = {"X": qml.RX, "Y": qml.RY, "Z": qml.RZ}
+_CONTROLLED = {"crx": qml.CRX, "cry": qml.CRY, "crz": qml.CRZ, "crot": qml.CRot}
+
+
+def _cu3(angles, control: int, target: int) -> None:
+    """Controlled U3 (U3's phase becomes relative under the control)."""
+    qml.ctrl(qml.U3, control=control)(angles[0], angles[1], angles[2], wires=target)
 
 
 def diff_method(device: str) -> str:
@@ -30,16 +36,24 @@ def _qnode(cand: Candidate, n: int, device: str):
     dev = qml.device(device, wires=n)
     rotations = [_ROTATIONS[axis] for axis in cand.rotation.axes]
     pairs = cand.entangler.pairs_on(n)
-    two_qubit = qml.CNOT if cand.entangler.gate == "cnot" else qml.CZ
+    gate, m = cand.entangler.gate, cand.entangler.n_angles
+    two_qubit = {"cnot": qml.CNOT, "cz": qml.CZ}.get(gate)
 
     @qml.qnode(dev, interface="torch", diff_method=diff_method(device))
-    def circuit(theta):
+    def circuit(theta, phi=None):
         if cand.hadamard:
             for q in range(n):
                 qml.Hadamard(wires=q)
         for layer in range(theta.shape[0]):
-            for control, target in pairs:
-                two_qubit(wires=[control, target])
+            for j, (control, target) in enumerate(pairs):
+                if two_qubit is not None:
+                    two_qubit(wires=[control, target])
+                elif gate == "cu3":
+                    _cu3(phi[layer, j], control, target)
+                elif m == 1:
+                    _CONTROLLED[gate](phi[layer, j, 0], wires=[control, target])
+                else:
+                    _CONTROLLED[gate](*phi[layer, j, :m], wires=[control, target])
             for q in range(n):
                 for k, rotation in enumerate(rotations):
                     rotation(theta[layer, q] if theta.dim() == 2 else theta[layer, q, k], wires=q)
@@ -48,10 +62,20 @@ def _qnode(cand: Candidate, n: int, device: str):
     return circuit
 
 
-def probabilities(theta: torch.Tensor, cands: Sequence[Candidate], device: str = "default.qubit") -> torch.Tensor:
-    """theta: (L, n), or (L, n, k) when candidates have up to k rotations per wire (each its first ones)."""
+def probabilities(
+    theta: torch.Tensor, cands: Sequence[Candidate], device: str = "default.qubit", phi: torch.Tensor | None = None
+) -> torch.Tensor:
+    """theta: (L, n), or (L, n, k) when candidates have up to k rotations per wire (each its first
+    ones); phi (L, P, m): parametrised entanglers' angles (pair j of layer l uses phi[l, j, :m])."""
+    from .native import check_phi  # the same shape rule as the native simulator
+
     n = theta.shape[1]
     for c in cands:
         if c.rotation.n_angles > (1 if theta.dim() == 2 else theta.shape[2]):
             raise ValueError(f"candidate {c.number} ({c.name}) needs {c.rotation.n_angles} angles per wire")
-    return torch.stack([_qnode(c, n, device)(theta).to(theta.dtype) for c in cands])
+    check_phi(phi, cands, theta.shape[0], n)
+    out = []
+    for c in cands:
+        qnode = _qnode(c, n, device)
+        out.append((qnode(theta, phi.to(theta.dtype)) if c.entangler.parametrised else qnode(theta)).to(theta.dtype))
+    return torch.stack(out)

@@ -20,8 +20,9 @@ def build(task_cfg, data_dir: str | Path, download: bool = False, seed: int = 0)
         if task_cfg.name not in DATASETS:
             raise ConfigError(f"task.name={task_cfg.name!r} is not allowed; allowed for classification: {', '.join(DATASETS)}")
         return ClassificationTask(
-            task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download, validation=task_cfg.validation, seed=seed
-        )
+            task_cfg.name, data_dir, task_cfg.classes, task_cfg.hidden, download, validation=task_cfg.validation, seed=seed,
+            model=choice(task_cfg.model),
+        )  # fmt: skip
     if kind == "timeseries":
         from .timeseries import SERIES, TimeSeriesTask
 

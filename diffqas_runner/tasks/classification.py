@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from ..config import ConfigError
-from ..nets import mlp
+from ..nets import ToolkitCNN, mlp
 
 DATASETS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST"}
+MODELS = ("mlp", "cnn")  # the target: MLP 784-hidden-K | the toolkit's CNN (nets.ToolkitCNN)
 
 
 class DataError(RuntimeError):
@@ -128,9 +129,12 @@ class ClassificationTask:
 
     def __init__(
         self, name: str, data_dir: str | Path, classes, hidden=(128, 64), download: bool = False,
-        validation: float = 0.0, seed: int = 0,
+        validation: float = 0.0, seed: int = 0, model: str = "mlp",
     ):  # fmt: skip
+        if model not in MODELS:
+            raise ConfigError(f"task.model={model!r} is not allowed; allowed: {', '.join(MODELS)}")
         self.name = name
+        self.model = model
         self.classes = tuple(range(10)) if classes == "all" else tuple(int(c) for c in classes)
         self.widths = [784, *hidden, len(self.classes)]
         train = load_split(name, data_dir, True, self.classes, download)
@@ -146,6 +150,8 @@ class ClassificationTask:
         self.objective = "val_accuracy" if self.val is not None else self.metric
 
     def build_model(self) -> nn.Module:
+        if self.model == "cnn":
+            return ToolkitCNN(len(self.classes))
         return mlp(self.widths)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
