@@ -3,7 +3,8 @@ kind of row, beside a Ry row with a CNOT ring (the kernel's first and cheapest p
 
     python scripts/bench_rows.py [--size 17x15] [--precision float64] [--repeats 3]
 
-Each row runs `native._simulate_group` on one candidate (H start or |0..0>, CNOT or CZ ring, the
+Each row runs `native._simulate_group` (parametrised entanglers: `native.probabilities` with
+their angles phi) on one candidate (H start or |0..0>, CNOT or CZ ring, the
 rotation named) and sums its probabilities' gradient; the median of the repeats after one
 untimed call is printed, with the ratio to the first row. DIFFQAS_NATIVE_KERNEL decides the path
 (default here: cpp, the C++ kernel).
@@ -25,6 +26,10 @@ ROWS = {  # label: (mode, init, gate, axes)
     "Rx, CNOT ring (real pairs)": ("rx", "H", "cnot", ("X",)),
     "RyRz, CNOT ring (complex)": ("complex", "H", "cnot", ("Y", "Z")),
     "Rot (ZYZ), CZ ring (complex)": ("complex", "none", "cz", ("Z", "Y", "Z")),
+    # parametrised entanglers (issue 27): gate by gate on complex amplitudes, phi (L, n, m)
+    "Ry, CRy ring, H start (controlled)": ("controlled", "H", "cry", ("Y",)),
+    "Ry, CRz ring, H start (diagonal layer)": ("controlled", "H", "crz", ("Y",)),
+    "U3 (= Rot), CU3 ring, |0..0> (toolkit)": ("controlled", "none", "cu3", ("Z", "Y", "Z")),
 }
 
 
@@ -48,10 +53,15 @@ def main() -> None:
         shape = (layers, n) if len(axes) == 1 else (layers, n, len(axes))
         theta = (torch.rand(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(number)) * 6.283).to(dtype)
         theta.requires_grad_()
+        m = cand.entangler.n_angles
+        phi = (torch.rand(layers, n, max(m, 1), dtype=torch.float64) * 6.283).to(dtype).requires_grad_()
         times = []
         for i in range(args.repeats + 1):
             start = time.perf_counter()
-            native._simulate_group(theta, (cand,), mode).sum().backward()
+            if mode == "controlled":
+                native.probabilities(theta, (cand,), phi=phi).sum().backward()
+            else:
+                native._simulate_group(theta, (cand,), mode).sum().backward()
             if i:
                 times.append(time.perf_counter() - start)
         step = statistics.median(times)

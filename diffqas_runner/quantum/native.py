@@ -462,25 +462,57 @@ def controlled_matrices(gate: str, angles: torch.Tensor) -> torch.Tensor:
     return torch.stack([torch.stack([c, -el * s], -1), torch.stack([ep * s, ep * el * c], -1)], -2)
 
 
-def _apply_rows(state: torch.Tensor, u: torch.Tensor, first: int, width: int) -> torch.Tensor:
-    """Per-row (R, 2**width, 2**width) matrices on wires first..first+width-1 of (R, 2**n) states."""
-    view = state.view(state.shape[0], 2**first, 2**width, -1)
-    return torch.einsum("rij,rajb->raib", u, view).reshape(state.shape)
-
-
-def _apply_controlled(state: torch.Tensor, u: torch.Tensor, control: int, target: int, n: int) -> torch.Tensor:
-    """Per-row 2x2 matrices u (R, 2, 2) on `target` where the `control` bit is 1, for states
-    (R, 2**n): the control-1 half's two target slices mix as u says; the rest is copied (out of
-    place, for autograd)."""
+def _control_half(state: torch.Tensor, control: int, target: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Views (a, b) of the amplitudes of (R, 2**n) states whose `control` bit is 1, with the
+    `target` bit 0 and 1."""
     lo, hi = sorted((control, target))
     v = state.view(state.shape[0], 2**lo, 2, 2 ** (hi - lo - 1), 2, 2 ** (n - 1 - hi))
-    c_axis = 2 if control < target else 4
-    off, on = v.unbind(c_axis)  # unbind, not select: its backward is one stack, not zeros + copy per slice
+    on = v.select(2 if control < target else 4, 1)
     t_at = 2 if control > target else 3  # the target's axis in `on`
-    a, b = on.unbind(t_at)
-    k = u.view(-1, 2, 2, 1, 1, 1)
-    new = torch.stack([k[:, 0, 0] * a + k[:, 0, 1] * b, k[:, 1, 0] * a + k[:, 1, 1] * b], t_at)
-    return torch.stack([off, new], c_axis).reshape(state.shape)
+    return on.select(t_at, 0), on.select(t_at, 1)
+
+
+def _mix_(state: torch.Tensor, u: torch.Tensor, control: int, target: int, n: int) -> None:
+    """In place, no autograd: the 2x2 u on `target` where `control` is 1."""
+    a, b = _control_half(state, control, target, n)
+    new_a = u[0, 0] * a + u[0, 1] * b
+    b.mul_(u[1, 1]).add_(u[1, 0] * a)
+    a.copy_(new_a)
+
+
+class _ControlledLayer(torch.autograd.Function):
+    """One layer of controlled 2x2 gates (the same for every row), applied in order to (R, 2**n)
+    complex states, with an adjoint backward: the forward keeps only its output; the backward
+    walks the gates in reverse, un-applying each (its inverse is its adjoint) to recover the
+    gate's input, so the graph holds one node per layer instead of a dozen per gate.
+    For y = U x on the control-1 half: dL/dx = U^H dL/dy and dL/dU = sum over it of dL/dy x^H."""
+
+    @staticmethod
+    def forward(ctx, state, gates, pairs, n):
+        out = state.clone()
+        for j, (c, t) in enumerate(pairs):
+            _mix_(out, gates[j], c, t, n)
+        ctx.save_for_backward(out, gates)
+        ctx.pairs, ctx.n = pairs, n
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        out, gates = ctx.saved_tensors
+        pairs, n = ctx.pairs, ctx.n
+        psi, lam = out.clone(), grad.clone()
+        grad_gates = torch.zeros_like(gates)
+        adjoints = gates.conj().transpose(-1, -2)
+        for j in range(len(pairs) - 1, -1, -1):
+            c, t = pairs[j]
+            _mix_(psi, adjoints[j], c, t, n)  # the gate's input
+            la, lb = _control_half(lam, c, t, n)
+            pa, pb = _control_half(psi, c, t, n)
+            lams, psis = torch.stack([la, lb]).reshape(2, -1), torch.stack([pa, pb]).reshape(2, -1)
+            grad_gates[j] = torch.linalg.vecdot(psis[None], lams[:, None])  # sum(lam_i conj(psi_k))
+            _mix_(lam, adjoints[j], c, t, n)
+        return lam, grad_gates, None, None
 
 
 @lru_cache(maxsize=64)
@@ -493,23 +525,28 @@ def _crz_signs(pairs: tuple[tuple[int, int], ...], n: int, dtype: torch.dtype, d
 
 def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Candidate, ...]) -> torch.Tensor:
     """Probabilities (len(cands), 2**n) of candidates with one parametrised entangler (the same
-    gate on the same pairs) and one start, batched as rows: theta (L, n) or (L, n, k) the shared
-    rotation angles (each candidate its first ones), phi (L, >= pairs, >= m) the entangler's (pair
-    j of layer l uses phi[l, j, :m])."""
+    gate on the same pairs), one start and one rotation layer, batched as rows: theta (L, n) or
+    (L, n, k) the shared rotation angles (each candidate its first ones), phi (L, >= pairs, >= m)
+    the entangler's (pair j of layer l uses phi[l, j, :m]). The rotation layers run on the C++
+    kernel's complex rows where it is loaded, else as Kronecker blocks."""
     head = cands[0]
-    if any((c.entangler.gate, c.entangler.pairs_on(theta.shape[1]), c.hadamard) != (head.entangler.gate, head.entangler.pairs_on(theta.shape[1]), head.hadamard) for c in cands):
-        raise ValueError(f"one entangler and one start per batch; got {[c.name for c in cands]}")
-    theta = theta[..., None] if theta.dim() == 2 else theta
     n_layers, n = theta.shape[:2]
     pairs = head.entangler.pairs_on(n)
+    key = (head.entangler.gate, pairs, head.hadamard, head.rotation)
+    if any((c.entangler.gate, c.entangler.pairs_on(n), c.hadamard, c.rotation) != key for c in cands):
+        raise ValueError(f"one entangler, start and rotation layer per batch; got {[c.name for c in cands]}")
+    theta = theta[..., None] if theta.dim() == 2 else theta
     gate, m = head.entangler.gate, head.entangler.n_angles
-    mats = torch.stack(
-        [_single_qubit("complex", theta[..., : c.rotation.n_angles], c.rotation.axes) for c in cands], 1
-    )  # (L, R, n, 2, 2)
+    mats = _single_qubit("complex", theta[..., : head.rotation.n_angles], head.rotation.axes)  # (L, n, 2, 2)
     rows, cdtype = len(cands), mats.dtype
     state = _start_vector(head, n, theta.dtype).to(device=theta.device, dtype=cdtype).expand(rows, -1)
-    width = BLOCK if n >= 2 * BLOCK else max(1, n // 2)
-    blocks = [(a, min(width, n - a)) for a in range(0, n, width)]
+    on_kernel = theta.device.type == "cpu" and kernel.load() is not None
+    if on_kernel:
+        identity = torch.arange(2**n, dtype=torch.int32).expand(rows, -1).contiguous()
+    else:
+        width = BLOCK if n >= 2 * BLOCK else max(1, n // 2)
+        blocks = [(a, min(width, n - a)) for a in range(0, n, width)]
+        kron = [_kron(mats[:, a : a + w]) for a, w in blocks]  # each (L, 2**w, 2**w)
     if gate == "crz" and pairs:
         signs = _crz_signs(tuple(pairs), n, theta.dtype, str(theta.device))
     elif pairs:  # (L, pairs, 2, 2) gate matrices, the same for every row
@@ -519,11 +556,21 @@ def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Ca
             if gate == "crz":
                 state = state * torch.exp(1j * (signs @ phi[layer, : len(pairs), 0])).to(cdtype)
             else:
-                for j, (c, t) in enumerate(pairs):
-                    state = _apply_controlled(state, gates[layer, j].expand(rows, 2, 2), c, t, n)
-        for a, w in blocks:
-            state = _apply_rows(state, _kron(mats[layer, :, a : a + w]), a, w)
+                state = _ControlledLayer.apply(state.contiguous(), gates[layer], tuple(pairs), n)
+        if on_kernel:  # the rotation layer alone: an identity permutation, then one 2x2 per wire
+            planes = torch.stack([state.real, state.imag], 1)
+            planes = kernel.ComplexLayers.apply(planes, mats[layer : layer + 1], identity, None)
+            state = torch.complex(planes[:, 0], planes[:, 1])
+        else:
+            for (a, w), u in zip(blocks, kron):
+                state = _apply_on(state, u[layer], a, w)
     return torch.view_as_real(state).square().sum(-1)
+
+
+def _apply_on(state: torch.Tensor, u: torch.Tensor, first: int, width: int) -> torch.Tensor:
+    """A (2**width)-square matrix on wires first..first+width-1 of (R, 2**n) states."""
+    view = state.reshape(state.shape[0], 2**first, 2**width, -1)
+    return torch.einsum("ij,rajb->raib", u, view).reshape(state.shape)
 
 
 def _controlled_rows(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Candidate, ...], memory_mb: int | None) -> torch.Tensor:
@@ -535,7 +582,7 @@ def _controlled_rows(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Candid
     per_row = row_bytes("controlled", n, n_layers, theta.dtype, False, max(len(c.entangler.pairs_on(n)) for c in cands))
     batches: dict[tuple, list[int]] = {}
     for i, c in enumerate(cands):
-        batches.setdefault((c.entangler, c.hadamard), []).append(i)
+        batches.setdefault((c.entangler, c.hadamard, c.rotation), []).append(i)
     rows: dict[int, torch.Tensor] = {}
     fits = not (theta.requires_grad or phi.requires_grad) or per_row * len(cands) <= budget
     for members in batches.values():
