@@ -40,7 +40,7 @@ def _angles(n: int, layers: int, pairs: int, seed: int):
     return theta, phi
 
 
-def test_every_new_gate_matches_pennylane_with_gradients():
+def test_every_new_gate_matches_pennylane_with_gradients(kernel_mode):
     n, layers = 4, 3
     space = _space(n)
     theta, phi = _angles(n, layers, n, 0)
@@ -57,7 +57,7 @@ def test_every_new_gate_matches_pennylane_with_gradients():
 
 
 @pytest.mark.parametrize("n,layers", [(6, 3), (13, 2)])  # 13: the 4-wire Kronecker blocks of the rotation layer
-def test_controlled_rows_match_the_textbook_reference_with_gradients(n, layers):
+def test_controlled_rows_match_the_textbook_reference_with_gradients(n, layers, kernel_mode):
     space = _space(n) if n < 13 else build_space(None, [
         {"init": "H", "entangler": "cu3_ring", "rotation": "U3"},
         {"init": "none", "entangler": "cry_chain", "rotation": "Ry"},
@@ -77,7 +77,7 @@ def test_controlled_rows_match_the_textbook_reference_with_gradients(n, layers):
         assert slope == pytest.approx(want, abs=1e-7), cand.name
 
 
-def test_float32_and_memory_chunking_keep_the_values():
+def test_float32_and_memory_chunking_keep_the_values(kernel_mode):
     n, layers = 6, 3
     space = _space(n)
     theta, phi = _angles(n, layers, n, 4)
@@ -156,6 +156,24 @@ def test_the_language_reads_new_gates_and_refuses_bad_ones():
             build_space(None, [spec])
     with pytest.raises(ValueError, match=r"phi must have shape \(2, >= 5, >= 3\)"):
         probabilities(torch.zeros(2, 5), [build_space(None, [{"entangler": "cu3_ring", "rotation": "Ry"}])[0]])
+
+
+def test_the_kernels_controlled_layer_refuses_what_it_would_misread(monkeypatch):
+    from helpers import load_kernel_or_skip
+
+    from diffqas_runner.quantum import kernel
+
+    load_kernel_or_skip(monkeypatch)
+    state = torch.zeros(1, 2, 16, dtype=torch.float64)
+    u = torch.eye(2, dtype=torch.complex128).expand(2, 2, 2)
+    for pairs, message in [
+        (torch.tensor([[0, 1], [1, 4]], dtype=torch.int32), "two different wires in 0..3"),
+        (torch.tensor([[0, 1], [2, 2]], dtype=torch.int32), "two different wires in 0..3"),
+        (torch.tensor([[0, 1], [1, 2]], dtype=torch.int64), "contiguous int32"),
+        (torch.tensor([[0, 1]], dtype=torch.int32), r"int32 \(2, 2\)"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            kernel.ControlledLayer.apply(state, u, pairs)
 
 
 def _shapes(n_params: int) -> dict:

@@ -1,4 +1,5 @@
-"""circuit.png: one candidate drawn as its Hadamard column and one layer (entangler, rotations) x L."""
+"""circuit.png: one candidate drawn as its Hadamard column and one layer (entangler, rotations) x L.
+CNOT is a dot and a target, CZ two dots, a parametrised controlled gate a dot and a box on its target."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
 
     pairs = cand.entangler.pairs_on(n_qubits)
     cz = cand.entangler.gate == "cz"
+    # a parametrised controlled gate: the control's dot and a box on the target naming what it applies
+    boxed = {"crx": "Rx", "cry": "Ry", "crz": "Rz", "crot": "Rot", "cu3": "U3"}.get(cand.entangler.gate)
     # CNOT columns: pairs that share no wire go in one column (the brick's two halves; the ring is sequential)
     columns: list[list[tuple[int, int]]] = []
     for c, t in pairs:
@@ -56,6 +59,9 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
             ax.add_patch(Circle((x, c), 0.08, color="k", zorder=2))
             if cz:  # CZ: a dot on both wires
                 ax.add_patch(Circle((x, t), 0.08, color="k", zorder=2))
+                continue
+            if boxed:
+                box(x, t, boxed)
                 continue
             ax.add_patch(Circle((x, t), 0.18, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
             ax.plot([x - 0.18, x + 0.18], [t, t], color="k", lw=0.8, zorder=3)

@@ -544,11 +544,95 @@ int cx_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* du, const do
   return gx == g ? 0 : 1;
 }
 
+// ------------------------------------------------------------------------------------------
+// Controlled 2x2 gates (parametrised entanglers: CRx, CRy, CRz, CRot, CU3), applied in order to
+// complex rows in split planes, in place. Gate j acts on the amplitudes whose control bit is 1:
+// pairs (target bit 0, target bit 1) mixed by u_j = [[a, b], [c, d]] (8 doubles: re, im of a, b,
+// c, d). Those pairs come in spans of 2**min(target bit, control bit) consecutive indices; a job
+// is a fixed range of spans of one row (~4096 pairs), whatever the thread count, so the backward's
+// partial sums are added in the same order on any number of threads.
+
+struct CtrlGeometry {
+  int64_t span, spans, per_job, jobs, lo, hi, mid, ctrl, tgt;
+};
+
+inline CtrlGeometry ctrl_geometry(int64_t n, int32_t control, int32_t target) {
+  CtrlGeometry g;
+  const int64_t pc = n - 1 - control, pt = n - 1 - target;
+  g.lo = std::min(pc, pt);
+  g.hi = std::max(pc, pt);
+  g.mid = g.hi - g.lo - 1;
+  g.ctrl = int64_t(1) << pc;
+  g.tgt = int64_t(1) << pt;
+  g.span = int64_t(1) << g.lo;
+  g.spans = (int64_t(1) << n) / 4 / g.span;
+  g.per_job = std::max<int64_t>(1, 4096 / g.span);
+  g.jobs = (g.spans + g.per_job - 1) / g.per_job;
+  return g;
+}
+
+// the first index of span s: its free bits from s, control bit 1, target bit 0, bits below lo 0
+inline int64_t ctrl_start(const CtrlGeometry& g, int64_t s) {
+  const int64_t low = s & ((int64_t(1) << g.mid) - 1), high = s >> g.mid;
+  return (high << (g.hi + 1)) | (low << (g.lo + 1)) | g.ctrl;
+}
+
+template <typename T>
+void ctrl_forward(T* x, const double* u64, const int32_t* pairs, int64_t npairs, int64_t rows, int64_t n,
+                  int threads) {
+  const int64_t dim = int64_t(1) << n;
+  for (int64_t j = 0; j < npairs; ++j) {
+    const CtrlGeometry g = ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]);
+    T u[8];
+    for (int k = 0; k < 8; ++k) u[k] = T(u64[j * 8 + k]);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < rows * g.jobs; ++job) {
+      const int64_t row = job / g.jobs, first = (job % g.jobs) * g.per_job;
+      T* re = x + 2 * row * dim;
+      T* im = re + dim;
+      for (int64_t s = first; s < std::min(first + g.per_job, g.spans); ++s) {
+        const int64_t a = ctrl_start(g, s), b = a + g.tgt;
+        apply_span(re + a, im + a, re + b, im + b, g.span, u);
+      }
+    }
+  }
+}
+
+// psi: the forward's output, un-applied in place to the first gate's input; lam: dL/d(output),
+// turned in place into dL/d(input). part: rows * max(1, 2**n / 16384) * 8 float64 scratch;
+// du (npairs, 8) float64: dL/du_j = sum of lam_out psi_in^H over gate j's pairs.
+template <typename T>
+void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, const int32_t* pairs,
+                   int64_t npairs, int64_t rows, int64_t n, int threads) {
+  const int64_t dim = int64_t(1) << n;
+  for (int64_t j = npairs - 1; j >= 0; --j) {
+    const CtrlGeometry g = ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]);
+    T u[8];
+    for (int k = 0; k < 8; ++k) u[k] = T(u64[j * 8 + k]);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < rows * g.jobs; ++job) {
+      const int64_t row = job / g.jobs, first = (job % g.jobs) * g.per_job;
+      T* re = psi + 2 * row * dim;
+      T* im = re + dim;
+      T* gre = lam + 2 * row * dim;
+      T* gim = gre + dim;
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t s = first; s < std::min(first + g.per_job, g.spans); ++s) {
+        const int64_t a = ctrl_start(g, s), b = a + g.tgt;
+        unapply_span(re + a, im + a, re + b, im + b, gre + a, gim + a, gre + b, gim + b, g.span, u, acc);
+      }
+      for (int k = 0; k < 8; ++k) part[job * 8 + k] = acc[k];
+    }
+    for (int64_t job = 0; job < rows * g.jobs; ++job)
+      for (int k = 0; k < 8; ++k) du[j * 8 + k] += part[job * 8 + k];
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int diffqas_abi_version() { return 3; }
+int diffqas_abi_version() { return 4; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -583,6 +667,23 @@ int cx_backward_f64(double* psi, double* g, double* psi2, double* g2, double* pa
 int cx_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* du, const double* u,
                     int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
   return cx_backward<float>(psi, g, psi2, g2, part, du, u, layers, perm, sign, rows, n, threads);
+}
+
+void ctrl_forward_f64(double* x, const double* u, const int32_t* pairs, int64_t npairs, int64_t rows, int64_t n,
+                      int threads) {
+  ctrl_forward<double>(x, u, pairs, npairs, rows, n, threads);
+}
+void ctrl_forward_f32(float* x, const double* u, const int32_t* pairs, int64_t npairs, int64_t rows, int64_t n,
+                      int threads) {
+  ctrl_forward<float>(x, u, pairs, npairs, rows, n, threads);
+}
+void ctrl_backward_f64(double* psi, double* lam, double* part, double* du, const double* u, const int32_t* pairs,
+                       int64_t npairs, int64_t rows, int64_t n, int threads) {
+  ctrl_backward<double>(psi, lam, part, du, u, pairs, npairs, rows, n, threads);
+}
+void ctrl_backward_f32(float* psi, float* lam, double* part, double* du, const double* u, const int32_t* pairs,
+                       int64_t npairs, int64_t rows, int64_t n, int threads) {
+  ctrl_backward<float>(psi, lam, part, du, u, pairs, npairs, rows, n, threads);
 }
 
 }  // extern "C"

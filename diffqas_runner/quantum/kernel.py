@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 3  # diffqas_abi_version() of kernel.cpp
+ABI = 4  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 LOW, TILE = 12, 64  # kernel.cpp's chunk bits and tile width (scratch sizes below)
@@ -187,11 +187,13 @@ def _open(path: Path):
         "ry_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i64, i32],
         "cx_forward": [p, p, p, i64, p, p, i64, i64, i32],  # ..., rows, n, threads
         "cx_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
+        "ctrl_forward": [p, p, p, i64, i64, i64, i32],  # x, u, pairs, npairs, rows, n, threads
+        "ctrl_backward": [p, p, p, p, p, p, i64, i64, i64, i32],
     }
     for name, argtypes in signatures.items():
         for suffix in ("f64", "f32"):
             fn = getattr(lib, f"{name}_{suffix}")
-            fn.argtypes, fn.restype = argtypes, i32
+            fn.argtypes, fn.restype = argtypes, (None if name.startswith("ctrl") else i32)
     return lib
 
 
@@ -325,6 +327,43 @@ class ComplexLayers(torch.autograd.Function):
         args = (psi, g, psi2, g2, part, du, u64, u64.shape[0], perm, sign, rows, n)
         which = _call("cx_backward", final.dtype, *args)
         return (g2 if which else g), torch.view_as_complex(du).to(u.dtype), None, None
+
+
+class ControlledLayer(torch.autograd.Function):
+    """One layer of controlled 2x2 gates on complex rows in split planes: state (rows, 2, 2**n)
+    real, u (pairs, 2, 2) complex (the same for every row; pair j: u[j] on its target where its
+    control is 1), pairs (pairs, 2) int32 (control, target) in application order. The backward is
+    the adjoint method: it un-applies each gate (u^H) to recover its input, so nothing but the
+    output is kept."""
+
+    @staticmethod
+    def forward(ctx, state, u, pairs):
+        rows, _, dim = state.shape
+        if state.device.type != "cpu" or state.dtype not in (torch.float64, torch.float32) or state.dim() != 3:
+            raise ValueError(f"the kernel takes (rows, 2, 2**n) float64 or float32 CPU states, got {state.dtype} {tuple(state.shape)}")
+        n = dim.bit_length() - 1
+        if pairs.dtype != torch.int32 or tuple(pairs.shape) != (u.shape[0], 2) or not pairs.is_contiguous():
+            raise ValueError(f"pairs must be a contiguous int32 ({u.shape[0]}, 2) tensor, got {pairs.dtype} {tuple(pairs.shape)}")
+        if len(pairs) and (int(pairs.min()) < 0 or int(pairs.max()) >= n or bool((pairs[:, 0] == pairs[:, 1]).any())):
+            raise ValueError(f"pairs must name two different wires in 0..{n - 1}")
+        out = state.detach().contiguous().clone()
+        u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
+        _call("ctrl_forward", state.dtype, out, u64, pairs, len(pairs), rows, n)
+        ctx.save_for_backward(out, u, pairs)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        out, u, pairs = ctx.saved_tensors
+        rows, _, dim = out.shape
+        n = dim.bit_length() - 1
+        psi, lam = out.clone(), grad.contiguous().clone()
+        part = torch.zeros(rows * max(1, dim >> 14) * 8, dtype=torch.float64)
+        u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
+        du = torch.zeros(u64.shape, dtype=torch.float64)
+        _call("ctrl_backward", out.dtype, psi, lam, part, du, u64, pairs, len(pairs), rows, n)
+        return lam, torch.view_as_complex(du).to(u.dtype), None
 
 
 if __name__ == "__main__":  # build ahead of time: python -m diffqas_runner.quantum.kernel

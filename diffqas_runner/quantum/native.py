@@ -527,8 +527,9 @@ def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Ca
     """Probabilities (len(cands), 2**n) of candidates with one parametrised entangler (the same
     gate on the same pairs), one start and one rotation layer, batched as rows: theta (L, n) or
     (L, n, k) the shared rotation angles (each candidate its first ones), phi (L, >= pairs, >= m)
-    the entangler's (pair j of layer l uses phi[l, j, :m]). The rotation layers run on the C++
-    kernel's complex rows where it is loaded, else as Kronecker blocks."""
+    the entangler's (pair j of layer l uses phi[l, j, :m]). On the C++ kernel (where it is
+    loaded) each layer is two calls with adjoint backwards; on pure torch a controlled layer is
+    one autograd node (`_ControlledLayer`), a CRz layer one phase, a rotation layer Kronecker blocks."""
     head = cands[0]
     n_layers, n = theta.shape[:2]
     pairs = head.entangler.pairs_on(n)
@@ -539,31 +540,35 @@ def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Ca
     gate, m = head.entangler.gate, head.entangler.n_angles
     mats = _single_qubit("complex", theta[..., : head.rotation.n_angles], head.rotation.axes)  # (L, n, 2, 2)
     rows, cdtype = len(cands), mats.dtype
-    state = _start_vector(head, n, theta.dtype).to(device=theta.device, dtype=cdtype).expand(rows, -1)
-    on_kernel = theta.device.type == "cpu" and kernel.load() is not None
-    if on_kernel:
+    skip_first = not head.hadamard  # from |0..0> no control is 1 in layer 0: its entangler does nothing
+    if pairs:
+        gates = controlled_matrices(gate, phi[:, : len(pairs), :m])  # (L, pairs, 2, 2), the same for every row
+    if theta.device.type == "cpu" and kernel.load() is not None:
+        # split planes (rows, 2, 2**n) on the C++ kernel: each controlled layer in one call, each
+        # rotation layer as the complex rows' path with an identity permutation
+        start = _start_vector(head, n, theta.dtype).to(theta.device)
+        state = torch.stack([start, torch.zeros_like(start)]).expand(rows, 2, -1).contiguous()
         identity = torch.arange(2**n, dtype=torch.int32).expand(rows, -1).contiguous()
-    else:
-        width = BLOCK if n >= 2 * BLOCK else max(1, n // 2)
-        blocks = [(a, min(width, n - a)) for a in range(0, n, width)]
-        kron = [_kron(mats[:, a : a + w]) for a, w in blocks]  # each (L, 2**w, 2**w)
+        pair_index = torch.tensor(pairs, dtype=torch.int32).reshape(-1, 2)
+        for layer in range(n_layers):
+            if pairs and (layer > 0 or not skip_first):
+                state = kernel.ControlledLayer.apply(state, gates[layer], pair_index)
+            state = kernel.ComplexLayers.apply(state, mats[layer : layer + 1], identity, None)
+        return state.square().sum(1)
+    state = _start_vector(head, n, theta.dtype).to(device=theta.device, dtype=cdtype).expand(rows, -1)
+    width = BLOCK if n >= 2 * BLOCK else max(1, n // 2)
+    blocks = [(a, min(width, n - a)) for a in range(0, n, width)]
+    kron = [_kron(mats[:, a : a + w]) for a, w in blocks]  # each (L, 2**w, 2**w)
     if gate == "crz" and pairs:
         signs = _crz_signs(tuple(pairs), n, theta.dtype, str(theta.device))
-    elif pairs:  # (L, pairs, 2, 2) gate matrices, the same for every row
-        gates = controlled_matrices(gate, phi[:, : len(pairs), :m])
     for layer in range(n_layers):
-        if pairs and (layer > 0 or head.hadamard):  # from |0..0> no control is 1 in layer 0
-            if gate == "crz":
+        if pairs and (layer > 0 or not skip_first):
+            if gate == "crz":  # diagonal: one phase per basis state
                 state = state * torch.exp(1j * (signs @ phi[layer, : len(pairs), 0])).to(cdtype)
             else:
                 state = _ControlledLayer.apply(state.contiguous(), gates[layer], tuple(pairs), n)
-        if on_kernel:  # the rotation layer alone: an identity permutation, then one 2x2 per wire
-            planes = torch.stack([state.real, state.imag], 1)
-            planes = kernel.ComplexLayers.apply(planes, mats[layer : layer + 1], identity, None)
-            state = torch.complex(planes[:, 0], planes[:, 1])
-        else:
-            for (a, w), u in zip(blocks, kron):
-                state = _apply_on(state, u[layer], a, w)
+        for (a, w), u in zip(blocks, kron):
+            state = _apply_on(state, u[layer], a, w)
     return torch.view_as_real(state).square().sum(-1)
 
 
