@@ -334,6 +334,7 @@ BOOKKEEPING_KEYS = (
 ADDED_KEYS = {
     "search.strategy": "none", "search.tau": [1.0, 0.1], "search.eta": 3, "search.min_steps": None,
     "search.supernet": True,
+    "task.model": "mlp", "qt.mapping_bits": "pm1", "qt.tensor_affine": False,  # issue 27
 }  # fmt: skip
 
 

@@ -45,7 +45,10 @@ def _space(name: str):
     from diffqas_runner.config import search_space_file
     from diffqas_runner.quantum import CANDIDATES
 
-    return list(CANDIDATES) if name == "paper12" else list(search_space_file(name))
+    cands = list(CANDIDATES) if name == "paper12" else list(search_space_file(name))
+    if any(c.entangler.parametrised for c in cands):
+        raise SystemExit(f"--search-space {name}: parametrised entanglers (crx ... cu3) are not built for the peers; allowed: CNOT/CZ spaces")
+    return cands
 
 
 def _theta(n: int, layers: int, k: int, seed: int = 0):

@@ -45,7 +45,7 @@ def floor_bytes(cands, n: int, layers: int, itemsize: int) -> tuple[int, int]:
     total, rows = 0, 0
     for cand in cands:
         mode = native._mode(cand, n, layers)
-        if mode in ("static", "closed_form"):
+        if mode in ("static", "closed_form", "controlled"):  # no layer-by-layer gather; parametrised entanglers: not modelled
             continue
         planes = 1 if mode == "ry" else 2
         run = layers - 1 if native._start_fixed(cand, n) else layers

@@ -56,6 +56,22 @@ def test_every_new_gate_matches_pennylane_with_gradients(kernel_mode):
     assert grads["native"][2].abs().max() > 0.01  # the entangler angles do move the output
 
 
+def test_lightning_differentiates_every_new_gate_by_parameter_shift():
+    """lightning.qubit has no backprop: CU3 must be written with gates that have shift rules."""
+    n, layers = 3, 2
+    space = build_space(None, [{"init": "H", "entangler": f"{g}_ring", "rotation": "U3"} for g in NEW_GATES])
+    theta, phi = _angles(n, layers, n, 6)
+    coeffs = torch.randn(len(space), 2**n, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    grads = []
+    for backend, device in (("native", "default.qubit"), ("pennylane", "lightning.qubit")):
+        t, f = theta.clone().requires_grad_(), phi.clone().requires_grad_()
+        probs = probabilities(t, space, backend=backend, device=device, phi=f)
+        (coeffs * probs).sum().backward()
+        grads.append((probs.detach(), t.grad, f.grad))
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
 @pytest.mark.parametrize("n,layers", [(6, 3), (13, 2)])  # 13: the 4-wire Kronecker blocks of the rotation layer
 def test_controlled_rows_match_the_textbook_reference_with_gradients(n, layers, kernel_mode):
     space = _space(n) if n < 13 else build_space(None, [
@@ -166,6 +182,8 @@ def test_the_kernels_controlled_layer_refuses_what_it_would_misread(monkeypatch)
     load_kernel_or_skip(monkeypatch)
     state = torch.zeros(1, 2, 16, dtype=torch.float64)
     u = torch.eye(2, dtype=torch.complex128).expand(2, 2, 2)
+    with pytest.raises(ValueError, match=r"\(rows, 2, 2\*\*n\)"):
+        kernel.ControlledLayer.apply(state[0], u, torch.tensor([[0, 1], [1, 2]], dtype=torch.int32))
     for pairs, message in [
         (torch.tensor([[0, 1], [1, 4]], dtype=torch.int32), "two different wires in 0..3"),
         (torch.tensor([[0, 1], [2, 2]], dtype=torch.int32), "two different wires in 0..3"),
@@ -270,3 +288,22 @@ def test_cli_counts_ten_class_cnn_runs_and_refuses_bad_settings(tmp_path, data_d
         assert done.returncode != 0
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
         assert len(lines) == 1 and message in lines[0] and bad.split("=")[1] in lines[0], done.stderr
+
+
+@pytest.mark.slow
+def test_ten_class_mnist_learns_with_the_recommended_settings(tmp_path, data_dir):
+    """README's ten-class settings on real digits: well above chance within 150 steps, and improving."""
+    from helpers import metrics_rows
+
+    args = [
+        "task=mnist", "task.classes=all", "task.model=cnn", "qt.tensor_affine=true", "train.lr=3e-3",
+        "train.max_steps=150", "train.eval_every=50", f"data_dir={data_dir}", "logger=none", "figures=false",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]  # fmt: skip
+    done = cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = metrics_rows(tmp_path / "run")
+    accuracy = [r["test_accuracy"] for r in rows]
+    assert len(accuracy) == 3 and accuracy[-1] >= 0.6 and accuracy[-1] > accuracy[0], accuracy
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["qt_params"] == 13 * 15 + 12 + 14 + 16  # 237: 3.5% of the CNN's 6,690 weights

@@ -464,7 +464,9 @@ class Generator(_Evaluating, nn.Module):
 
     def trainable_parameters(self) -> int:
         """Live parameters: those that can change a generated weight (`qt_params`). Angles count
-        only where an angle-dependent candidate uses them."""
+        only where an angle-dependent candidate uses them: theta, every rotation slot it uses in
+        every layer (as before issue 27: a leading Rz on |0> or a final Rz counts too); phi, its
+        entangler's slots, but not layer 0's from |0..0>, where the gates act on no state."""
         live = sum(p.numel() for name, p in self.named_parameters() if p.requires_grad and name not in ("theta", "phi"))
         if not self.theta.requires_grad:
             return live

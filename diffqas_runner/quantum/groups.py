@@ -31,7 +31,8 @@ def _signature(cand: Candidate, n: int, depth: int | None = None) -> tuple:
     if cand.entangler.parametrised:
         # A parametrised entangler is the same circuit only with the same gate on the same pairs in
         # the same order (each pair's angles sit in its slot); no further identities are claimed.
-        if depth == 1 and not cand.hadamard:  # its only layer acts on |0..0>: no control is 1, no gate acts
+        if not cand.entangler.pairs_on(n) or (depth == 1 and not cand.hadamard):
+            # no gate, or its only layer acts on |0..0> (no control is 1): the circuit has no entangler
             return _signature(replace(cand, entangler=Entangler("cnot", "none")), n, depth)
         ent = (cand.entangler.gate, tuple(cand.entangler.pairs_on(n)))
         return ("circuit", cand.hadamard, ent, tuple(enumerate(cand.rotation.axes)))

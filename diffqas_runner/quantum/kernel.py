@@ -338,10 +338,12 @@ class ControlledLayer(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, state, u, pairs):
-        rows, _, dim = state.shape
         if state.device.type != "cpu" or state.dtype not in (torch.float64, torch.float32) or state.dim() != 3:
             raise ValueError(f"the kernel takes (rows, 2, 2**n) float64 or float32 CPU states, got {state.dtype} {tuple(state.shape)}")
+        rows, planes, dim = state.shape
         n = dim.bit_length() - 1
+        if planes != 2 or dim != 2**n or n < 2:
+            raise ValueError(f"the kernel takes (rows, 2, 2**n) states with n >= 2, got {tuple(state.shape)}")
         if pairs.dtype != torch.int32 or tuple(pairs.shape) != (u.shape[0], 2) or not pairs.is_contiguous():
             raise ValueError(f"pairs must be a contiguous int32 ({u.shape[0]}, 2) tensor, got {pairs.dtype} {tuple(pairs.shape)}")
         if len(pairs) and (int(pairs.min()) < 0 or int(pairs.max()) >= n or bool((pairs[:, 0] == pairs[:, 1]).any())):

@@ -322,6 +322,8 @@ def _start_vector(cand: Candidate, n: int, dtype: torch.dtype) -> torch.Tensor:
 def _start_fixed(cand: Candidate, n: int) -> bool:
     """Whether the first entangler leaves the start state alone: CNOTs and CZs fix |0..0>, CNOTs
     fix |+..+>, CZs do not (they flip the signs of some of its terms)."""
+    if cand.entangler.parametrised:  # they fix |0..0> (no control is 1), not |+..+> in general
+        return not cand.hadamard
     return not cand.hadamard or layer_op(cand.entangler, n)[1] is None
 
 

@@ -21,8 +21,13 @@ _CONTROLLED = {"crx": qml.CRX, "cry": qml.CRY, "crz": qml.CRZ, "crot": qml.CRot}
 
 
 def _cu3(angles, control: int, target: int) -> None:
-    """Controlled U3 (U3's phase becomes relative under the control)."""
-    qml.ctrl(qml.U3, control=control)(angles[0], angles[1], angles[2], wires=target)
+    """Controlled U3(t, p, l) = CRot(l, t, p) then PhaseShift((p + l) / 2) on the control: U3 is
+    exp(i (p + l) / 2) Rz(p) Ry(t) Rz(l), and a control makes that phase relative. Written with
+    gates that have shift rules, so lightning.qubit's parameter-shift differentiates it too
+    (qml.ctrl(qml.U3) has none); tests/test_controlled.py checks it against qml.ctrl(qml.U3)."""
+    t, p, lam = angles[0], angles[1], angles[2]
+    qml.CRot(lam, t, p, wires=[control, target])
+    qml.PhaseShift((p + lam) / 2, wires=control)
 
 
 def diff_method(device: str) -> str:
