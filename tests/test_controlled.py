@@ -307,3 +307,19 @@ def test_ten_class_mnist_learns_with_the_recommended_settings(tmp_path, data_dir
     assert len(accuracy) == 3 and accuracy[-1] >= 0.6 and accuracy[-1] > accuracy[0], accuracy
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["qt_params"] == 13 * 15 + 12 + 14 + 16  # 237: 3.5% of the CNN's 6,690 weights
+
+
+def test_a_checkpoint_from_before_issue_27_resumes_as_the_same_run():
+    """Fingerprints written before task.model / qt.mapping_bits / qt.tensor_affine existed match
+    today's defaults (classification), and a time-series run, which has no task.model, is not
+    told it differs there."""
+    from diffqas_runner.config import ADDED_KEYS
+    from diffqas_runner.train.checkpoint import differing_keys
+
+    old = {"task": {"kind": "classification", "classes": "all"}, "qt": {"shots": None}}
+    now = {"task": {**old["task"], "model": "mlp"}, "qt": {"shots": None, "mapping_bits": "pm1", "tensor_affine": False}}
+    assert differing_keys(json.dumps(old), json.dumps(now), ADDED_KEYS) == []
+    now["task"]["model"], now["qt"]["tensor_affine"] = "cnn", True
+    assert differing_keys(json.dumps(old), json.dumps(now), ADDED_KEYS) == ["qt.tensor_affine", "task.model"]
+    series = {"task": {"kind": "timeseries"}, "qt": {"shots": None, "mapping_bits": "pm1", "tensor_affine": False}}
+    assert differing_keys(json.dumps({"task": {"kind": "timeseries"}, "qt": {"shots": None}}), json.dumps(series), ADDED_KEYS) == []

@@ -195,9 +195,11 @@ def fingerprint(config: dict[str, Any], ignore: tuple[str, ...]) -> str:
 def differing_keys(a: str, b: str, added: dict[str, Any] | None = None) -> list[str]:
     """The dotted keys whose values differ between fingerprints a (stored) and b. `added`: options
     added since a may have been written, {key: the value that means what running without the key
-    did}; a key missing from a counts as that value (so a new option at its default does not make
-    an older checkpoint another run's)."""
+    did}; a key missing from a counts as that value where b has it (so a new option at its default
+    does not make an older checkpoint another run's; an option only some task kinds have, such as
+    `task.model`, stays absent from both for the others)."""
     fa, fb = flatten(json.loads(a)), flatten(json.loads(b))
     for key, value in (added or {}).items():
-        fa.setdefault(key, value)
+        if key in fb:
+            fa.setdefault(key, value)
     return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
