@@ -47,7 +47,9 @@ def _space(name: str):
 
     cands = list(CANDIDATES) if name == "paper12" else list(search_space_file(name))
     if any(c.entangler.parametrised for c in cands):
-        raise SystemExit(f"--search-space {name}: parametrised entanglers (crx ... cu3) are not built for the peers; allowed: CNOT/CZ spaces")
+        raise SystemExit(
+            f"--search-space {name}: parametrised entanglers (crx ... cu3) are not built for the peers; allowed: CNOT/CZ spaces"
+        )
     return cands
 
 

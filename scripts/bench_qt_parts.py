@@ -39,8 +39,14 @@ def main() -> None:
         "  + qt.mapping_hidden=[4,20,4] (toolkit MLP)": (15, {"mapping_hidden": (4, 20, 4)}),
         "  + qt.mapping_hidden=[4]": (15, {"mapping_hidden": (4,)}),
         "fixed Cyc-Ry (11) L=15": (15, {"mode": "fixed", "arch": 11}),
-        "toolkit_u3 L=2, toolkit MLP": (2, {"mode": "fixed", "arch": 1, "space": search_space_file("toolkit_u3"), "mapping_hidden": (4, 20, 4)}),
-        "toolkit_u3 L=4, toolkit MLP": (4, {"mode": "fixed", "arch": 1, "space": search_space_file("toolkit_u3"), "mapping_hidden": (4, 20, 4)}),
+        "toolkit_u3 L=2, toolkit MLP": (
+            2,
+            {"mode": "fixed", "arch": 1, "space": search_space_file("toolkit_u3"), "mapping_hidden": (4, 20, 4)},
+        ),
+        "toolkit_u3 L=4, toolkit MLP": (
+            4,
+            {"mode": "fixed", "arch": 1, "space": search_space_file("toolkit_u3"), "mapping_hidden": (4, 20, 4)},
+        ),
         "DiffQAS controlled16 L=3": (3, {"space": search_space_file("controlled16")}),
     }
     path = "C++ kernel" if kernel.load() is not None else "pure torch"

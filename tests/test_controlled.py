@@ -27,9 +27,9 @@ def _space(n: int):
     """Every new gate on a pattern and on explicit pairs (control above and below the target),
     from both starts, under one-, two- and three-angle rotation layers."""
     product = {"init": ["H", "none"], "entangler": [f"{g}_ring" for g in NEW_GATES], "rotation": ["Ry", "U3"]}
-    extra = [
-        {"init": "H", "entangler": [[n - 1, 0], [1, 2], [n - 1, 0]], "gate": g, "rotation": "RxRz"} for g in NEW_GATES
-    ] + [{"init": "none", "entangler": f"{g}_chain", "rotation": "Rx"} for g in NEW_GATES]
+    extra = [{"init": "H", "entangler": [[n - 1, 0], [1, 2], [n - 1, 0]], "gate": g, "rotation": "RxRz"} for g in NEW_GATES] + [
+        {"init": "none", "entangler": f"{g}_chain", "rotation": "Rx"} for g in NEW_GATES
+    ]
     return build_space(product, extra)
 
 
@@ -85,7 +85,10 @@ def test_controlled_rows_match_the_textbook_reference_with_gradients(n, layers, 
     gen = torch.Generator().manual_seed(3)
     for cand in space[:: max(1, len(space) // 4)]:
         coeffs = torch.randn(2**n, generator=gen, dtype=torch.float64)
-        d_theta, d_phi = torch.randn(theta.shape, generator=gen, dtype=torch.float64), torch.randn(phi.shape, generator=gen, dtype=torch.float64)
+        d_theta, d_phi = (
+            torch.randn(theta.shape, generator=gen, dtype=torch.float64),
+            torch.randn(phi.shape, generator=gen, dtype=torch.float64),
+        )
         t, f = theta.clone().requires_grad_(), phi.clone().requires_grad_()
         (coeffs * probabilities(t, [cand], phi=f)[0]).sum().backward()
         slope = float((t.grad * d_theta).sum() + (f.grad * d_phi).sum())
@@ -204,7 +207,8 @@ def test_generator_counts_and_trains_entangler_angles_in_diffqas_and_fixed_modes
     n, depth = 6, 3
     gen = Generator(_shapes(2**n - 3), depth, GeneratorOptions(space=space))
     assert gen.phi.shape == (depth, n, 3) and gen.theta.shape == (depth, n, 3)
-    # theta: 3 angles per wire and layer; phi: every slot (H rows use layer 0 too); 16 structural; Linear(n+1 -> 1) less its dead bias
+    # theta: 3 angles per wire and layer; phi: every slot (H rows use layer 0 too); 16 structural;
+    # Linear(n+1 -> 1) less its dead bias
     assert gen.trainable_parameters() == 3 * depth * n + 3 * depth * n + 16 + (n + 1)
     weights = gen()["w"]
     weights.square().sum().backward()
@@ -240,7 +244,10 @@ def test_mapping_bit_coding_and_tensor_affine():
     affine = affine_gen()
     for key in shapes:  # gain 1 and shift 0 at the start: today's weights
         torch.testing.assert_close(affine[key], plain[key])
-    assert affine_gen.trainable_parameters() == Generator(shapes, 2, GeneratorOptions(mode="fixed", arch=5)).trainable_parameters() + 4
+    assert (
+        affine_gen.trainable_parameters()
+        == Generator(shapes, 2, GeneratorOptions(mode="fixed", arch=5)).trainable_parameters() + 4
+    )
     (affine["a"].sum() + affine["b"].square().sum()).backward()
     assert affine_gen.gain.grad.abs().min() > 0 and affine_gen.shift.grad.abs().min() > 0
     with torch.no_grad():
@@ -256,7 +263,16 @@ def test_mapping_bit_coding_and_tensor_affine():
 def test_the_toolkit_cnn_has_its_6690_weights_and_classifies_flat_images():
     net = ToolkitCNN(10)
     assert sum(p.numel() for p in net.parameters()) == 6690  # 208 + 2,412 + 3,860 + 210
-    assert [tuple(p.shape) for p in net.parameters()] == [(8, 1, 5, 5), (8,), (12, 8, 5, 5), (12,), (20, 192), (20,), (10, 20), (10,)]
+    assert [tuple(p.shape) for p in net.parameters()] == [
+        (8, 1, 5, 5),
+        (8,),
+        (12, 8, 5, 5),
+        (12,),
+        (20, 192),
+        (20,),
+        (10, 20),
+        (10,),
+    ]
     assert net(torch.randn(3, 784)).shape == (3, 10)
     # no activation but the max-pools, as the toolkit writes it: a positive scaling of the input scales the logits less the biases
     x = torch.rand(2, 784)
@@ -277,7 +293,9 @@ def test_cli_counts_ten_class_cnn_runs_and_refuses_bad_settings(tmp_path, data_d
     assert done.returncode == 0, done.stderr
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     mapping = (14 * 4 + 4) + (4 * 20 + 20) + (20 * 4 + 4) + 4  # toolkit MLP (n+1)->4->20->4->1, its output bias dead
-    expected = 3 * 3 * 13 + 3 * 2 * 13 + mapping + 2 * 8  # U3 angles, CU3 angles (not layer 0's), mapping, gain + shift per tensor
+    expected = (
+        3 * 3 * 13 + 3 * 2 * 13 + mapping + 2 * 8
+    )  # U3 angles, CU3 angles (not layer 0's), mapping, gain + shift per tensor
     assert (summary["n_qubits"], summary["classical_params"], summary["qt_params"]) == (13, 6690, expected)
     for bad, message in [
         ("task.model=resnet", "task.model"),
@@ -322,4 +340,6 @@ def test_a_checkpoint_from_before_issue_27_resumes_as_the_same_run():
     now["task"]["model"], now["qt"]["tensor_affine"] = "cnn", True
     assert differing_keys(json.dumps(old), json.dumps(now), ADDED_KEYS) == ["qt.tensor_affine", "task.model"]
     series = {"task": {"kind": "timeseries"}, "qt": {"shots": None, "mapping_bits": "pm1", "tensor_affine": False}}
-    assert differing_keys(json.dumps({"task": {"kind": "timeseries"}, "qt": {"shots": None}}), json.dumps(series), ADDED_KEYS) == []
+    assert (
+        differing_keys(json.dumps({"task": {"kind": "timeseries"}, "qt": {"shots": None}}), json.dumps(series), ADDED_KEYS) == []
+    )

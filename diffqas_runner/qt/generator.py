@@ -19,8 +19,8 @@ from torch import nn
 from ..config import (
     Angles,
     BackendConfig,
-    BitsCoding,
     BackendName,
+    BitsCoding,
     ConfigError,
     InputNorm,
     PennyLaneDevice,
@@ -237,7 +237,8 @@ class Generator(_Evaluating, nn.Module):
         else:
             self.register_parameter("structural", None)
 
-        # Inputs of the mapping: the +-1 bits of every used basis index (qubit 0 most significant).
+        # Inputs of the mapping: the bits of every used basis index (qubit 0 most significant), as
+        # -1/+1 (qt.mapping_bits=pm1) or 0/1 (binary).
         index = torch.arange(self.n_params)
         bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype)
         self.register_buffer("bits", bits * 2 - 1 if opts.mapping_bits == "pm1" else bits, persistent=False)

@@ -6,8 +6,9 @@ or by explicit (control, target) pairs: CNOT or CZ, or a parametrised controlled
 CRy, CRz, CRot = controlled Rz Ry Rz, CU3 = controlled U3) with its own angles per pair and layer
 (`Entangler.n_angles`; the circuit's `phi` tensor). A rotation layer is one or more rotations per
 wire (Rx, Ry, Rz, e.g. Ry then Rz, or Rot = Rz Ry Rz with three angles; U3 is Rot up to a global
-phase and the order of its angles, so it is read as Rot), each with its own angle. `paper12` is SPEC.md section 2's space in its numbering: product(H, none) x (Ent, Cyc) x
-(Rx, Ry, Rz), where Ent is the CNOT chain in brick order and Cyc the CNOT ring.
+phase and the order of its angles, so it is read as Rot), each with its own angle. `paper12` is
+SPEC.md section 2's space in its numbering: product(H, none) x (Ent, Cyc) x (Rx, Ry, Rz), where
+Ent is the CNOT chain in brick order and Cyc the CNOT ring.
 
 CNOT and CZ are signed permutations of the computational basis (CNOT permutes, CZ flips signs), so
 such an entangling layer is one signed permutation: `layer_op` composes it once per (entangler, n).

@@ -17,10 +17,9 @@ entangling layer acts on the start state; when it fixes it (any layer on |0..0>,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import torch
-
-from dataclasses import replace
 
 from .candidates import Candidate, Entangler, layer_op
 

@@ -339,7 +339,9 @@ class ControlledLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, state, u, pairs):
         if state.device.type != "cpu" or state.dtype not in (torch.float64, torch.float32) or state.dim() != 3:
-            raise ValueError(f"the kernel takes (rows, 2, 2**n) float64 or float32 CPU states, got {state.dtype} {tuple(state.shape)}")
+            raise ValueError(
+                f"the kernel takes (rows, 2, 2**n) float64 or float32 CPU states, got {state.dtype} {tuple(state.shape)}"
+            )
         rows, planes, dim = state.shape
         n = dim.bit_length() - 1
         if planes != 2 or dim != 2**n or n < 2:

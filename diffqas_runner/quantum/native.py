@@ -440,7 +440,9 @@ def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.d
     with torch.no_grad():
         if cand.entangler.parametrised:
             zeros = torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device)
-            phi = torch.zeros(n_layers, max(1, len(cand.entangler.pairs_on(n))), cand.entangler.n_angles, dtype=dtype, device=device)
+            phi = torch.zeros(
+                n_layers, max(1, len(cand.entangler.pairs_on(n))), cand.entangler.n_angles, dtype=dtype, device=device
+            )
             return _simulate_controlled(zeros, phi, (cand,))[0]
         return _simulate_any(torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device), cand)
 
@@ -669,7 +671,9 @@ def check_phi(phi: torch.Tensor | None, cands: Sequence[Candidate], n_layers: in
     pairs, m = max(p for p, _, _ in need), max(k for _, k, _ in need)
     if phi is None or phi.dim() != 3 or phi.shape[0] != n_layers or phi.shape[1] < pairs or phi.shape[2] < m:
         shape = None if phi is None else tuple(phi.shape)
-        raise ValueError(f"phi must have shape ({n_layers}, >= {pairs}, >= {m}) for {need[0][2].name}'s entangler angles, got {shape}")
+        raise ValueError(
+            f"phi must have shape ({n_layers}, >= {pairs}, >= {m}) for {need[0][2].name}'s entangler angles, got {shape}"
+        )
 
 
 def probabilities(
