@@ -170,6 +170,8 @@ def test_the_language_reads_new_gates_and_refuses_bad_ones():
         ({"entangler": "cu3_ring", "gate": "crx", "rotation": "Ry"}, r"names cu3 gates but gate=crx"),
         ({"entangler": "ring", "gate": "cu4", "rotation": "Ry"}, r"gate='cu4' is not allowed; allowed: cnot, cz, crx"),
         ({"entangler": "ring", "rotation": "U4"}, r"rotation='U4' is not allowed"),
+        ({"entangler": "cu3_none", "rotation": "Ry"}, r"cu3_none. with gate cu3 has no pairs.*allowed: none, or a pattern"),
+        ({"entangler": "none", "gate": "cry", "rotation": "Ry"}, r"with gate cry has no pairs"),
     ]:
         with pytest.raises(SpaceError, match=message):
             build_space(None, [spec])

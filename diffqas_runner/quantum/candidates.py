@@ -212,7 +212,13 @@ def parse_entangler(value, gate, key: str) -> Entangler:
             raise SpaceError(f"{key}={value!r} is not allowed; allowed: {allowed}")
         if named_gate and gate is not None and gate != named_gate:
             raise SpaceError(f"{key}={value!r} names {named_gate} gates but gate={gate}; allowed: drop one of them")
-        return Entangler(gate or named_gate or "cnot", pattern)
+        chosen = gate or named_gate or "cnot"
+        if pattern == "none" and GATE_ANGLES[chosen]:
+            raise SpaceError(
+                f"{key}={value!r} with gate {chosen} has no pairs: the same circuit as `none`, with angles that do nothing; "
+                "allowed: none, or a pattern with pairs"
+            )
+        return Entangler(chosen, pattern)
     pairs = []
     if isinstance(value, Sequence) and not isinstance(value, str):
         for pair in value:
