@@ -20,10 +20,12 @@ scripts/bench_backends.py):
   backward (`kernel`, built on first use; pure torch below is the fallback, forced with
   DIFFQAS_NATIVE_KERNEL=torch).
 - Parametrised entanglers (CRx, CRy, CRz, CRot, CU3; their angles are `phi`) are not
-  permutations: each candidate runs gate by gate on complex amplitudes ("controlled"): a
-  controlled gate applies its 2x2 to the half of the state whose control bit is 1, a CRz layer
-  (diagonal) is one phase per basis state, and the rotation layer is the Kronecker blocks
-  applied as small GEMMs. From |0..0> the first entangler acts on no state (no control is 1).
+  permutations: their rows run gate by gate on complex amplitudes ("controlled"), batched by
+  (entangler, start, rotation layer). A controlled gate applies its 2x2 to the half of the state
+  whose control bit is 1. On the C++ kernel a controlled layer is one call with an adjoint
+  backward and the rotation layer the complex rows' path; on pure torch a controlled layer is one
+  autograd node with the same adjoint backward, a CRz layer (diagonal) one phase per basis state,
+  and the rotation layer Kronecker blocks. From |0..0> the first entangler acts on no state.
 - The first layer acts on a product state (|0..0> or |+..+>) that the first entangler fixes
   (unless CZs act on |+..+>: then the dense start state goes through every layer), so its
   output is a Kronecker product of 2-vectors.
