@@ -213,22 +213,20 @@ class Generator(_Evaluating, nn.Module):
         k = max(c.rotation.n_angles for c in self.candidates)
         shape = (depth, n) if k == 1 else (depth, n, k)
         shape = (len(self.candidates), *shape) if self.per_candidate else shape
-        if opts.theta_init == "uniform":
-            theta = torch.rand(shape, dtype=dtype) * 2 * math.pi
-        else:
-            theta = opts.theta_std * torch.randn(shape, dtype=dtype)
-        self.theta = nn.Parameter(theta)
+
+        def initial_angles(size: tuple[int, ...]) -> torch.Tensor:  # qt.theta_init, for theta and phi alike
+            if opts.theta_init == "uniform":
+                return torch.rand(size, dtype=dtype) * 2 * math.pi
+            return opts.theta_std * torch.randn(size, dtype=dtype)
+
+        self.theta = nn.Parameter(initial_angles(shape))
         # Parametrised entanglers (CRx, ..., CU3): their angles phi, (L, P, m) with P pairs and m
         # angles per pair at most over the candidates, shared like theta (each uses its first ones)
         ent = [c for c in self.candidates if c.entangler.parametrised]
         if ent:
             pshape = (depth, max(len(c.entangler.pairs_on(n)) for c in ent), max(c.entangler.n_angles for c in ent))
             pshape = (len(self.candidates), *pshape) if self.per_candidate else pshape
-            if opts.theta_init == "uniform":
-                phi = torch.rand(pshape, dtype=dtype) * 2 * math.pi
-            else:
-                phi = opts.theta_std * torch.randn(pshape, dtype=dtype)
-            self.phi = nn.Parameter(phi)
+            self.phi = nn.Parameter(initial_angles(pshape))
         else:
             self.register_parameter("phi", None)
         if opts.mode == "diffqas":
@@ -287,6 +285,9 @@ class Generator(_Evaluating, nn.Module):
             torch.cat([torch.full((s.numel(),), c, dtype=dtype) for s, c in zip(self.shapes, scales)]),
             persistent=False,
         )
+        # which tensor each of the p weights belongs to (tensor_scale=init, tensor_affine)
+        index = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
+        self.register_buffer("tensor_index", index, persistent=False)
         if opts.tensor_scale == "init":
             # Each tensor's mean and std at initialisation, fixed from then on (and checkpointed), so
             # training can still change the scale of the weights through the mapping.
@@ -294,9 +295,6 @@ class Generator(_Evaluating, nn.Module):
                 stats = [_mean_std(t) for t in self._mapped().split(self.sizes)]
             self.register_buffer("init_mean", torch.stack([m for m, _ in stats]))
             self.register_buffer("init_std", torch.stack([sd for _, sd in stats]))
-            # which tensor each of the p weights belongs to, to spread those statistics over them
-            index = torch.repeat_interleave(torch.arange(len(self.sizes)), torch.tensor(self.sizes))
-            self.register_buffer("tensor_index", index, persistent=False)
 
     # --- the quantum part -------------------------------------------------------------
     def structural_weights(self) -> torch.Tensor | None:
@@ -341,7 +339,6 @@ class Generator(_Evaluating, nn.Module):
 
     def _simulate(self, theta: torch.Tensor, phi: torch.Tensor | None, cands) -> torch.Tensor:
         opts = self.options
-        cands = [cands] if isinstance(cands, Candidate) else cands
         return probabilities(theta, cands, backend=opts.backend, device=opts.device, memory_mb=opts.memory_mb, phi=phi)
 
     def _angles_of(self, i: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -353,7 +350,7 @@ class Generator(_Evaluating, nn.Module):
     def _group_probabilities(self, k: int) -> torch.Tensor:
         head = int(self.group_heads[k])
         theta, phi = self._angles_of(head)
-        return self._simulate(theta, phi, self.candidates[head])[0]
+        return self._simulate(theta, phi, [self.candidates[head]])[0]
 
     def _sampled_probabilities(self) -> torch.Tensor:
         """Gumbel: only the chosen group's circuit is simulated (its lowest-numbered member).
@@ -387,7 +384,7 @@ class Generator(_Evaluating, nn.Module):
         if self.sampling == "gumbel":
             return self._sampled_probabilities()
         if self.per_candidate:
-            probs = torch.cat([self._simulate(*self._angles_of(i), c) for i, c in enumerate(self.candidates)])
+            probs = torch.cat([self._simulate(*self._angles_of(i), [c]) for i, c in enumerate(self.candidates)])
         else:
             probs = self._simulate(self.theta, self.phi, self.candidates)
         shots = opts.shots if self.training else self.eval_shots
@@ -453,9 +450,7 @@ class Generator(_Evaluating, nn.Module):
         elif self.options.tensor_scale == "init":
             kappa = (kappa - self.init_mean[self.tensor_index]) / self.init_std[self.tensor_index]
         if self.options.tensor_affine:
-            sizes = torch.tensor(self.sizes, device=kappa.device)
-            gain, shift = (torch.repeat_interleave(v, sizes) for v in (self.gain, self.shift))
-            return kappa * self.scale * gain + shift
+            return kappa * self.scale * self.gain[self.tensor_index] + self.shift[self.tensor_index]
         return kappa * self.scale
 
     def forward(self) -> dict[str, torch.Tensor]:

@@ -577,24 +577,35 @@ inline int64_t ctrl_start(const CtrlGeometry& g, int64_t s) {
   return (high << (g.hi + 1)) | (low << (g.lo + 1)) | g.ctrl;
 }
 
+// Gate j's jobs in parallel: body(job, row offset, span index range, u) for every job, with u the
+// gate's matrix in T. Jobs are fixed ranges of spans of one row (ctrl_geometry), whatever the
+// thread count.
+template <typename T, typename Body>
+void gate_jobs(const double* u64, int64_t j, int64_t rows, int64_t n, int threads,
+               const CtrlGeometry& g, Body body) {
+  T u[8];
+  for (int k = 0; k < 8; ++k) u[k] = T(u64[j * 8 + k]);
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < rows * g.jobs; ++job) {
+    const int64_t row = job / g.jobs, first = (job % g.jobs) * g.per_job;
+    body(job, 2 * row * (int64_t(1) << n), first, std::min(first + g.per_job, g.spans), u);
+  }
+}
+
 template <typename T>
 void ctrl_forward(T* x, const double* u64, const int32_t* pairs, int64_t npairs, int64_t rows, int64_t n,
                   int threads) {
   const int64_t dim = int64_t(1) << n;
   for (int64_t j = 0; j < npairs; ++j) {
     const CtrlGeometry g = ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]);
-    T u[8];
-    for (int k = 0; k < 8; ++k) u[k] = T(u64[j * 8 + k]);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t job = 0; job < rows * g.jobs; ++job) {
-      const int64_t row = job / g.jobs, first = (job % g.jobs) * g.per_job;
-      T* re = x + 2 * row * dim;
+    gate_jobs<T>(u64, j, rows, n, threads, g, [&](int64_t, int64_t off, int64_t s0, int64_t s1, const T* u) {
+      T* re = x + off;
       T* im = re + dim;
-      for (int64_t s = first; s < std::min(first + g.per_job, g.spans); ++s) {
+      for (int64_t s = s0; s < s1; ++s) {
         const int64_t a = ctrl_start(g, s), b = a + g.tgt;
         apply_span(re + a, im + a, re + b, im + b, g.span, u);
       }
-    }
+    });
   }
 }
 
@@ -607,22 +618,16 @@ void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, 
   const int64_t dim = int64_t(1) << n;
   for (int64_t j = npairs - 1; j >= 0; --j) {
     const CtrlGeometry g = ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]);
-    T u[8];
-    for (int k = 0; k < 8; ++k) u[k] = T(u64[j * 8 + k]);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t job = 0; job < rows * g.jobs; ++job) {
-      const int64_t row = job / g.jobs, first = (job % g.jobs) * g.per_job;
-      T* re = psi + 2 * row * dim;
-      T* im = re + dim;
-      T* gre = lam + 2 * row * dim;
-      T* gim = gre + dim;
+    gate_jobs<T>(u64, j, rows, n, threads, g, [&](int64_t job, int64_t off, int64_t s0, int64_t s1, const T* u) {
+      T *re = psi + off, *gre = lam + off;
+      T *im = re + dim, *gim = gre + dim;
       double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t s = first; s < std::min(first + g.per_job, g.spans); ++s) {
+      for (int64_t s = s0; s < s1; ++s) {
         const int64_t a = ctrl_start(g, s), b = a + g.tgt;
         unapply_span(re + a, im + a, re + b, im + b, gre + a, gim + a, gre + b, gim + b, g.span, u, acc);
       }
       for (int k = 0; k < 8; ++k) part[job * 8 + k] = acc[k];
-    }
+    });
     for (int64_t job = 0; job < rows * g.jobs; ++job)
       for (int k = 0; k < 8; ++k) du[j * 8 + k] += part[job * 8 + k];
   }

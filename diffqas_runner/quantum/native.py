@@ -554,8 +554,7 @@ def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Ca
         # rotation layer as the complex rows' path with an identity permutation
         start = _start_vector(head, n, theta.dtype).to(theta.device)
         state = torch.stack([start, torch.zeros_like(start)]).expand(rows, 2, -1).contiguous()
-        identity = torch.arange(2**n, dtype=torch.int32).expand(rows, -1).contiguous()
-        pair_index = torch.tensor(pairs, dtype=torch.int32).reshape(-1, 2)
+        identity, pair_index = _kernel_indices(rows, n, tuple(pairs))
         for layer in range(n_layers):
             if pairs and (layer > 0 or not skip_first):
                 state = kernel.ControlledLayer.apply(state, gates[layer], pair_index)
@@ -576,6 +575,14 @@ def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Ca
         for (a, w), u in zip(blocks, kron):
             state = _apply_on(state, u[layer], a, w)
     return torch.view_as_real(state).square().sum(-1)
+
+
+@lru_cache(maxsize=32)
+def _kernel_indices(rows: int, n: int, pairs: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel's inputs for controlled rows, made once: an identity permutation (rows, 2**n)
+    (the rotation layer alone) and the (control, target) pairs as (pairs, 2) int32."""
+    identity = torch.arange(2**n, dtype=torch.int32).expand(rows, -1).contiguous()
+    return identity, torch.tensor(pairs, dtype=torch.int32).reshape(-1, 2)
 
 
 def _apply_on(state: torch.Tensor, u: torch.Tensor, first: int, width: int) -> torch.Tensor:

@@ -55,8 +55,6 @@ def _qnode(cand: Candidate, n: int, device: str):
                     two_qubit(wires=[control, target])
                 elif gate == "cu3":
                     _cu3(phi[layer, j], control, target)
-                elif m == 1:
-                    _CONTROLLED[gate](phi[layer, j, 0], wires=[control, target])
                 else:
                     _CONTROLLED[gate](*phi[layer, j, :m], wires=[control, target])
             for q in range(n):
