@@ -40,7 +40,7 @@ from .record.failures import FAILURE, clear_failure, write_failure
 from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 from .record.progress import Progress
 from .selection import select
-from .train import checkpoint
+from .train import checkpoint, optim
 from .train.checkpoint import (
     CHECKPOINT,
     Checkpointer,
@@ -62,12 +62,13 @@ def seed_everything(seed: int) -> None:
 
 
 def build_optimizer(params, train_cfg) -> torch.optim.Optimizer:
-    """The task's optimiser over the QT parameters (the task config sets the paper's choice)."""
+    """The task's optimiser over the QT parameters (the task config sets the paper's choice): torch's
+    own Adam or RMSprop, minus the torch.compile wrappers that import torch._dynamo (train/optim.py)."""
     name = choice(train_cfg.optimizer)
     if name == "adam":
-        return torch.optim.Adam(params, lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.eps)
+        return optim.Adam(params, lr=train_cfg.lr, betas=tuple(train_cfg.betas), eps=train_cfg.eps)
     if name == "rmsprop":
-        return torch.optim.RMSprop(params, lr=train_cfg.lr, alpha=train_cfg.alpha, eps=train_cfg.eps)
+        return optim.RMSprop(params, lr=train_cfg.lr, alpha=train_cfg.alpha, eps=train_cfg.eps)
     raise ConfigError(f"train.optimizer={name!r} is not allowed; allowed: adam, rmsprop")
 
 
