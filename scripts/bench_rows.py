@@ -24,8 +24,11 @@ ROWS = {  # label: (mode, init, gate, axes)
     "Ry, CZ ring, |0..0> start (signs)": ("ry", "none", "cz", ("Y",)),
     "Ry, CZ ring, H start (signs, dense start)": ("ry", "H", "cz", ("Y",)),
     "Rx, CNOT ring (real pairs)": ("rx", "H", "cnot", ("X",)),
-    "RyRz, CNOT ring (complex)": ("complex", "H", "cnot", ("Y", "Z")),
-    "Rot (ZYZ), CZ ring (complex)": ("complex", "none", "cz", ("Z", "Y", "Z")),
+    "RyRz, CNOT ring (Ry + Z phase)": ("complex", "H", "cnot", ("Y", "Z")),
+    "Rot (ZYZ), CZ ring (Ry + Z phases)": ("complex", "none", "cz", ("Z", "Y", "Z")),
+    # the same two rows on the general complex 2x2 path (the only complex path before issue 26)
+    "RyRz, CNOT ring (general 2x2)": ("complex-2x2", "H", "cnot", ("Y", "Z")),
+    "Rot (ZYZ), CZ ring (general 2x2)": ("complex-2x2", "none", "cz", ("Z", "Y", "Z")),
     # parametrised entanglers (issue 27): gate by gate on complex amplitudes, phi (L, n, m)
     "Ry, CRy ring, H start (controlled)": ("controlled", "H", "cry", ("Y",)),
     "Ry, CRz ring, H start (diagonal layer)": ("controlled", "H", "crz", ("Y",)),
@@ -60,6 +63,12 @@ def main() -> None:
             start = time.perf_counter()
             if mode == "controlled":
                 native.probabilities(theta, (cand,), phi=phi).sum().backward()
+            elif mode == "complex-2x2":  # Ry-between-Z rows off their fast path
+                yz, native.YZ_AXES = native.YZ_AXES, ()
+                try:
+                    native._simulate_group(theta, (cand,), "complex").sum().backward()
+                finally:
+                    native.YZ_AXES = yz
             else:
                 native._simulate_group(theta, (cand,), mode).sum().backward()
             if i:

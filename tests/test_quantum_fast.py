@@ -13,7 +13,7 @@ import torch
 from helpers import load_kernel_or_skip
 
 from diffqas_runner.quantum import CANDIDATES, candidate, closed_form, kernel, native, probabilities
-from diffqas_runner.quantum.candidates import CHAIN, RING, RX, RY, Candidate, Entangler
+from diffqas_runner.quantum.candidates import CHAIN, RING, RX, RY, Candidate, Entangler, Rotation
 
 
 def _theta(n, layers, seed=0, dtype=torch.float64):
@@ -215,3 +215,53 @@ def test_the_default_budget_is_half_the_free_memory_decided_once(monkeypatch):
     monkeypatch.setattr(native, "available_mb", lambda: 10)
     assert native.default_memory_mb() == 500  # once per process
     native.default_memory_mb.cache_clear()
+
+
+# --- the Ry + Z-phase kernel (RyRz, RzRy, Rot rows) ------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("n,layers", [(1, 2), (2, 3), (5, 2), (13, 2), (14, 3)])  # n >= 13: high-bit tiles
+def test_yz_kernel_matches_the_general_complex_kernel_on_states_and_gradients(n, layers, dtype, monkeypatch):
+    """kernel.YZLayers (Ry on both planes, Z rotations as diagonal phases) against
+    kernel.ComplexLayers (one 2x2 complex matrix per wire, separate code) on the same layers:
+    random complex start states, random permutations and signs, every placement of the Z
+    rotations; states and the gradients of state, Ry angles and Z angles."""
+    load_kernel_or_skip(monkeypatch)
+    gen = torch.Generator().manual_seed(n * 10 + layers)
+    rows, dim = 2, 2**n
+    start = torch.randn(rows, 2, dim, generator=gen, dtype=torch.float64).to(dtype)
+    perm = torch.stack([torch.randperm(dim, generator=gen) for _ in range(rows)]).to(torch.int32)
+    sign = torch.where(torch.rand(rows, dim, generator=gen) < 0.5, -1.0, 1.0).to(dtype)
+    weights = torch.randn(rows, 2, dim, generator=gen, dtype=torch.float64).to(dtype)
+
+    def run(fast, axes, theta, signs):
+        state, t = start.clone().requires_grad_(), theta.clone().requires_grad_()
+        if fast:
+            pre = t[..., 0] if axes[0] == "Z" else None
+            post = t[..., -1] if axes[-1] == "Z" else None
+            out = kernel.YZLayers.apply(state, t[..., axes.index("Y")], pre, post, perm, signs)
+        else:
+            out = kernel.ComplexLayers.apply(state, native._single_qubit("complex", t, axes), perm, signs)
+        return (out.detach(), *torch.autograd.grad((weights * out).sum(), (state, t)))
+
+    for axes in (("Y", "Z"), ("Z", "Y"), ("Z", "Y", "Z")):
+        for signs in (None, sign):
+            theta = (torch.rand(layers, n, len(axes), generator=gen, dtype=torch.float64) * 12 - 6).to(dtype)
+            fast, slow = run(True, axes, theta, signs), run(False, axes, theta, signs)
+            tol = 1e-12 if dtype == torch.float64 else 2e-5
+            for a, b, what in zip(fast, slow, ("state", "d state", "d angles")):
+                torch.testing.assert_close(a, b, rtol=tol, atol=tol * max(1.0, float(b.abs().max())), msg=f"{axes} {what}")
+            assert fast[2].abs().max() > 1e-2  # the angles matter
+
+
+def test_native_sends_ry_between_z_rows_to_the_yz_kernel(monkeypatch):
+    """RyRz / Rot / RzRy rows take the Ry + Z-phase kernel in `native`; other complex rows do not."""
+    load_kernel_or_skip(monkeypatch)
+    used = []
+    for cls in (kernel.YZLayers, kernel.ComplexLayers):
+        real = cls.apply
+        monkeypatch.setattr(cls, "apply", lambda *a, real=real, cls=cls: used.append(cls) or real(*a))
+    for axes, expected in ((("Y", "Z"), kernel.YZLayers), (("Z", "Y", "Z"), kernel.YZLayers), (("Y", "X"), kernel.ComplexLayers)):
+        used.clear()
+        cand = Candidate(1, "H", RING, Rotation(axes))
+        native._simulate_group(_theta(4, 3).unsqueeze(-1).repeat(1, 1, len(axes)), (cand,), "complex")
+        assert used == [expected], axes

@@ -207,7 +207,7 @@ def _group_cases():
                 ent = Entangler(gate, pattern)
                 yield "ry", Candidate(1, init, ent, Rotation(("Y",)))
                 yield "rx", Candidate(1, init, ent, Rotation(("X",)))
-                for axes in (("X",), ("Y",), ("Y", "Z"), ("Z", "Y", "Z")):
+                for axes in (("X",), ("Y",), ("Y", "Z"), ("Z", "Y"), ("Z", "Y", "Z")):
                     yield "complex", Candidate(1, init, ent, Rotation(axes))
 
 
@@ -257,6 +257,7 @@ _KERNEL_ROWS = [  # one of each kernel path: signed real rows, complex rows with
     ("complex", Candidate(4, "H", Entangler("cnot", "ring"), Rotation(("Y", "Z")))),
     ("complex", Candidate(5, "none", Entangler("cz", "chain"), Rotation(("Z", "Y", "Z")))),
     ("complex", Candidate(6, "H", Entangler("cz", "ring"), Rotation(("Z",)))),
+    ("complex", Candidate(7, "none", Entangler("cnot", "chain"), Rotation(("Z", "Y")))),
 ]
 
 
@@ -265,9 +266,9 @@ def test_signed_and_complex_rows_match_the_reference_with_gradients(n, layers, k
     """Every kernel path (and its pure-torch twin) against the textbook simulator: probabilities,
     and the gradient along random directions against a central difference; float32 too."""
     calls = []
-    for cls in (kernel.RyLayers, kernel.ComplexLayers):
+    for cls in (kernel.RyLayers, kernel.ComplexLayers, kernel.YZLayers):
         real = cls.apply
-        monkeypatch.setattr(cls, "apply", lambda *a, real=real: calls.append(1) or real(*a))
+        monkeypatch.setattr(cls, "apply", lambda *a, real=real, cls=cls: calls.append(cls) or real(*a))
     gen = torch.Generator().manual_seed(n)
     for mode, cand in _KERNEL_ROWS:
         k = cand.rotation.n_angles
@@ -287,6 +288,8 @@ def test_signed_and_complex_rows_match_the_reference_with_gradients(n, layers, k
         (grad32,) = torch.autograd.grad((coeffs.float() * probs32).sum(), low)
         torch.testing.assert_close(grad32.double(), grad, rtol=1e-3, atol=1e-4, msg=cand.name)
     assert bool(calls) == (kernel_mode == "cpp")  # the path under test is the one that ran
+    if kernel_mode == "cpp":  # RyRz, Rot and RzRy rows on the Ry + Z-phase kernel, Z alone on the 2x2 one
+        assert calls.count(kernel.YZLayers) == 2 * 3 and kernel.ComplexLayers in calls
 
 
 def test_kernel_builds_where_ci_requires_it(monkeypatch):

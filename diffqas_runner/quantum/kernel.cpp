@@ -545,6 +545,241 @@ int cx_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* du, const do
 }
 
 // ------------------------------------------------------------------------------------------
+// Complex rows (split planes) whose rotation is Ry between Z rotations: RyRz, RzRy, Rot (Rz Ry Rz).
+// The Ry on every wire is real, so it runs as the real rows' rotations on both planes (the cost of
+// two Ry rows); the Z rotations of a layer are one diagonal phase per amplitude,
+// exp(i a(x)), a(x) = -1/2 sum_b phi_b z_b(x), z_b(x) = 1 - 2 bit_b(x) (Rz(phi) = diag(e^{-i phi/2},
+// e^{i phi/2})), read from two tables over the low and high halves of the index bits. A layer's
+// leading phase ("pre", applied before its Ry) is applied in its gather; its trailing phase
+// ("post") is carried into the next layer's gather, read at the source index (the permutation moves
+// a phase with its amplitude), and the last layer's is a final pass. The backward's phase
+// gradients: dL/dphi_b = 1/2 sum_x z_b(x) Im(conj(g_x) z_x), z the phase's output, g its gradient.
+
+template <typename T>
+struct Phases {
+  int64_t n = 0, half = 0, nlo = 0, nhi = 0;
+  std::vector<T> lo, hi;  // per layer: (re, im) pairs, nlo then nhi entries
+  Phases(const double* phi, int64_t layers, int64_t n_) : n(n_), half(n_ / 2), nlo(int64_t(1) << (n_ / 2)),
+                                                            nhi(int64_t(1) << (n_ - n_ / 2)) {
+    if (phi == nullptr) return;
+    lo.resize(layers * nlo * 2);
+    hi.resize(layers * nhi * 2);
+    auto fill = [&](T* out, int64_t l, int64_t count, int64_t first_bit) {
+      for (int64_t x = 0; x < count; ++x) {
+        double a = 0;
+        for (int64_t k = 0; (int64_t(1) << k) < count; ++k)
+          a -= 0.5 * phi[l * n + (n - 1 - (first_bit + k))] * (((x >> k) & 1) ? -1.0 : 1.0);
+        out[2 * x] = T(std::cos(a));
+        out[2 * x + 1] = T(std::sin(a));
+      }
+    };
+    for (int64_t l = 0; l < layers; ++l) {
+      fill(lo.data() + l * nlo * 2, l, nlo, 0);
+      fill(hi.data() + l * nhi * 2, l, nhi, half);
+    }
+  }
+  bool on() const { return !lo.empty(); }
+  // (re, im) <- exp(i a_l(x)) (re, im); conj: exp(-i a_l(x))
+  template <bool CONJ>
+  inline void apply(int64_t l, int64_t x, T& re, T& im) const {
+    const T* p = lo.data() + (l * nlo + (x & (nlo - 1))) * 2;
+    const T* q = hi.data() + (l * nhi + (x >> half)) * 2;
+    const T pr = p[0] * q[0] - p[1] * q[1];
+    const T pi = CONJ ? -(p[0] * q[1] + p[1] * q[0]) : p[0] * q[1] + p[1] * q[0];
+    const T r = re * pr - im * pi;
+    im = re * pi + im * pr;
+    re = r;
+  }
+};
+
+// acc[b] += sum_k z_b(start + k) v[k], k < 2**bits, for all n bits of start + k (start's low
+// `bits` bits are 0); v is consumed. Folds halves: about 2 * 2**bits additions.
+inline void signed_sums(double* v, int bits, int64_t start, int64_t n, double* acc) {
+  for (int b = bits - 1; b >= 0; --b) {
+    const int64_t half = int64_t(1) << b;
+    double d = 0;
+    for (int64_t j = 0; j < half; ++j) {
+      d += v[j] - v[j + half];
+      v[j] += v[j + half];
+    }
+    acc[b] += d;
+  }
+  for (int64_t b = bits; b < n; ++b) acc[b] += ((start >> b) & 1) ? -v[0] : v[0];
+}
+
+template <typename T>
+int yz_forward(T* a, T* b, const double* theta, const double* pre, const double* post, int64_t layers,
+               const int32_t* perm, const T* sign, int64_t rows, int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
+  const Phases<T> lead(pre, layers, n), trail(post, layers, n);
+  const int64_t len = int64_t(1) << sh.low;
+  T* cur = a;
+  T* nxt = b;
+  for (int64_t l = 0; l < layers; ++l) {
+    const T* c = cs.data() + l * sh.n;
+    const T* s = sn.data() + l * sh.n;
+    const bool carry = l > 0 && trail.on(), first = lead.on();
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      const T* sre = cur + 2 * row * sh.dim;
+      const T* sim = sre + sh.dim;
+      T* dre = nxt + 2 * row * sh.dim + start;
+      T* dim_ = dre + sh.dim;
+      const int32_t* pr = perm + row * sh.dim + start;
+      const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t src = pr[i];
+        T re = sre[src], im = sim[src];
+        if (sg != nullptr) {
+          re *= sg[i];
+          im *= sg[i];
+        }
+        if (carry) trail.template apply<false>(l - 1, src, re, im);
+        if (first) lead.template apply<false>(l, start + i, re, im);
+        dre[i] = re;
+        dim_[i] = im;
+      }
+      rotate_low(dre, int(sh.low), c, s);
+      rotate_low(dim_, int(sh.low), c, s);
+    }
+    if (sh.high > 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < 2 * sh.rows * sh.tiles; ++job) {  // (row, plane, tile)
+        const int64_t plane = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+        rotate_high(nxt + plane * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s);
+      }
+    }
+    std::swap(cur, nxt);
+  }
+  if (trail.on()) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      T* re = cur + 2 * row * sh.dim + start;
+      T* im = re + sh.dim;
+      for (int64_t i = 0; i < len; ++i) trail.template apply<false>(layers - 1, start + i, re[i], im[i]);
+    }
+  }
+  return cur == a ? 0 : 1;
+}
+
+// part: max(jobs) * 3n float64 scratch; dtheta, dpre, dpost (layers, n) float64 outputs (dpre,
+// dpost null with pre, post).
+template <typename T>
+int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, double* dpre, double* dpost,
+                const double* theta, const double* pre, const double* post, int64_t layers, const int32_t* perm,
+                const T* sign, int64_t rows, int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
+  const int64_t jobs = std::max(jobs_low, jobs_high), stride = 3 * sh.n, len = int64_t(1) << sh.low;
+  const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
+  const Phases<T> lead(pre, layers, n), trail(post, layers, n);
+  std::vector<double> carried(trail.on() ? sh.rows * sh.dim : 0);  // q by source index, for dpost
+  auto reduce = [&](double* out, int64_t l, int64_t offset) {
+    for (int64_t job = 0; job < jobs; ++job)
+      for (int64_t b = 0; b < sh.n; ++b) out[l * sh.n + (sh.n - 1 - b)] += 0.5 * part[job * stride + offset + b];
+  };
+  T* x = psi;
+  T* gx = g;
+  T* xo = psi2;
+  T* go = g2;
+  if (trail.on()) {  // the final pass's phase
+    std::fill(part, part + jobs * stride, 0.0);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs_low; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      T* xr = x + 2 * row * sh.dim + start;
+      T* xi = xr + sh.dim;
+      T* gr = gx + 2 * row * sh.dim + start;
+      T* gi = gr + sh.dim;
+      thread_local std::vector<double> q;
+      q.resize(len);
+      for (int64_t i = 0; i < len; ++i) {
+        q[i] = double(gr[i] * xi[i] - gi[i] * xr[i]);
+        trail.template apply<true>(layers - 1, start + i, xr[i], xi[i]);
+        trail.template apply<true>(layers - 1, start + i, gr[i], gi[i]);
+      }
+      signed_sums(q.data(), int(sh.low), start, sh.n, part + job * stride + 2 * sh.n);
+    }
+    reduce(dpost, layers - 1, 2 * sh.n);
+  }
+  for (int64_t l = layers - 1; l >= 0; --l) {
+    const T* c = cs.data() + l * sh.n;
+    const T* s = sn.data() + l * sh.n;
+    const bool carry = l > 0 && trail.on(), first = lead.on();
+    std::fill(part, part + jobs * stride, 0.0);
+    if (sh.high > 0) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < jobs_high; ++job) {
+        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+        T* base = x + 2 * row * sh.dim;
+        T* gbase = gx + 2 * row * sh.dim;
+        unrotate_high(base, gbase, int(sh.high), int(sh.low), col, sh.tile, c, s, part + job * stride);
+        unrotate_high(base + sh.dim, gbase + sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s,
+                      part + job * stride);
+      }
+    }
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t job = 0; job < jobs_low; ++job) {
+      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+      T* xr = x + 2 * row * sh.dim + start;
+      T* xi = xr + sh.dim;
+      T* gr = gx + 2 * row * sh.dim + start;
+      T* gi = gr + sh.dim;
+      double* acc = part + job * stride;
+      std::vector<double> dots(sh.low, 0.0);
+      unrotate_low(xr, gr, int(sh.low), c, s, dots.data());
+      unrotate_low(xi, gi, int(sh.low), c, s, dots.data());
+      for (int64_t b = 0; b < sh.low; ++b) acc[b] += dots[b];
+      const int32_t* pr = perm + row * sh.dim + start;
+      T* dr = xo + 2 * row * sh.dim;
+      T* di = dr + sh.dim;
+      T* hr = go + 2 * row * sh.dim;
+      T* hi = hr + sh.dim;
+      const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
+      thread_local std::vector<double> q;
+      q.resize(len);
+      double* qs = carried.data() + row * sh.dim;
+      for (int64_t i = 0; i < len; ++i) {
+        const int64_t src = pr[i];
+        T yr = xr[i], yi = xi[i], hr_ = gr[i], hi_ = gi[i];
+        q[i] = double(hr_ * yi - hi_ * yr);
+        if (carry) qs[src] = q[i];
+        if (first) {
+          lead.template apply<true>(l, start + i, yr, yi);
+          lead.template apply<true>(l, start + i, hr_, hi_);
+        }
+        if (carry) {
+          trail.template apply<true>(l - 1, src, yr, yi);
+          trail.template apply<true>(l - 1, src, hr_, hi_);
+        }
+        const T f = sg == nullptr ? T(1) : sg[i];
+        dr[src] = yr * f;
+        di[src] = yi * f;
+        hr[src] = hr_ * f;
+        hi[src] = hi_ * f;
+      }
+      if (first) signed_sums(q.data(), int(sh.low), start, sh.n, acc + sh.n);
+    }
+    if (carry) {  // the carried phase's sums, by source index
+#pragma omp parallel for num_threads(threads) schedule(static)
+      for (int64_t job = 0; job < jobs_low; ++job) {
+        const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+        signed_sums(carried.data() + row * sh.dim + start, int(sh.low), start, sh.n, part + job * stride + 2 * sh.n);
+      }
+    }
+    reduce(dtheta, l, 0);
+    if (first) reduce(dpre, l, sh.n);
+    if (carry) reduce(dpost, l - 1, 2 * sh.n);
+    std::swap(x, xo);
+    std::swap(gx, go);
+  }
+  return gx == g ? 0 : 1;
+}
+
+// ------------------------------------------------------------------------------------------
 // Controlled 2x2 gates (parametrised entanglers: CRx, CRy, CRz, CRot, CU3), applied in order to
 // complex rows in split planes, in place. Gate j acts on the amplitudes whose control bit is 1:
 // pairs (target bit 0, target bit 1) mixed by u_j = [[a, b], [c, d]] (8 doubles: re, im of a, b,
@@ -637,7 +872,7 @@ void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, 
 
 extern "C" {
 
-int diffqas_abi_version() { return 4; }
+int diffqas_abi_version() { return 5; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -672,6 +907,27 @@ int cx_backward_f64(double* psi, double* g, double* psi2, double* g2, double* pa
 int cx_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* du, const double* u,
                     int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
   return cx_backward<float>(psi, g, psi2, g2, part, du, u, layers, perm, sign, rows, n, threads);
+}
+
+int yz_forward_f64(double* a, double* b, const double* theta, const double* pre, const double* post, int64_t layers,
+                   const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
+  return yz_forward<double>(a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
+}
+int yz_forward_f32(float* a, float* b, const double* theta, const double* pre, const double* post, int64_t layers,
+                   const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
+  return yz_forward<float>(a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
+}
+int yz_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta, double* dpre,
+                    double* dpost, const double* theta, const double* pre, const double* post, int64_t layers,
+                    const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
+  return yz_backward<double>(psi, g, psi2, g2, part, dtheta, dpre, dpost, theta, pre, post, layers, perm, sign, rows, n,
+                             threads);
+}
+int yz_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* dtheta, double* dpre,
+                    double* dpost, const double* theta, const double* pre, const double* post, int64_t layers,
+                    const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
+  return yz_backward<float>(psi, g, psi2, g2, part, dtheta, dpre, dpost, theta, pre, post, layers, perm, sign, rows, n,
+                            threads);
 }
 
 void ctrl_forward_f64(double* x, const double* u, const int32_t* pairs, int64_t npairs, int64_t rows, int64_t n,

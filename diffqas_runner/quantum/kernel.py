@@ -57,7 +57,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 4  # diffqas_abi_version() of kernel.cpp
+ABI = 5  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 LOW, TILE = 12, 64  # kernel.cpp's chunk bits and tile width (scratch sizes below)
@@ -187,6 +187,8 @@ def _open(path: Path):
         "ry_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i64, i32],
         "cx_forward": [p, p, p, i64, p, p, i64, i64, i32],  # ..., rows, n, threads
         "cx_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
+        "yz_forward": [p, p, p, p, p, i64, p, p, i64, i64, i32],  # a, b, theta, pre, post, layers, ...
+        "yz_backward": [p, p, p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
         "ctrl_forward": [p, p, p, i64, i64, i64, i32],  # x, u, pairs, npairs, rows, n, threads
         "ctrl_backward": [p, p, p, p, p, p, i64, i64, i64, i32],
     }
@@ -327,6 +329,52 @@ class ComplexLayers(torch.autograd.Function):
         args = (psi, g, psi2, g2, part, du, u64, u64.shape[0], perm, sign, rows, n)
         which = _call("cx_backward", final.dtype, *args)
         return (g2 if which else g), torch.view_as_complex(du).to(u.dtype), None, None
+
+
+class YZLayers(torch.autograd.Function):
+    """Layers of complex rows in split planes whose rotation is Ry between Z rotations (RyRz, RzRy,
+    Rot): state (rows, 2, 2**n) real, theta (layers, n) the Ry angles, pre and post (layers, n) the
+    Z angles before and after the Ry (either None), perm (rows, 2**n) int32, sign (rows, 2**n) or
+    None -> (rows, 2, 2**n). The same layers as ComplexLayers with u = Rz(post) Ry(theta) Rz(pre),
+    at about the cost of two real Ry rows: kernel.cpp applies each layer's Z rotations as one
+    diagonal phase per amplitude. Angles' gradients come straight from the kernel (adjoint)."""
+
+    @staticmethod
+    def forward(ctx, state, theta, pre, post, perm, sign=None):
+        rows, _, dim = state.shape
+        _check_inputs(state, perm, sign, rows, dim)
+        a = state.detach().contiguous().clone()
+        b = torch.empty_like(a)
+        th, zs = _angles(theta), [None if z is None else _angles(z) for z in (pre, post)]
+        which = _call("yz_forward", state.dtype, a, b, th, *zs, th.shape[0], perm, sign, rows, dim.bit_length() - 1)
+        final = b if which else a
+        ctx.save_for_backward(final, theta, perm, sign, *(z for z in (pre, post) if z is not None))
+        ctx.has = (pre is not None, post is not None)
+        return final
+
+    @staticmethod
+    @once_differentiable  # the adjoint backward is not itself differentiable: say so, not zeros
+    def backward(ctx, grad):
+        final, theta, perm, sign, *zs = ctx.saved_tensors
+        pre = zs.pop(0) if ctx.has[0] else None
+        post = zs.pop(0) if ctx.has[1] else None
+        rows, _, dim = final.shape
+        n = dim.bit_length() - 1
+        psi, g = final.clone(), grad.contiguous().clone()
+        psi2, g2 = torch.empty_like(psi), torch.empty_like(g)
+        part = torch.zeros(_jobs(rows, n) * 3 * n, dtype=torch.float64)
+        th = _angles(theta)
+        z64 = [None if z is None else _angles(z) for z in (pre, post)]
+        grads = [torch.zeros(th.shape, dtype=torch.float64) if z is not None else None for z in (th, *z64)]
+        args = (psi, g, psi2, g2, part, *grads, th, *z64, th.shape[0], perm, sign, rows, n)
+        which = _call("yz_backward", final.dtype, *args)
+        dtheta, dpre, dpost = (None if d is None else d.to(theta.dtype) for d in grads)
+        return (g2 if which else g), dtheta, dpre, dpost, None, None
+
+
+def _angles(t: torch.Tensor) -> torch.Tensor:
+    """Angles as kernel.cpp reads them: contiguous float64, detached."""
+    return t.detach().to(torch.float64).contiguous()
 
 
 class ControlledLayer(torch.autograd.Function):

@@ -273,6 +273,8 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
             state = kernel.RyLayers.apply(_rx_start(cands, n, theta.dtype).view(2 * rows, dim), theta, perm2, sign2, 2)
         return state.square().view(rows, 2, dim).sum(1)
     axes = cands[0].rotation.axes
+    if axes in YZ_AXES:
+        return _kernel_yz(theta, cands, fixed, perm, sign)
     mats = _single_qubit("complex", theta if theta.dim() == 3 else theta[..., None], axes)  # (L, n, 2, 2)
     if fixed:
         psi = _first_layer(cands, mats[0], False).view(rows, dim)  # complex
@@ -284,6 +286,31 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
         real = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
         state = torch.stack([real, torch.zeros_like(real)], 1)
     return kernel.ComplexLayers.apply(state, mats, perm, sign).square().sum(1)
+
+
+YZ_AXES = (("Y", "Z"), ("Z", "Y"), ("Z", "Y", "Z"))  # rotations the kernel runs as Ry between Z phases
+
+
+def _kernel_yz(theta: torch.Tensor, cands: tuple[Candidate, ...], fixed: bool, perm, sign) -> torch.Tensor:
+    """Complex rows whose rotation is Ry between Z rotations (RyRz, RzRy, Rot) on kernel.YZLayers:
+    the Ry of a layer as real rotations of both planes, its Z rotations as one diagonal phase per
+    amplitude (kernel.cpp), at about twice a Ry row's cost instead of the general 2x2 path's 3-5x.
+    Layer 0 from a fixed start is a product state, as in `_kernel_group`."""
+    axes = cands[0].rotation.axes
+    n_layers, n = theta.shape[:2]
+    rows, dim = len(cands), 2**n
+    if fixed:
+        psi = _first_layer(cands, _single_qubit("complex", theta[:1], axes)[0], False).view(rows, dim)
+        state = torch.stack([psi.real, psi.imag], 1)
+        if n_layers == 1:
+            return state.square().sum(1)
+        theta = theta[1:]
+    else:
+        real = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
+        state = torch.stack([real, torch.zeros_like(real)], 1)
+    pre = theta[..., 0] if axes[0] == "Z" else None
+    post = theta[..., -1] if axes[-1] == "Z" else None
+    return kernel.YZLayers.apply(state, theta[..., axes.index("Y")], pre, post, perm, sign).square().sum(1)
 
 
 @lru_cache(maxsize=32)
@@ -637,13 +664,14 @@ def row_bytes(mode: str, n: int, n_layers: int, dtype: torch.dtype, on_kernel: b
     """Estimated peak bytes one row of a `_simulate_group` step holds, forward and backward. The
     kernel keeps about 8 copies of the state (its adjoint backward stores no layers); pure torch
     keeps about 7 per layer for autograd (measured: 100-120 MB per Ry row at 17 qubits, 15
-    layers). Planes: 1 for Ry rows, 2 for Rx (re, im) and complex. "controlled" rows (gate by
-    gate) keep about 2 copies per gate and block of every layer."""
+    layers). Planes: 1 for Ry rows, 2 for Rx (re, im) and complex. Complex rows on the kernel keep
+    one more (the Z-phase kernel's float64 sums by source index). "controlled" rows (gate by gate)
+    keep about 2 copies per gate and block of every layer."""
     planes = 1 if mode == "ry" else 2
     if mode == "controlled":
         copies = 2 * (pairs + 5) * n_layers + 4
     else:
-        copies = 8 if on_kernel else 7 * (n_layers + 2)
+        copies = (9 if mode == "complex" else 8) if on_kernel else 7 * (n_layers + 2)
     return planes * (2**n) * torch.finfo(dtype).bits // 8 * copies
 
 
