@@ -245,3 +245,15 @@ def test_the_recorder_hands_the_run_exit_code_to_its_sinks(tmp_path):
 
     Recorder(tmp_path, [Sink()]).close(128 + signal.SIGTERM)
     assert seen == [143]
+
+
+def test_the_fused_finiteness_check_names_the_first_bad_tensor():
+    from diffqas_runner.train.supervised import _first_non_finite
+
+    big = torch.full((3,), 1e308, dtype=torch.float64)  # finite, though their sum is not
+    ok = [("a", big), ("b", torch.ones(2, 2, dtype=torch.float32))]
+    assert _first_non_finite(ok) is None and _first_non_finite([]) is None
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        c = torch.zeros(4, dtype=torch.float32)
+        c[2] = bad
+        assert _first_non_finite([*ok, ("c", c), ("d", c.clone())]) == "c"

@@ -28,21 +28,29 @@ class NonFiniteLoss(RuntimeError):
         self.step = step
 
 
+def _first_non_finite(named: list[tuple[str, torch.Tensor]]) -> str | None:
+    """The name of the first tensor with a non-finite entry, or None: one fused check over all of
+    them (a step's few parameters are small), then the per-tensor search only when it fails."""
+    if not named or bool(torch.isfinite(torch.cat([t.detach().reshape(-1) for _, t in named])).all()):
+        return None
+    return next(name for name, t in named if not bool(torch.isfinite(t).all()))
+
+
 def check_parameters(module: torch.nn.Module, where: str, step: int | None = None) -> None:
     """After the optimiser step: raise NonFiniteLoss before a non-finite parameter can be saved."""
-    for name, p in module.named_parameters():
-        if not torch.isfinite(p).all():
-            raise NonFiniteLoss(
-                f"parameter {name} became non-finite in the optimiser step at {where}; the last checkpoint is kept", step=step
-            )
+    name = _first_non_finite(list(module.named_parameters()))
+    if name is not None:
+        raise NonFiniteLoss(
+            f"parameter {name} became non-finite in the optimiser step at {where}; the last checkpoint is kept", step=step
+        )
 
 
 def check_gradients(module: torch.nn.Module, where: str) -> None:
     """Raise NonFiniteLoss if a gradient is not finite (before the optimiser step; the parameters
     themselves are checked after every step, by `check_parameters`)."""
-    for name, p in module.named_parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            raise NonFiniteLoss(f"gradient {name} became non-finite at {where}; the optimiser step was not taken")
+    name = _first_non_finite([(n, p.grad) for n, p in module.named_parameters() if p.grad is not None])
+    if name is not None:
+        raise NonFiniteLoss(f"gradient {name} became non-finite at {where}; the optimiser step was not taken")
 
 
 @dataclass
