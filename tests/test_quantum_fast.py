@@ -219,7 +219,7 @@ def test_the_default_budget_is_half_the_free_memory_decided_once(monkeypatch):
 
 # --- the Ry + Z-phase kernel (RyRz, RzRy, Rot rows) ------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("n,layers", [(1, 2), (2, 3), (5, 2), (13, 2), (14, 3)])  # n >= 13: high-bit tiles
+@pytest.mark.parametrize("n,layers", [(1, 2), (2, 3), (5, 2), (12, 1), (12, 2), (13, 2), (14, 3)])  # n >= 13: high-bit tiles
 def test_yz_kernel_matches_the_general_complex_kernel_on_states_and_gradients(n, layers, dtype, monkeypatch):
     """kernel.YZLayers (Ry on both planes, Z rotations as diagonal phases) against
     kernel.ComplexLayers (one 2x2 complex matrix per wire, separate code) on the same layers:
@@ -265,3 +265,31 @@ def test_native_sends_ry_between_z_rows_to_the_yz_kernel(monkeypatch):
         cand = Candidate(1, "H", RING, Rotation(axes))
         native._simulate_group(_theta(4, 3).unsqueeze(-1).repeat(1, 1, len(axes)), (cand,), "complex")
         assert used == [expected], axes
+
+
+@pytest.mark.parametrize("n", [9, 14])
+def test_kernel_results_do_not_depend_on_the_thread_count(n, monkeypatch):
+    """Every job writes its own slice and partial sums, added in job order: 1 and 2 threads give the
+    same bits (Ry, Ry + Z-phase and general complex rows, values and gradients)."""
+    load_kernel_or_skip(monkeypatch)
+    cands = (
+        Candidate(1, "H", RING, RY),
+        Candidate(2, "none", Entangler("cz", "chain"), Rotation(("Z", "Y", "Z"))),
+        Candidate(3, "H", RING, Rotation(("Y", "X"))),
+    )
+    theta = torch.rand(3, n, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(n)) * 6.3
+    coeffs = torch.randn(2**n, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for cand in cands:
+                t = theta[..., :1].squeeze(-1) if cand.rotation == RY else theta[..., : cand.rotation.n_angles]
+                t = t.clone().requires_grad_()
+                p = native._simulate_group(t, (cand,), native._layer_mode(cand))
+                out.append((p.detach(), *torch.autograd.grad((coeffs * p).sum(), t)))
+    finally:
+        torch.set_num_threads(before)
+    for one, two in zip(out[: len(cands)], out[len(cands) :]):
+        assert all(torch.equal(a, b) for a, b in zip(one, two))

@@ -676,7 +676,7 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
   const int64_t jobs = std::max(jobs_low, jobs_high), stride = 3 * sh.n, len = int64_t(1) << sh.low;
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
   const Phases<T> lead(pre, layers, n), trail(post, layers, n);
-  std::vector<double> carried(trail.on() ? sh.rows * sh.dim : 0);  // q by source index, for dpost
+  std::vector<double> carried(trail.on() && layers > 1 ? sh.rows * sh.dim : 0);  // q by source index, for dpost
   auto reduce = [&](double* out, int64_t l, int64_t offset) {
     for (int64_t job = 0; job < jobs; ++job)
       for (int64_t b = 0; b < sh.n; ++b) out[l * sh.n + (sh.n - 1 - b)] += 0.5 * part[job * stride + offset + b];

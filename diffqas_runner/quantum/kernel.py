@@ -341,8 +341,15 @@ class YZLayers(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, state, theta, pre, post, perm, sign=None):
-        rows, _, dim = state.shape
+        rows, planes, dim = state.shape
         _check_inputs(state, perm, sign, rows, dim)
+        n = dim.bit_length() - 1
+        if planes != 2 or theta.dim() != 2 or theta.shape[1] != n:
+            raise ValueError(
+                f"YZLayers takes (rows, 2, 2**n) states and (layers, n) angles, got {tuple(state.shape)}, {tuple(theta.shape)}"
+            )
+        if any(z is not None and z.shape != theta.shape for z in (pre, post)):
+            raise ValueError(f"pre and post must be None or shaped like theta {tuple(theta.shape)}")
         a = state.detach().contiguous().clone()
         b = torch.empty_like(a)
         th, zs = _angles(theta), [None if z is None else _angles(z) for z in (pre, post)]

@@ -5,46 +5,47 @@ torch.optim wraps `Optimizer.__init__`'s `add_param_group`, `zero_grad`, `state_
 (`torch._disable_dynamo`, `_use_grad_for_differentiable`). On their first call they import
 torch._dynamo, which pulls in sympy, triton and torch.distributed: 2-3 s of every run's start-up
 on the project's 2-core machine (docs/benchmarks.md, issue 26), for a compiler this project never
-uses. The classes below call the same functions under those decorators (their `__wrapped__`),
-so the arithmetic is torch's own, bit for bit (tests/test_optim.py compares whole trajectories and
-state dicts with the stock classes). The one thing `_use_grad_for_differentiable` does in eager
-mode besides the import, turning grad off during the step, is done here with `torch.no_grad()`.
-Where a future torch drops `__wrapped__`, the wrapped method is called: slower start, same result.
+uses. The classes below call the same functions under those decorators (`inspect.unwrap`: also
+past the step-hook wrapper torch puts on a class once an instance exists; ours has its own), so
+the arithmetic is torch's own, bit for bit (tests/test_optim.py compares whole trajectories,
+schedules and state dicts with the stock classes). The one thing `_use_grad_for_differentiable`
+does in eager mode besides the import, setting grad mode to `differentiable` during the step, is
+done here too. Where a future torch drops `__wrapped__`, the wrapped method is called: slower
+start, same result. Image tasks still import torch._dynamo: torchvision's package imports it
+(torchvision.ops), and the datasets come from torchvision.
 """
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 
-def _unwrapped(method):
-    return getattr(method, "__wrapped__", method)
-
-
-_OPTIMIZER = torch.optim.Optimizer
-
-
 class _Eager:
-    """The torch.optim.Optimizer methods a run calls, minus their torch.compile wrappers."""
+    """The torch.optim methods a run calls, minus their torch.compile wrappers. Each is looked up
+    on the torch class (`_torch_class`), so an override there is still the one called."""
+
+    _torch_class: type[torch.optim.Optimizer]
+
+    def _torch(self, name: str):
+        return inspect.unwrap(getattr(self._torch_class, name))
 
     def add_param_group(self, param_group) -> None:
-        _unwrapped(_OPTIMIZER.add_param_group)(self, param_group)
+        self._torch("add_param_group")(self, param_group)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
-        _unwrapped(_OPTIMIZER.zero_grad)(self, set_to_none)
+        self._torch("zero_grad")(self, set_to_none)
 
     def state_dict(self):
-        return _unwrapped(_OPTIMIZER.state_dict)(self)
+        return self._torch("state_dict")(self)
 
     def load_state_dict(self, state_dict) -> None:
-        _unwrapped(_OPTIMIZER.load_state_dict)(self, state_dict)
+        self._torch("load_state_dict")(self, state_dict)
 
     def step(self, closure=None):
-        step = _unwrapped(self._torch_class.step)
-        if self.defaults.get("differentiable"):
-            return step(self, closure)
-        with torch.no_grad():
-            return step(self, closure)
+        with torch.set_grad_enabled(bool(self.defaults.get("differentiable", False))):
+            return self._torch("step")(self, closure)
 
 
 class Adam(_Eager, torch.optim.Adam):
