@@ -8,11 +8,12 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import types
 import typing
 from enum import Enum
 from pathlib import Path
 
-from omegaconf.errors import ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -57,19 +58,24 @@ def _allowed_type(object_type, key) -> str | None:
     hint = hints.get(str(key))
     if hint is None:
         return None
-    args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    args = [a for a in typing.get_args(hint) if a is not type(None)] if union else [hint]
     names = []
     for arg in args:
         if isinstance(arg, type) and issubclass(arg, Enum):
             names.append(", ".join(m.name for m in arg))
         else:
             origin = typing.get_origin(arg)
+            if origin is list and (inner := typing.get_args(arg)):
+                plural = {int: "integers", float: "numbers", str: "strings", bool: "true or false values"}
+                names.append("a list of " + plural.get(inner[0], getattr(inner[0], "__name__", str(inner[0]))))
+                continue
             names.append(
                 {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list"}.get(
                     origin or arg, getattr(origin or arg, "__name__", str(arg))
                 )
             )
-    optional = type(None) in typing.get_args(hint)
+    optional = union and type(None) in typing.get_args(hint)
     return " or ".join(names) + (" or null" if optional else "")
 
 
@@ -77,7 +83,8 @@ def _omegaconf_line(err: OmegaConfBaseException, override: str | None) -> str:
     key = getattr(err, "full_key", None) or getattr(err, "key", None)
     msg = (str(getattr(err, "msg", None) or err).strip().splitlines() or [type(err).__name__])[0].strip()
     object_type = getattr(err, "object_type", None)
-    if isinstance(err, ConfigKeyError) and object_type is not None and dataclasses.is_dataclass(object_type):
+    unknown_key = isinstance(err, ConfigKeyError | ConfigAttributeError)
+    if unknown_key and object_type is not None and dataclasses.is_dataclass(object_type):
         known = ", ".join(f.name for f in dataclasses.fields(object_type))
         return f"{key} is not a key ({msg}); allowed: {known}"
     if isinstance(err, InterpolationResolutionError):

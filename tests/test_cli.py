@@ -90,6 +90,8 @@ BAD_INPUTS = [
     (["backend.memory_mb=0"], "backend.memory_mb=0"),
     (["backend.memory_mb=-5"], "backend.memory_mb=-5"),
     (["backend.memory_mb=lots"], "backend.memory_mb"),
+    (["qt.mapping_hidden=4"], "allowed: a list of integers"),
+    (["task=bessel", "task.model=cnn"], "task.model is not a key (Key 'model' not in 'TimeSeriesTaskConfig'); allowed: name"),
 ]
 # Through the command line by default (a compose error, range checks, a schema key, a data path);
 # every case goes through the command line in the slow suite and through `validate` below.
