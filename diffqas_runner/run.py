@@ -420,8 +420,7 @@ def _guard_finished(cfg, run_dir: Path, ckpt: dict | None) -> dict | None:
     summary = run_dir / "summary.json"
     if not summary.exists():
         return None
-    if ckpt is not None and ckpt["finished"]:
-        log.info("%s already holds this finished run: nothing to do (fresh=true reruns it)", run_dir)
+    if ckpt is not None and ckpt["finished"]:  # `run` says so, once (the CLI's checks come here first)
         return json.loads(summary.read_text())
     raise FinishedRun(
         f"{str(run_dir)!r} already holds a finished run (summary.json) but no finished checkpoint of this config; "
@@ -469,6 +468,7 @@ def run(
                 _start_fresh(run_dir)
             fp, ckpt, done = _inspect_dir(cfg, run_dir)  # a finished run: nothing to load or build
             if done is not None:
+                log.info("%s already holds this finished run: nothing to do (fresh=true reruns it)", run_dir)
                 exit_code = 0
                 return done
             meta = {"fingerprint": fp, "wandb_id": None}

@@ -106,7 +106,7 @@ def test_same_seed_same_summary_and_a_finished_run_is_not_redone(tmp_path):
     # rerunning a finished run leaves it alone; a different config in the same dir is refused
     before = (a / "summary.json").read_text()
     proc = subprocess.run(_command(TIMESERIES, a), env=_env(), capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0 and "nothing to do" in proc.stderr + proc.stdout
+    assert proc.returncode == 0 and (proc.stderr + proc.stdout).count("nothing to do") == 1, proc.stderr
     assert (a / "summary.json").read_text() == before
     proc = subprocess.run(_command([*TIMESERIES, "train.lr=0.02"], a), env=_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2 and "train.lr" in proc.stderr and "Traceback" not in proc.stderr
