@@ -9,7 +9,7 @@ import time
 
 import pytest
 import torch
-from helpers import env, wait_for
+from helpers import env, metrics_rows, wait_for, wait_until
 
 from diffqas_runner.qt import Generator
 from diffqas_runner.record import Recorder
@@ -55,7 +55,9 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, kind, data_
 
     proc = subprocess.Popen(_command(overrides, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for(killed / "checkpoint.pt", proc)
-    time.sleep(random.uniform(0, 0.2))  # somewhere after the first checkpoint
+    # somewhere after the first checkpoint, in the first quarter of the logged rows: a state, not a time
+    rows = random.randint(1, 5 if kind == "timeseries" else 1)
+    wait_until(lambda: len(metrics_rows(killed)) >= rows, proc, f"{rows} rows never appeared")
     assert proc.poll() is None, "the run finished before it could be killed: make it longer"
     proc.send_signal(signal.SIGKILL)
     proc.communicate()
