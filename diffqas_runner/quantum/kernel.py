@@ -62,6 +62,12 @@ SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
 LOW, TILE = 12, 64  # kernel.cpp's chunk bits and tile width (scratch sizes below)
 NOT_YET = "the C++ kernel is not built yet"
+
+
+class NotBuiltYet(RuntimeError):
+    """This process has no kernel because none was built yet (not because a build failed)."""
+
+
 STALE_SECONDS = 600  # a background build's lock older than this is abandoned
 
 _lock = threading.Lock()
@@ -223,7 +229,7 @@ def load():
                     _module, _error = _open(build()), None
                 else:
                     started = build_in_background()
-                    _error = RuntimeError(NOT_YET + (": building it in the background" if started else ""))
+                    _error = NotBuiltYet(NOT_YET + (": building it in the background" if started else ""))
                     if started:
                         log.info("building the native simulator's C++ kernel in the background; this run uses pure torch")
             except Exception as err:  # no compiler, a failed build: the torch path takes over
@@ -235,7 +241,7 @@ def load():
 
 def _failed_build() -> bool:
     """Whether this process's error is a build that failed (not merely 'not built yet')."""
-    return not str(_error).startswith(NOT_YET)
+    return not isinstance(_error, NotBuiltYet)
 
 
 def _call(name: str, dtype: torch.dtype, *args) -> int:
