@@ -359,7 +359,7 @@ class YZLayers(torch.autograd.Function):
         a = state.detach().contiguous().clone()
         b = torch.empty_like(a)
         th, zs = _angles(theta), [None if z is None else _angles(z) for z in (pre, post)]
-        which = _call("yz_forward", state.dtype, a, b, th, *zs, th.shape[0], perm, sign, rows, dim.bit_length() - 1)
+        which = _call("yz_forward", state.dtype, a, b, th, *zs, th.shape[0], perm, sign, rows, n)
         final = b if which else a
         ctx.save_for_backward(final, theta, perm, sign, *(z for z in (pre, post) if z is not None))
         ctx.has = (pre is not None, post is not None)

@@ -294,7 +294,7 @@ YZ_AXES = (("Y", "Z"), ("Z", "Y"), ("Z", "Y", "Z"))  # rotations the kernel runs
 def _kernel_yz(theta: torch.Tensor, cands: tuple[Candidate, ...], fixed: bool, perm, sign) -> torch.Tensor:
     """Complex rows whose rotation is Ry between Z rotations (RyRz, RzRy, Rot) on kernel.YZLayers:
     the Ry of a layer as real rotations of both planes, its Z rotations as one diagonal phase per
-    amplitude (kernel.cpp), at about twice a Ry row's cost instead of the general 2x2 path's 3-5x.
+    amplitude (kernel.cpp), at about twice a Ry row's cost instead of the general 2x2 path's 2-4x.
     Layer 0 from a fixed start is a product state, as in `_kernel_group`."""
     axes = cands[0].rotation.axes
     n_layers, n = theta.shape[:2]
