@@ -19,8 +19,9 @@ A run never waits for the compiler. DIFFQAS_NATIVE_KERNEL selects:
 
 What the kernels compute, per row (one candidate's state vector, qubit 0 the most significant
 bit) and per layer l: x <- sign * x[perm] (the entangling layer, signs from CZ gates), then one
-rotation on every wire: Ry(theta[l, q]) on real rows (`RyLayers`), any 2x2 matrix u[l, q] on
-complex rows (`ComplexLayers`: Rx, Rz, RyRz, Rot, ...).
+rotation on every wire: Ry(theta[l, q]) on real rows (`RyLayers`), Rz Ry Rz with either Rz
+absent on complex rows (`YZLayers`: RyRz, RzRy, Rot; the Ry on both planes, the Rz of a layer as
+one diagonal phase), any 2x2 matrix u[l, q] on complex rows (`ComplexLayers`: Rz, RxRy, ...).
 - Forward: for each chunk of 2**12 amplitudes, gather it through the permutation and apply the
   rotations of the 12 low bits while it sits in L1; then the rotations of the high bits on
   column tiles of the state seen as a (2**(n-12), 2**12) matrix. Two passes over memory per

@@ -12,6 +12,7 @@ scripts/bench_backends.py):
   entangling layer P into the signed permutation D P D of the stacked (real, imaginary) rows and
   the rotation into a real matrix: half the flops of complex arithmetic. Any other rotation
   layer (RyRz, Rot, ...) runs on the same machinery with complex amplitudes: the generic path.
+  On the C++ kernel, Ry between Z rotations (RyRz, RzRy, Rot) takes `kernel.YZLayers` instead.
 - A rotation layer on n wires is 4 small Kronecker blocks applied as plain GEMMs: the state
   is kept in a layout where the two blocks it applies sit at the ends of the index (one GEMM
   from the left, one from the right), one transpose exposes the other two, and the layout
