@@ -277,16 +277,23 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
     if axes in YZ_AXES:
         return _kernel_yz(theta, cands, fixed, perm, sign)
     mats = _single_qubit("complex", theta if theta.dim() == 3 else theta[..., None], axes)  # (L, n, 2, 2)
+    state = _split_start(cands, mats[0] if fixed else None, n, theta.dtype)
     if fixed:
-        psi = _first_layer(cands, mats[0], False).view(rows, dim)  # complex
-        state = torch.stack([psi.real, psi.imag], 1)
         if n_layers == 1:
             return state.square().sum(1)
         mats = mats[1:]
-    else:
-        real = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
-        state = torch.stack([real, torch.zeros_like(real)], 1)
     return kernel.ComplexLayers.apply(state, mats, perm, sign).square().sum(1)
+
+
+def _split_start(cands: tuple[Candidate, ...], first: torch.Tensor | None, n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, 2, 2**n) split planes (real, imaginary) the complex kernels start from: the state
+    after layer 0, a product state, given its rotation matrices `first` (n, 2, 2) (a fixed start,
+    `_start_fixed`); else (None) the start state, for kernels that run every layer."""
+    if first is not None:
+        psi = _first_layer(cands, first, False).view(len(cands), 2**n)  # complex
+        return torch.stack([psi.real, psi.imag], 1)
+    real = torch.stack([_start_vector(c, n, dtype) for c in cands])
+    return torch.stack([real, torch.zeros_like(real)], 1)
 
 
 YZ_AXES = (("Y", "Z"), ("Z", "Y"), ("Z", "Y", "Z"))  # rotations the kernel runs as Ry between Z phases
@@ -299,16 +306,11 @@ def _kernel_yz(theta: torch.Tensor, cands: tuple[Candidate, ...], fixed: bool, p
     Layer 0 from a fixed start is a product state, as in `_kernel_group`."""
     axes = cands[0].rotation.axes
     n_layers, n = theta.shape[:2]
-    rows, dim = len(cands), 2**n
+    state = _split_start(cands, _single_qubit("complex", theta[:1], axes)[0] if fixed else None, n, theta.dtype)
     if fixed:
-        psi = _first_layer(cands, _single_qubit("complex", theta[:1], axes)[0], False).view(rows, dim)
-        state = torch.stack([psi.real, psi.imag], 1)
         if n_layers == 1:
             return state.square().sum(1)
         theta = theta[1:]
-    else:
-        real = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
-        state = torch.stack([real, torch.zeros_like(real)], 1)
     pre = theta[..., 0] if axes[0] == "Z" else None
     post = theta[..., -1] if axes[-1] == "Z" else None
     return kernel.YZLayers.apply(state, theta[..., axes.index("Y")], pre, post, perm, sign).square().sum(1)
