@@ -81,7 +81,9 @@ class Group:
         s = self.first
         if raced_alone(s):
             return "race (search.supernet=false)"  # no search run: the row is the race's picks
-        return "DiffQAS" if s["search"] == "diffqas" else f"{s['arch']} {s['arch_name']}"
+        label = "DiffQAS" if s["search"] == "diffqas" else f"{s['arch']} {s['arch_name']}"
+        source = s.get("qt_source", "circuit")
+        return label if source == "circuit" else f"{label}: {source} control"
 
 
 def load_jobs(sweep_dir: Path) -> list[Job]:
@@ -118,7 +120,10 @@ SUMMARY_KEYS = ("task", "search", "arch", "arch_name", "seed", "metrics", "qt_pa
 
 def raced_alone(summary: dict) -> bool:
     """A `search=race` run (search.supernet=false): no search run, so no structural weights; its
-    metrics are its pick's."""
+    metrics are its pick's. Its summary says `search: race` (before issue 35: diffqas, with null
+    structural weights)."""
+    if summary["search"] == "race":
+        return True
     return summary["search"] == "diffqas" and summary.get("structural_weights") is None and bool(summary.get("selection"))
 
 
@@ -128,7 +133,7 @@ def _paper(summary: dict, metric: str) -> float | None:
     spaces existed are paper12's."""
     from .quantum.candidates import PAPER12_DIGEST
 
-    if raced_alone(summary):
+    if raced_alone(summary) or summary.get("qt_source", "circuit") != "circuit":
         return None  # the paper has no such row
     if "search_space_digest" in summary:
         if summary["search_space_digest"] != PAPER12_DIGEST:

@@ -63,6 +63,12 @@ class InputNorm(Enum):
     none = "none"
 
 
+class Source(Enum):
+    circuit = "circuit"  # the circuit's probabilities (the method)
+    random = "random"  # a fixed, seeded random vector: the no-quantum control
+    classical = "classical"  # a trainable classical generator with the circuit's parameter count
+
+
 class ThetaInit(Enum):
     uniform = "uniform"
     normal = "normal"
@@ -198,6 +204,10 @@ class SearchConfig:
     tau: list[float] = field(default_factory=lambda: [1.0, 0.1])  # gumbel: temperature from tau[0] to tau[1]
     eta: int = 3  # race: budgets grow, and survivors shrink, by this factor per rung
     min_steps: int | None = None  # race: the first rung's budget (null: the full run / eta^(rungs-1))
+    # race: two contenders whose validation values differ by at most this fraction (of the worse
+    # one's MSE or error rate) are within noise: both train again at a second seed and the mean of
+    # the pair decides (at a cut, and between the final two); 0: decide on one seed
+    tie: float = 0.3
     # false (race only): no DiffQAS search run at all, only the race's standalone runs; the run's
     # metrics and model.pt are then its pick's (docs/design.md, "Selection strategies")
     supernet: bool = True
@@ -223,6 +233,9 @@ class SearchSpaceConfig:
 
 @dataclass
 class QTConfig:
+    # what feeds the mapping: circuit | random | classical (controls for the quantum part,
+    # qt/controls.py); the mapping, post-processing and target are the same for all three
+    source: Source = Source.circuit
     postprocess: Postprocess = Postprocess.toolkit
     toolkit: list[float] = field(default_factory=lambda: [0.1, 0.8, 0.3])  # gamma, beta, alpha
     # entries the raw DiffQAS ensemble makes negative: clamp (to ~0, no gradient) | odd (-(-t)^alpha)
@@ -333,8 +346,9 @@ BOOKKEEPING_KEYS = (
 # NARMA data, does not).
 ADDED_KEYS = {
     "search.strategy": "none", "search.tau": [1.0, 0.1], "search.eta": 3, "search.min_steps": None,
-    "search.supernet": True,
+    "search.supernet": True, "search.tie": 0.3,
     "task.model": "mlp", "qt.mapping_bits": "pm1", "qt.tensor_affine": False,  # issue 27
+    "qt.source": "circuit",  # issue 35
 }  # fmt: skip
 
 
@@ -410,6 +424,7 @@ def validate(cfg) -> None:
     _validate_task(cfg)
     _validate_train(cfg)
     _validate_qt(cfg.qt)
+    _validate_source(cfg)
     _validate_backend(cfg.backend)
     _validate_logger(cfg.logger)
 
@@ -492,6 +507,7 @@ def _validate_search(search, n: int) -> None:
     )
     _check(2 <= search.eta <= 100, "search.eta", search.eta, "an integer 2..100 (race's reduction factor)")
     _check(search.min_steps is None or search.min_steps >= 1, "search.min_steps", search.min_steps, "null or an integer >= 1")
+    _check(_finite(search.tie) and 0 <= search.tie < 1, "search.tie", search.tie, "a number in [0, 1) (race's noise margin)")
     if not (search.supernet or strategy == "race"):
         raise ConfigError(
             "search.supernet=false is not allowed; allowed: true (false only with search=diffqas "
@@ -581,6 +597,22 @@ def _validate_qt(qt) -> None:
         "qt.eval_shots",
         qt.eval_shots,
         "null (= qt.shots), exact, or an integer 1..10^15",
+    )
+
+
+def _validate_source(cfg) -> None:
+    """A control (qt.source=random|classical) replaces the circuit: nothing to sample or select."""
+    source = choice(cfg.qt.source)
+    if source == Source.circuit.value:
+        return
+    for key in ("shots", "eval_shots"):
+        value = cfg.qt[key]
+        _check(value in (None, "exact"), f"qt.{key}", value, f"null with qt.source={source} (a control has no circuit to sample)")
+    _check(
+        cfg.search.strategy == "none" and not cfg.search.select,
+        "search.strategy",
+        strategy_of(cfg.search),
+        f"none with qt.source={source} (a control is one more row beside the circuits, not a candidate to select)",
     )
 
 

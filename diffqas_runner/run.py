@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import random
 import shutil
 import time
@@ -115,6 +116,15 @@ class Experiment:
         return sum(s.numel() for g in self.groups.values() for s in g.values())
 
 
+def _source_note(generator) -> str:
+    """The build line's word on a control: what replaces the circuit's probabilities."""
+    if generator.control is None:
+        return ""
+    info = generator.describe_source()
+    size = f"{info['params']} params, the circuit's {info['matched_to']}" if "matched_to" in info else "fixed"
+    return f" qt.source={info['kind']} (a control in place of the circuit: {size})"
+
+
 def build(cfg) -> Experiment:
     """Data (or environment), target network, generator, optimiser: all on the run's device."""
     task = tasks.build(cfg.task, cfg.data_dir, cfg.download, cfg.seed)
@@ -133,9 +143,11 @@ def build(cfg) -> Experiment:
             part.anneal_steps = total  # gumbel's temperature schedule spans the run
     exp = Experiment(task, model, groups, generator, optimizer, scheduler, device)
     log.info(
-        "task=%s search=%s%s search_space=%s (%d candidates) depth=%d backend=%s device=%s: "
+        "task=%s search=%s%s%s search_space=%s (%d candidates) depth=%d backend=%s device=%s: "
         "classical params %s -> %d qubits -> QT trainable %d%s",
-        cfg.task.name, cfg.search.mode.value, f" arch={cfg.search.arch}" if cfg.search.arch else "", cfg.search_space.name,
+        cfg.task.name, cfg.search.mode.value if cfg.search.supernet else "race (search.supernet=false: no DiffQAS run)",
+        f" arch={cfg.search.arch}" if cfg.search.arch else "",
+        _source_note(generator.first), cfg.search_space.name,
         len(generator.first.space), cfg.depth,
         cfg.backend.name.value, device, f"{exp.classical_params:,}", generator.n_qubits, generator.trainable_parameters(),
         "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
@@ -296,6 +308,37 @@ def _generator_summary(g) -> dict:
     }
 
 
+def simulator_record(cfg, generator) -> dict:
+    """How the probabilities were computed (CONTRACT "Reproducibility"): results are bitwise
+    reproducible for one version, platform, thread count, kernel path and dtype, and equal within
+    tolerance across them, so every summary says which it had."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .quantum import kernel
+
+    backend = cfg.backend.name.value
+    if generator.control is not None:
+        path = "none"  # a control: no circuit was simulated
+    elif backend == "pennylane":
+        path = f"pennylane ({cfg.backend.device})"
+    else:
+        path = "cpp" if kernel.in_use() else "torch"
+    try:
+        package = version("diffqas-runner")
+    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
+        package = None
+    return {
+        "backend": backend,
+        "kernel": path,
+        "device": str(generator.theta.device if generator.theta is not None else generator.mapping[0].weight.device),
+        "dtype": str(generator.options.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "version": package,
+        "torch": torch.__version__,
+        "platform": f"{platform.system()} {platform.machine()}",
+    }
+
+
 def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_step) -> dict:
     """summary.json's content for a trained run (the selection stage adds its own keys)."""
     generator, loop = exp.generator, trained.loop
@@ -326,6 +369,9 @@ def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_st
         "torch_threads": torch.get_num_threads(),
         "shots": generator.first.options.shots,
         "eval_shots": generator.first.eval_shots,
+        "qt_source": generator.first.options.source,
+        "source": generator.first.describe_source(),
+        "simulator": simulator_record(cfg, generator.first),
     }
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}
@@ -341,20 +387,24 @@ def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
 
 
 def pick_as_result(run_dir: Path, summary: dict) -> dict:
-    """With search.supernet=false nothing but the race was trained: the run's result is its pick's
-    full standalone run (metrics, parameter counts, and in write() model.pt); there are no
-    structural weights or ranking (`ranking_groups` in number order); `wall_seconds` is the whole
-    race (the run's set-up and every child run)."""
+    """`search=race` (search.supernet=false): nothing but the race was trained, so the run's result
+    is its pick's full standalone run (metrics, parameter counts, and in write() model.pt). The
+    summary says `search: race`; there are no structural weights (null) and no group weights; the
+    ranking is the race's order (finalists by their mean at the full run, then the groups cut
+    earlier); `wall_seconds` is the whole race (the run's set-up and every child run)."""
     pick = json.loads((run_dir / "select" / f"arch_{summary['selected_arch']}" / "summary.json").read_text())
-    return {
+    order = [row["group"] for row in summary["selection"]["contenders"]]
+    result = {
+        "search": "race",
         "metrics": pick["metrics"],
-        **{k: pick[k] for k in ("qt_params", "qt_params_paper", "classical_params")},
+        **{k: pick[k] for k in ("qt_params", "qt_params_paper", "classical_params", "simulator")},
         "structural_weights": None,
-        "ranking": None,
-        "ranking_groups": sorted(summary["ranking_groups"]),
-        "group_weights": None,
+        "ranking": [g[0] for g in order],
+        "ranking_groups": order,
         "wall_seconds": summary["selection"]["cost"]["wall_seconds"],
     }
+    summary.pop("group_weights", None)
+    return result
 
 
 def stage_figures(cfg, exp: Experiment, summary: dict) -> dict:
@@ -391,6 +441,38 @@ def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict
             recorder.save_figure(fig_name, figure)
     recorder.save_model(state)
     recorder.write_summary(summary)
+
+
+def _rounded(metrics: dict) -> str:
+    return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+def closing_lines(summary: dict, run_dir: Path) -> list[str]:
+    """A run's last lines on the terminal: a selection's pick (its metric, the runner-up and the
+    margin), then the wall time, the rounded final metrics and where the files are."""
+    lines = []
+    table = summary.get("selection")
+    if table:
+        metric, pick = table["metric"], summary.get("selected_arch")
+        if pick is None:
+            lines.append(f"search.strategy={table['strategy']} named no circuit (no contender had a finite {metric})")
+        else:
+            row = next(r for r in table["contenders"] if r["arch"] == pick)
+            value = row.get(f"mean_{metric}", row.get(metric))
+            seeds = f" (mean of {row['seeds']} seeds)" if row.get("seeds", 1) > 1 else ""
+            line = f"search.strategy={table['strategy']} picked {pick} ({summary['selected_name']}): {metric} {value:.4g}{seeds}"
+            runner = table.get("runner_up")
+            if runner and runner[metric] is None:
+                line += f"; runner-up {runner['arch']} ({runner['arch_name']}): no finite {metric}"
+            elif runner:
+                line += (
+                    f"; runner-up {runner['arch']} ({runner['arch_name']}): {metric} {runner[metric]:.4g}, "
+                    f"margin {runner['margin']:.0%}"
+                )
+            lines.append(line)
+    lines.append(f"done in {summary['wall_seconds']:.1f} s: {_rounded(summary['metrics'])}")
+    lines.append(f"run directory: {run_dir}")
+    return lines
 
 
 def _sinks(cfg, run_dir: Path, group: str | None, name: str | None, run_id: str | None = None):
@@ -507,7 +589,8 @@ def run(
                     write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary, network)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
-            log.info("done in %.1f s: %s", summary["wall_seconds"], summary["metrics"])
+            for line in closing_lines(summary, run_dir):
+                log.info("%s", line)
             exit_code = 0
             return summary
         except Interrupted as stop:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -29,11 +30,14 @@ log = logging.getLogger(__name__)
 SELECT_DEFAULT_K = 3  # strategy=select with search.select=0
 
 
-def child_config(cfg, arch: int, max_steps: int | None = None):
+def child_config(cfg, arch: int, max_steps: int | None = None, seed: int | None = None):
     """The same experiment with one fixed candidate, for retraining after DiffQAS: exactly the run
-    `search=fixed search.arch=N` with the other settings unchanged (`max_steps`: race's shorter rungs)."""
+    `search=fixed search.arch=N` with the other settings unchanged (`max_steps`: race's shorter
+    rungs; `seed`: race's second seed for contenders within noise of each other)."""
     sub = cfg.copy()
     with open_dict(sub):
+        if seed is not None:
+            sub.seed = seed
         sub.search.mode = SearchMode.fixed.value
         sub.search.arch = arch
         sub.search.select = 0
@@ -48,10 +52,57 @@ def child_config(cfg, arch: int, max_steps: int | None = None):
     return sub
 
 
+@contextmanager
+def child_log(where: Path):
+    """A child run logs into its own directory's cli.log; the terminal shows only its warnings and
+    errors (the parent says which child it trains, and where its log is)."""
+    where.mkdir(parents=True, exist_ok=True)
+    root = logging.getLogger()
+    handler = logging.FileHandler(where / "cli.log")
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    if files and files[0].formatter is not None:
+        handler.setFormatter(files[0].formatter)
+    consoles = [h for h in root.handlers if type(h) is logging.StreamHandler]
+
+    def important(record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING
+
+    for h in consoles:
+        h.addFilter(important)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        for h in consoles:
+            h.removeFilter(important)
+
+
 def selection_metric(task) -> str:
     """What the selection stage picks on: the validation metric, else the training one (never test)."""
     main = "accuracy" if task.kind == TaskKind.classification.value else "mse"
     return f"val_{main}" if getattr(task, "val", None) is not None else f"train_{main}"
+
+
+def second_seed(seed: int) -> int:
+    """The seed race spends on contenders within noise of each other: far from the small seeds a
+    sweep uses (0, 1, 2, ...), so a study can keep the seeds that chose apart from those that judge."""
+    return (seed + SECOND_SEED_OFFSET) % 2**32
+
+
+SECOND_SEED_OFFSET = 100_003
+
+
+def loss_like(metric: str, value: float) -> float:
+    """A metric as a non-negative loss (an error rate for accuracy), for relative margins."""
+    return 1.0 - value if "accuracy" in metric else value
+
+
+def margin(metric: str, better: float, worse: float) -> float:
+    """How far apart two values are, relative to the worse one's loss (0: equal, 1: the better is perfect)."""
+    a, b = loss_like(metric, better), loss_like(metric, worse)
+    return abs(b - a) / max(abs(a), abs(b)) if max(abs(a), abs(b)) > 0 else 0.0
 
 
 def _finite(x) -> bool:
@@ -83,18 +134,30 @@ class _Selection:
         else:
             simulations = len(dependent) * summary["steps"]
         self.cost = {"search": {"candidate_steps": simulations, "wall_seconds": summary["wall_seconds"]}}
-        self.children: dict[tuple[int, int], dict] = {}  # (arch, steps) -> child summary
+        self.children: dict[tuple[int, int, int], dict] = {}  # (arch, steps, seed) -> child summary
+        self.seed = int(cfg.seed)
+        if not self.metric.startswith("val_"):  # said on the terminal: a pick on training data, never on test
+            log.warning(
+                "selection: no validation split (task.validation=0): search.strategy=%s picks on %s, the training "
+                "data; set task.validation=0.2 to pick on held-out data", strategy_of(cfg.search), self.metric,
+            )  # fmt: skip
 
-    def child(self, arch: int, steps: int | None = None) -> dict:
-        """Train candidate `arch` alone for `steps` (None: the full run); its summary."""
+    def child(self, arch: int, steps: int | None = None, seed: int | None = None) -> dict:
+        """Train candidate `arch` alone for `steps` (None: the full run) at `seed` (None: the run's); its summary."""
         budget = self.full if steps is None else steps
-        if (arch, budget) not in self.children:
+        seed = self.seed if seed is None else seed
+        if (arch, budget, seed) not in self.children:
             full = budget == self.full
-            where = self.run_dir / "select" / (f"arch_{arch}" if full else f"race/steps_{budget}/arch_{arch}")
-            log.info("selection: training candidate %d (%s) alone for %d steps", arch, self.name(arch), budget)
-            sub = child_config(self.cfg, arch, None if full else budget)
-            self.children[(arch, budget)] = self.run(sub, where, interactive=False)
-        return self.children[(arch, budget)]
+            where = self.run_dir / "select" / ("" if full else f"race/steps_{budget}")
+            where = where / ("" if seed == self.seed else f"seed_{seed}") / f"arch_{arch}"
+            log.info(
+                "selection: training candidate %d (%s) alone for %d steps%s (its log: %s)",
+                arch, self.name(arch), budget, "" if seed == self.seed else f" at seed {seed}", where / "cli.log",
+            )  # fmt: skip
+            sub = child_config(self.cfg, arch, None if full else budget, None if seed == self.seed else seed)
+            with child_log(where):
+                self.children[(arch, budget, seed)] = self.run(sub, where, interactive=False)
+        return self.children[(arch, budget, seed)]
 
     def name(self, arch: int) -> str:
         return self.summary["candidates"][arch - 1]
@@ -103,7 +166,7 @@ class _Selection:
         """A contender: a group (by its lowest number), its structural weight, the number the
         strategy ranked it by (`score`, higher is better), and its standalone metrics if trained."""
         arch = group[0]
-        trained = self.children.get((arch, steps or self.full))
+        trained = self.children.get((arch, steps or self.full, self.seed))
         metrics = trained["metrics"] if trained else {}
         return {
             "arch": arch, "arch_name": self.name(arch), "group": list(group),
@@ -158,18 +221,21 @@ class _Selection:
         }
 
     def costs(self) -> dict:
-        """candidate_steps (circuit simulations x steps) and wall_seconds: the search run, the child
-        runs, their total, the exhaustive sweep (every angle-dependent group alone for the full run;
-        its wall time estimated from this run's full-length children) and total / exhaustive."""
+        """candidate_steps (circuit simulations x steps, exact) and wall_seconds (measured): the
+        search run, the child runs, their total; the exhaustive sweep (every angle-dependent group
+        alone for the full run, at one seed: its steps exact, its wall time an estimate from this
+        run's full-length children, as `wall_seconds_is` says) and total / exhaustive."""
         child_steps = sum(s["steps"] for s in self.children.values())
         child_wall = sum(s["wall_seconds"] for s in self.children.values())
         cost = dict(self.cost)
         cost["children"] = {"candidate_steps": child_steps, "wall_seconds": child_wall, "runs": len(self.children)}
         total = {k: cost["search"][k] + cost["children"][k] for k in ("candidate_steps", "wall_seconds")}
-        full = [s["wall_seconds"] for (_, steps), s in self.children.items() if steps == self.full]
+        full = [s["wall_seconds"] for (_, steps, seed), s in self.children.items() if steps == self.full]
         exhaustive = {
             "candidate_steps": len(self.groups) * self.full,
+            # not run, so not measured: the groups times the mean wall time of this run's full-length children
             "wall_seconds": len(self.groups) * sum(full) / len(full) if full else None,
+            "wall_seconds_is": f"an estimate from {len(full)} full-length child run(s)",
             "runs": len(self.groups),
         }
         relative = {k: (total[k] / exhaustive[k] if exhaustive[k] else None) for k in ("candidate_steps", "wall_seconds")}
@@ -242,12 +308,21 @@ def _nan_low(x: float) -> float:
     return x if _finite(x) else -math.inf
 
 
+def survivors(k: int, eta: int) -> int:
+    """How many of k contenders go on to the next rung: ceil(k / eta), but never fewer than two,
+    so the full-length rung compares at least two (one only where the space has one)."""
+    return min(k, max(2, math.ceil(k / eta)))
+
+
 def rungs(full: int, n: int, eta: int, min_steps: int | None) -> list[int]:
-    """Race's budgets, growing by eta up to the full run: from min_steps, or from full / eta^(r-1)
-    with r = ceil(log_eta n) + 1 rungs (so keeping ceil(k/eta) per rung leaves one at the full run)."""
+    """Race's budgets, growing by eta up to the full run: from min_steps, or from full / eta^c where
+    c is the number of cuts that bring n contenders down to two (`survivors`), so the cuts end
+    where the full-length rung begins."""
     if min_steps is None:
-        count = math.ceil(math.log(n, eta) - 1e-9) + 1 if n > 1 else 1
-        min_steps = max(1, math.ceil(full / eta ** (count - 1)))
+        cuts, k = 0, n
+        while k > 2:
+            k, cuts = survivors(k, eta), cuts + 1
+        min_steps = max(1, math.ceil(full / eta**cuts))
     budgets, b = [], min(min_steps, full)
     while b < full:
         budgets.append(b)
@@ -255,32 +330,111 @@ def rungs(full: int, n: int, eta: int, min_steps: int | None) -> list[int]:
     return [*budgets, full]
 
 
-def _race(sel: _Selection, eta: int, min_steps: int | None) -> dict:
-    """Successive halving: every angle-dependent group alone at the first budget, the best
-    ceil(k/eta) go on to eta times the steps, ..., the last rung at the full run picks."""
-    budgets = rungs(sel.full, len(sel.groups), eta, min_steps)
-    alive, reached = list(sel.groups), {}
-    for i, budget in enumerate(budgets):
-        if len(alive) == 1 or i == len(budgets) - 1:
-            budget = sel.full  # one left (or the last rung): the full run decides
-        for g in alive:
-            reached[tuple(g)] = (i, budget, sel.child(g[0], budget)["metrics"].get(sel.metric))
-        alive.sort(key=lambda g: (-_nan_low(sel.oriented(v) if _finite(v := reached[tuple(g)][2]) else None), g[0]))
-        if budget == sel.full:
-            break
-        alive = alive[: math.ceil(len(alive) / eta)]
-    pick = alive[0] if alive and _finite(reached[tuple(alive[0])][2]) else None
+class _Race:
+    """Successive halving with evidence (`search.strategy=race`, docs/design.md): every
+    angle-dependent group trains alone at the first budget; the best `survivors(k, eta)` go on to
+    eta times the steps; the full-length rung compares at least two. Where the last kept and the
+    first cut (or, at the end, the best two) are within `search.tie` of each other (relative, on
+    the loss or the error rate), both train again at a second seed and the mean of the pair decides.
+    Every value read is a validation metric (the training metric without a split), never test."""
 
-    def order(g):
-        i, _, value = reached[tuple(g)]
-        return (-i, -_nan_low(sel.oriented(value) if _finite(value) else None), g[0])
+    def __init__(self, sel: _Selection, eta: int, min_steps: int | None, tie: float):
+        self.sel, self.eta, self.tie = sel, eta, tie
+        self.budgets = rungs(sel.full, len(sel.groups), eta, min_steps)
+        self.seeds = [sel.seed, second_seed(sel.seed)]
+        self.reached: dict[tuple, tuple[int, int]] = {}  # group -> (rung, budget) of its last rung
+        self.tiebreaks: list[dict] = []
 
-    ordered = sorted(sel.groups, key=order)
-    rows = [
-        sel.row(g, score=len(ordered) - 1 - k, steps=reached[tuple(g)][1], rung=reached[tuple(g)][0])
-        for k, g in enumerate(ordered)
-    ]
-    return sel.finish("race", pick, rows, f"{sel.metric} at the last rung reached", eta=eta, rungs=budgets)
+    def values(self, group, budget: int) -> list[float]:
+        """The group's metric at this budget, at every seed it has been trained at (the run's first)."""
+        sel = self.sel
+        got = [sel.children.get((group[0], budget, seed)) for seed in self.seeds]
+        return [c["metrics"].get(sel.metric) for c in got if c is not None]
+
+    def score(self, group, budget: int) -> float:
+        """Higher is better: the oriented mean over its seeds (-inf if any is not finite)."""
+        vals = self.values(group, budget)
+        if not vals or not all(_finite(v) for v in vals):
+            return -math.inf
+        return self.sel.oriented(sum(vals) / len(vals))
+
+    def mean(self, group, budget: int) -> float | None:
+        vals = self.values(group, budget)
+        return sum(vals) / len(vals) if vals and all(_finite(v) for v in vals) else None
+
+    def within_noise(self, a, b, budget: int) -> bool:
+        va, vb = self.mean(a, budget), self.mean(b, budget)
+        return self.tie > 0 and va is not None and vb is not None and margin(self.sel.metric, va, vb) <= self.tie
+
+    def rank(self, groups, budget: int) -> list:
+        return sorted(groups, key=lambda g: (-self.score(g, budget), g[0]))
+
+    def second_look(self, a, b, budget: int, where: str) -> None:
+        """a and b are within noise at one seed: train both at the second seed (paired) at this budget."""
+        before = {g[0]: self.mean(g, budget) for g in (a, b)}
+        for g in (a, b):
+            self.sel.child(g[0], budget, self.seeds[1])
+        self.tiebreaks.append({
+            "rung": where, "steps": budget, "groups": [a[0], b[0]], "seeds": list(self.seeds),
+            "one_seed": before, "mean": {g[0]: self.mean(g, budget) for g in (a, b)},
+        })  # fmt: skip
+
+    def run(self) -> list:
+        """The groups, best first: those that reached the full run by their mean there, then the
+        ones cut earlier, later rungs first."""
+        sel, alive = self.sel, list(self.sel.groups)
+        for i, budget in enumerate(self.budgets):
+            last = i == len(self.budgets) - 1 or len(alive) <= 2
+            budget = sel.full if last else budget
+            for g in alive:
+                sel.child(g[0], budget)
+                self.reached[tuple(g)] = (i, budget)
+            ranked = self.rank(alive, budget)
+            if last:
+                if len(ranked) >= 2 and self.within_noise(ranked[0], ranked[1], budget):
+                    self.second_look(ranked[0], ranked[1], budget, "final")
+                    ranked = self.rank(ranked[:2], budget) + ranked[2:]
+                return self.order(ranked)
+            keep = survivors(len(ranked), self.eta)
+            if keep < len(ranked) and self.within_noise(ranked[keep - 1], ranked[keep], budget):
+                self.second_look(ranked[keep - 1], ranked[keep], budget, f"cut after rung {i}")
+                ranked = ranked[: keep - 1] + self.rank(ranked[keep - 1 : keep + 1], budget) + ranked[keep + 1 :]
+            alive = ranked[:keep]
+        return self.order(alive)
+
+    def order(self, finalists: list) -> list:
+        rest = [g for g in self.sel.groups if g not in finalists]
+        rest.sort(key=lambda g: (-self.reached[tuple(g)][0], -self.score(g, self.reached[tuple(g)][1]), g[0]))
+        return [*finalists, *rest]
+
+
+def _race(sel: _Selection, eta: int, min_steps: int | None, tie: float) -> dict:
+    """Race the angle-dependent groups alone (`_Race`); the pick is the best at the full run."""
+    race = _Race(sel, eta, min_steps, tie)
+    ordered = race.run()
+    pick = ordered[0] if ordered and race.score(ordered[0], sel.full) > -math.inf else None
+    rows = []
+    for k, g in enumerate(ordered):
+        rung, budget = race.reached[tuple(g)]
+        seeds = len(race.values(g, budget))
+        rows.append(sel.row(
+            g, score=len(ordered) - 1 - k, steps=budget, rung=rung, seeds=seeds,
+            **{f"mean_{sel.metric}": race.mean(g, budget)},
+        ))  # fmt: skip
+    result = sel.finish(
+        "race", pick, rows, f"mean {sel.metric} over its seeds at the last rung reached",
+        eta=eta, rungs=race.budgets, tie=tie, seeds=race.seeds,
+    )  # fmt: skip
+    finalists = [g for g in ordered if race.reached[tuple(g)][1] == sel.full]
+    result["selection"]["tiebreaks"] = race.tiebreaks
+    result["selection"]["runner_up"] = None
+    if pick is not None and len(finalists) >= 2:
+        best, second = race.mean(finalists[0], sel.full), race.mean(finalists[1], sel.full)
+        result["selection"]["runner_up"] = {
+            "arch": finalists[1][0], "arch_name": sel.name(finalists[1][0]), sel.metric: second,
+            "margin": None if second is None else margin(sel.metric, best, second),
+        }  # fmt: skip
+    return result
 
 
 def select(run, cfg, exp, run_dir: Path, summary: dict) -> dict:
@@ -296,5 +450,5 @@ def select(run, cfg, exp, run_dir: Path, summary: dict) -> dict:
     if strategy == "perturb":
         return _perturb(sel)
     if strategy == "race":
-        return _race(sel, cfg.search.eta, cfg.search.min_steps)
+        return _race(sel, cfg.search.eta, cfg.search.min_steps, cfg.search.tie)
     raise ValueError(f"search.strategy={strategy!r} has no selection stage")

@@ -78,7 +78,7 @@ def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = N
     """The study's rows; `seeds` keeps only those seeds, in the truth too (the groups' means and
     spreads, hence the best group and the hits, are over those seeds only)."""
     truth = [s for s in summaries(truth_dir) if s["search"] == "fixed"]
-    runs = [s for d in strategy_dirs for s in summaries(d) if s["search"] == "diffqas" and s.get("selection")]
+    runs = [s for d in strategy_dirs for s in summaries(d) if s["search"] in ("diffqas", "race") and s.get("selection")]
     if seeds is not None:
         truth = [s for s in truth if s["seed"] in seeds]
         runs = [s for s in runs if s["seed"] in seeds]

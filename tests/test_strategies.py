@@ -159,11 +159,13 @@ def test_race_without_a_search_run_is_the_same_race_and_costs_only_its_runs(tmp_
 
 
 def test_race_rungs_grow_by_eta_to_the_full_run():
-    assert selection.rungs(90, 6, 3, None) == [10, 30, 90]  # 6 -> 2 -> 1
-    assert selection.rungs(90, 9, 3, None) == [10, 30, 90]
-    assert selection.rungs(90, 10, 3, None) == [4, 12, 36, 90]  # 10 -> 4 -> 2 -> 1
+    assert selection.rungs(90, 6, 3, None) == [30, 90]  # 6 -> 2 at the full run
+    assert selection.rungs(90, 9, 3, None) == [10, 30, 90]  # 9 -> 3 -> 2
+    assert selection.rungs(90, 10, 3, None) == [10, 30, 90]  # 10 -> 4 -> 2
+    assert selection.rungs(90, 20, 3, None) == [4, 12, 36, 90]  # 20 -> 7 -> 3 -> 2
     assert selection.rungs(3, 6, 3, None) == [1, 3]
     assert selection.rungs(100, 6, 2, 20) == [20, 40, 80, 100]
+    assert selection.rungs(5, 2, 3, None) == [5]  # two: both at the full run
     assert selection.rungs(5, 1, 3, None) == [5]
 
 

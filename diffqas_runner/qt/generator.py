@@ -42,6 +42,7 @@ from ..quantum import CANDIDATES, Candidate, candidate, probabilities
 from ..quantum.candidates import SpaceError, check_wires
 from ..quantum.groups import angle_independent, group_weight, output_groups
 from . import shots as finite_shots
+from .controls import SOURCES, ClassicalSource, RandomSource, all_bits
 
 
 def _values(enum) -> tuple[str, ...]:
@@ -92,6 +93,9 @@ class GeneratorOptions:
     mapping_bits: str = _QT.mapping_bits.value  # pm1 | binary: a basis state's bits as -1/+1 or 0/1
     tensor_affine: bool = _QT.tensor_affine  # a learnable gain and shift per target tensor
     input_norm: str = _QT.input_norm.value  # x -> (x - mean) / std before the mapping | none
+    # what feeds the mapping: circuit (its probabilities) | random (a fixed seeded vector: the
+    # no-quantum control) | classical (a trainable classical generator of the circuit's size)
+    source: str = _QT.source.value
     theta_init: str = _QT.theta_init.value  # uniform in [0, 2 pi) | normal (theta_std * N(0, 1))
     theta_std: float = _QT.theta_std
     # standardize: each tensor to mean 0, std 1 at every step, times 1/sqrt(fan_in); init: the same
@@ -183,6 +187,7 @@ class Generator(_Evaluating, nn.Module):
             ("qt.input_norm", opts.input_norm, INPUT_NORMS),
             ("qt.toolkit_negative", opts.toolkit_negative, TOOLKIT_NEGATIVE),
             ("qt.mapping_bits", opts.mapping_bits, MAPPING_BITS),
+            ("qt.source", opts.source, SOURCES),
         ):
             if value not in allowed:  # the CLI's schema catches these first; this guards Python callers
                 raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
@@ -253,6 +258,7 @@ class Generator(_Evaluating, nn.Module):
             self.theta.requires_grad_(False)
             if self.phi is not None:
                 self.phi.requires_grad_(False)
+        self.control = self._control(opts)
         # Candidates with identical outputs in this mode (see quantum/groups.py): with per-candidate
         # angles only the angle-independent ones. Under finite shots a group is measured once per
         # step and its members share those frequencies, so they stay identical there too.
@@ -295,6 +301,31 @@ class Generator(_Evaluating, nn.Module):
                 stats = [_mean_std(t) for t in self._mapped().split(self.sizes)]
             self.register_buffer("init_mean", torch.stack([m for m, _ in stats]))
             self.register_buffer("init_std", torch.stack([sd for _, sd in stats]))
+
+    def _control(self, opts: GeneratorOptions) -> nn.Module | None:
+        """qt.source: None for the circuit; else the control that replaces it (qt/controls.py). The
+        circuit's parameters are built first (the run's RNG advances as in a circuit run, so the
+        mapping starts the same) and then dropped: a control run trains no angle and no weight."""
+        if opts.source == "circuit":
+            return None
+        if opts.shots is not None or opts.sampling != "none":
+            what = "qt.shots" if opts.shots is not None else "search.strategy=gumbel"
+            raise ConfigError(
+                f"qt.source={opts.source} with {what}: a control has no circuit to sample; "
+                "allowed: qt.shots=null and no gumbel sampling with a control, or qt.source=circuit"
+            )
+        matched = self._circuit_parameters()  # the circuit's trained count, what a classical control matches
+        for name in ("theta", "phi", "structural"):
+            self.register_parameter(name, None)
+        if opts.source == "random":
+            return RandomSource(self.n_qubits, opts.seed, opts.stream, opts.dtype)
+        return ClassicalSource(all_bits(self.n_qubits, opts.dtype), matched, opts.seed, opts.stream, opts.dtype)
+
+    def describe_source(self) -> dict:
+        """summary.json's account of what fed the mapping: the circuit, or the control and its size."""
+        if self.control is None:
+            return {"kind": "circuit", "params": self._circuit_parameters()}
+        return self.control.describe()
 
     # --- the quantum part -------------------------------------------------------------
     def structural_weights(self) -> torch.Tensor | None:
@@ -381,6 +412,8 @@ class Generator(_Evaluating, nn.Module):
         shots each P_j is its sampled frequencies (qt/shots.py): `qt.shots` in training mode,
         `eval_shots` in eval mode (`generator.eval()`)."""
         opts = self.options
+        if self.control is not None:
+            return self.control()
         if self.sampling == "gumbel":
             return self._sampled_probabilities()
         if self.per_candidate:
@@ -419,6 +452,8 @@ class Generator(_Evaluating, nn.Module):
         return None if groups is None else [g[0] for g in groups]
 
     def angle_independent(self) -> list[int]:
+        if self.control is not None:
+            return []  # no circuit ran
         return angle_independent(self.candidates, self.n_qubits, self.depth)
 
     # --- probabilities -> weights ------------------------------------------------------
@@ -459,11 +494,18 @@ class Generator(_Evaluating, nn.Module):
         return {name: t.view(shape) for name, t, shape in zip(self.names, flat.split(self.sizes), self.shapes)}
 
     def trainable_parameters(self) -> int:
-        """Live parameters: those that can change a generated weight (`qt_params`). Angles count
-        only where an angle-dependent candidate uses them: theta, every rotation slot it uses in
-        every layer (as before issue 27: a leading Rz on |0> or a final Rz counts too); phi, its
-        entangler's slots, but not layer 0's from |0..0>, where the gates act on no state."""
-        live = sum(p.numel() for name, p in self.named_parameters() if p.requires_grad and name not in ("theta", "phi"))
+        """Live parameters: those that can change a generated weight (`qt_params`): the circuit's
+        (or its control's) and the mapping's."""
+        circuit = ("theta", "phi", "structural")
+        live = sum(p.numel() for name, p in self.named_parameters() if p.requires_grad and name not in circuit)
+        return live + (self._circuit_parameters() if self.control is None else 0)
+
+    def _circuit_parameters(self) -> int:
+        """The circuit's live parameters: the structural weights, and angles only where an
+        angle-dependent candidate uses them: theta, every rotation slot it uses in every layer (as
+        before issue 27: a leading Rz on |0> or a final Rz counts too); phi, its entangler's slots,
+        but not layer 0's from |0..0>, where the gates act on no state."""
+        live = 0 if self.structural is None else self.structural.numel()
         if not self.theta.requires_grad:
             return live
         n = self.n_qubits

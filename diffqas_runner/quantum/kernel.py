@@ -240,6 +240,11 @@ def load():
     return _module
 
 
+def in_use() -> bool:
+    """Whether this process simulates on the C++ kernel: it loaded one (asks nothing, builds nothing)."""
+    return _module is not None
+
+
 def _failed_build() -> bool:
     """Whether this process's error is a build that failed (not merely 'not built yet')."""
     return not isinstance(_error, NotBuiltYet)

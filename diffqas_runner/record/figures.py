@@ -138,7 +138,11 @@ def returns(values: Sequence[float], title: str) -> Any:
 def run_figures(rows: Sequence[dict], summary: dict, rl: bool) -> dict[str, Any]:
     """The figures every run draws from its metrics rows: learning_curve.png (supervised; an RL
     run draws its returns itself) and structural_weights.png (DiffQAS)."""
-    name = f"{summary['task']} " + ("DiffQAS" if summary["search"] == "diffqas" else f"{summary['arch']} {summary['arch_name']}")
+    kind = summary["search"]
+    what = {"diffqas": "DiffQAS", "race": f"race pick {summary.get('selected_arch')} {summary.get('selected_name')}"}
+    name = f"{summary['task']} " + what.get(kind, f"{summary['arch']} {summary['arch_name']}")
+    if summary.get("qt_source", "circuit") != "circuit":
+        name += f" ({summary['qt_source']} control)"
     out = {}
     if not rl:
         out["learning_curve.png"] = learning_curve(rows, f"{name}, seed {summary['seed']}")
