@@ -107,6 +107,7 @@ def load_jobs(sweep_dir: Path) -> list[Job]:
                 config = {k: json.dumps(v) if isinstance(v, list) else v for k, v in flat.items()}
             else:  # a bare run directory: the summary's own fields identify it
                 config = {k: summary[k] for k in ("task", "search", "arch", "depth", "backend", "seed")}
+                config["qt.source"] = summary.get("qt_source", "circuit")
         except Exception as err:  # a damaged file is named and skipped, never the end of the table
             print(f"Warning: skipping {run}: unreadable summary.json or .hydra/config.yaml ({type(err).__name__}: {err})",
                   file=sys.stderr)  # fmt: skip

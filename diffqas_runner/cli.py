@@ -120,6 +120,30 @@ def _refuse(message: str) -> None:
     sys.exit(2)
 
 
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def optimising_sweeper(hydra_cfg) -> str | None:
+    """The sweeper's class when it chooses settings from the jobs' results (Optuna, Nevergrad, Ax:
+    anything but Hydra's basic grid), else None."""
+    target = OmegaConf.select(hydra_cfg, "sweeper._target_", default=None)
+    return None if target in (None, BASIC_SWEEPER) else str(target)
+
+
+def check_objective(cfg, hydra_cfg) -> None:
+    """An optimising sweeper reads each job's objective: refuse one without a validation split to
+    read (the test split is never an objective; the training metric would tune towards over-fitting)."""
+    sweeper = optimising_sweeper(hydra_cfg)
+    if sweeper is None or OmegaConf.select(cfg, "task.kind") in ("rl", None):  # RL: training returns, no test split
+        return
+    if not OmegaConf.select(cfg, "task.validation", default=0):
+        name = sweeper.rsplit(".", 1)[-1]
+        raise ConfigError(
+            f"task.validation={OmegaConf.select(cfg, 'task.validation')!r} with hydra/sweeper {name}: an optimising sweeper "
+            "needs a validation split to optimise (never the test split); allowed: task.validation in (0, 1), e.g. 0.2"
+        )
+
+
 def _check_launch(config) -> None:
     """What every run and sweep checks in the launching process, before Hydra writes anything."""
     if config.hydra.output_subdir is not None:
@@ -164,6 +188,12 @@ class OutputDirCheck(Callback):
 
     def on_multirun_start(self, config, **kwargs) -> None:
         _check_launch(config)
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        if "task.validation" not in params:  # a swept split is checked in each job
+            try:
+                check_objective(config, config.hydra)
+            except ConfigError as err:
+                _refuse(str(err))
         self._claim("hydra.sweep.dir", config.hydra.sweep.dir)
         _SWEEP["dir"] = config.hydra.sweep.dir
         _keep_earlier_sweep_record(config, Path(config.hydra.sweep.dir))
@@ -223,6 +253,7 @@ def _main(cfg) -> float | None:
     try:
         acquired = lock_directory(run_dir)  # held from the check to the end: no other writer between
         check_user_configs(hc)
+        check_objective(cfg, hc)
         if not guard_directory(cfg, run_dir):  # a finished run of this very config keeps its record
             write_record(run_dir, record_texts(cfg, HydraConfig.instance().cfg))
         try:  # Hydra builds it from the overrides unresolved: `data_dir=${oc.env:X}` would resolve here

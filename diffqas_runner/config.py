@@ -179,6 +179,9 @@ class RLTaskConfig(TaskConfig):
     env_id: str = "MiniGrid-Empty-5x5-v0"
     hidden: list[int] = field(default_factory=lambda: [32, 32])  # actor 147-32-32-7, critic 147-32-32-1
     depth: int = 10
+    # no validation split exists for RL (returns come from training episodes): 0 only. The key is
+    # here so a preset that sets it (search=race) composes, and the refusal says why
+    validation: float = 0.0
 
 
 TASK_SCHEMAS = {
@@ -348,7 +351,7 @@ ADDED_KEYS = {
     "search.strategy": "none", "search.tau": [1.0, 0.1], "search.eta": 3, "search.min_steps": None,
     "search.supernet": True, "search.tie": 0.3,
     "task.model": "mlp", "qt.mapping_bits": "pm1", "qt.tensor_affine": False,  # issue 27
-    "qt.source": "circuit",  # issue 35
+    "qt.source": "circuit", "task.validation": 0.0,  # issue 35 (task.validation: RL had no such key)
 }  # fmt: skip
 
 
@@ -416,8 +419,12 @@ def validate(cfg) -> None:
     if cfg.search.select:
         _check(cfg.task.kind != TaskKind.rl, "search.select", cfg.search.select, "0 for RL (no validation split to pick on)")
     if cfg.search.strategy != "none":
+        what = "search=race" if not cfg.search.supernet else f"search.strategy={cfg.search.strategy}"
         _check(
-            cfg.task.kind != TaskKind.rl, "search.strategy", cfg.search.strategy, "none for RL (no validation split to pick on)"
+            cfg.task.kind != TaskKind.rl,
+            "search.strategy",
+            cfg.search.strategy,
+            f"none for RL: {what} picks on a validation split, and {cfg.task.name} (RL) has none",
         )
         if cfg.search.strategy == "gumbel":
             _check(cfg.qt.shots is None, "qt.shots", cfg.qt.shots, "null with search.strategy=gumbel (exact probabilities)")
@@ -425,6 +432,7 @@ def validate(cfg) -> None:
     _validate_train(cfg)
     _validate_qt(cfg.qt)
     _validate_source(cfg)
+    _check_read(cfg)
     _validate_backend(cfg.backend)
     _validate_logger(cfg.logger)
 
@@ -556,6 +564,12 @@ def _validate_task(cfg) -> None:
             _check(task.variant is None, "task.variant", task.variant, f"null for {task.name} (only NARMA has variants)")
     else:
         _check(task.env_id.startswith("MiniGrid-"), "task.env_id", task.env_id, "a MiniGrid-* environment id")
+        _check(
+            task.validation == 0,
+            "task.validation",
+            task.validation,
+            "0 for RL (no validation split: returns come from training episodes)",
+        )
         _check(len(hidden) >= 1 and all(1 <= h <= 4096 for h in hidden), "task.hidden", hidden, "one or more widths 1..4096")
 
 
@@ -598,6 +612,45 @@ def _validate_qt(qt) -> None:
         qt.eval_shots,
         "null (= qt.shots), exact, or an integer 1..10^15",
     )
+
+
+# Keys that only some choices read: (key, whether the run reads it, the choice that does). A value
+# other than the schema's default where the run would not read it is refused, never ignored.
+READ_ONLY_WHEN = (
+    ("task.hidden", lambda c: c.task.kind != TaskKind.classification or choice(c.task.model) == "mlp", "task.model=mlp"),
+    ("qt.toolkit", lambda c: choice(c.qt.postprocess) == "toolkit", "qt.postprocess=toolkit"),
+    ("qt.theta_init", lambda c: choice(c.qt.source) == "circuit", "qt.source=circuit"),
+    ("qt.theta_std", lambda c: choice(c.qt.theta_init) == "normal" and choice(c.qt.source) == "circuit",
+     "qt.theta_init=normal with qt.source=circuit"),
+    ("search.structural", lambda c: c.search.mode == SearchMode.diffqas, "search=diffqas"),
+    ("search.angles", lambda c: c.search.mode == SearchMode.diffqas, "search=diffqas"),
+    ("search.tau", lambda c: strategy_of(c.search) == "gumbel", "search.strategy=gumbel"),
+    ("search.eta", lambda c: strategy_of(c.search) == "race", "search.strategy=race"),
+    ("search.min_steps", lambda c: strategy_of(c.search) == "race", "search.strategy=race"),
+    ("search.tie", lambda c: strategy_of(c.search) == "race", "search.strategy=race"),
+    ("train.betas", lambda c: choice(c.train.optimizer) == "adam", "train.optimizer=adam"),
+    ("train.alpha", lambda c: choice(c.train.optimizer) == "rmsprop", "train.optimizer=rmsprop"),
+)  # fmt: skip
+
+
+def _schema_default(cfg, key: str):
+    """The schema's default of a dotted key (its node's dataclass), as plain data."""
+    parent, _, leaf = key.rpartition(".")
+    schema = OmegaConf.get_type(OmegaConf.select(cfg, parent))
+    default = getattr(schema(), leaf)
+    return default.value if isinstance(default, Enum) else default
+
+
+def _check_read(cfg) -> None:
+    """No key is silently ignored: a non-default value of a key the chosen options never read is refused."""
+    for key, read, when in READ_ONLY_WHEN:
+        value = OmegaConf.select(cfg, key)
+        value = list(value) if OmegaConf.is_list(value) else choice(value) if isinstance(value, Enum) else value
+        if not read(cfg) and value != _schema_default(cfg, key):
+            raise ConfigError(
+                f"{key}={value!r} is not used by this run (only with {when}); allowed: leave {key} at its default "
+                f"({_schema_default(cfg, key)!r}) here, or choose {when}"
+            )
 
 
 def _validate_source(cfg) -> None:

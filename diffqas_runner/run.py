@@ -254,7 +254,8 @@ def train(cfg, exp: Experiment, recorder: Recorder, checkpointer: Checkpointer, 
         final = result.state.to_dict()
     else:
         total = total_steps(len(exp.task.train.y), cfg.train)
-        progress = Progress(mode, total, "step", exp.task.objective, done=resumed.step if resumed else 0)
+        shown = exp.task.objective if exp.task.objective.startswith("val_") else exp.task.metric  # shown, not chosen on
+        progress = Progress(mode, total, "step", shown, done=resumed.step if resumed else 0)
         try:
             result = train_supervised(
                 exp.task, exp.model, exp.generator, exp.optimizer, cfg.train, recorder, progress, cfg.seed,

@@ -58,7 +58,7 @@ def test_classification_validation_is_a_stratified_seeded_holdout_of_the_trainin
     fit, val = stratified_holdout(whole.train.y, 0.1, 3)
     assert set(fit.tolist()).isdisjoint(val.tolist()) and len(fit) + len(val) == 1658
     assert not torch.equal(stratified_holdout(whole.train.y, 0.1, 4)[1], val)
-    assert task.objective == "val_accuracy" and whole.objective == "test_accuracy"
+    assert task.objective == "val_accuracy" and whole.objective == "train_accuracy"
     metrics = task.evaluate(lambda x: torch.stack([x.mean(1), -x.mean(1)], 1))
     assert {"test_accuracy", "test_loss", "val_accuracy", "val_loss", "train_accuracy"} == set(metrics)
 

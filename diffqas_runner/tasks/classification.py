@@ -147,7 +147,8 @@ class ClassificationTask:
             self.val = Split(train.x[val], train.y[val])
             train = Split(train.x[fit], train.y[fit])
         self.train = train
-        self.objective = "val_accuracy" if self.val is not None else self.metric
+        # what a sweeper optimises (summary.json "objective"): never the test split
+        self.objective = "val_accuracy" if self.val is not None else "train_accuracy"
 
     def build_model(self) -> nn.Module:
         if self.model == "cnn":

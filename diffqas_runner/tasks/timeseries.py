@@ -181,9 +181,9 @@ class TimeSeriesTask:
         self.train = Split(xt[: self.n_fit], yt[: self.n_fit])
         self.val = Split(xt[self.n_fit : self.n_train], yt[self.n_fit : self.n_train]) if self.n_val else None
         self.test = Split(xt[self.n_train :], yt[self.n_train :])
-        # what a sweeper optimises (summary.json "objective"): never the test split when a
-        # validation split exists
-        self.objective = "val_mse" if self.val is not None else self.metric
+        # what a sweeper optimises (summary.json "objective"): never the test split (the training
+        # MSE without a validation split; an optimising sweeper then refuses to start: cli.py)
+        self.objective = "val_mse" if self.val is not None else "train_mse"
 
     def build_model(self) -> nn.Module:
         return LSTMRegressor(1, self.hidden)

@@ -53,6 +53,17 @@ def check_gradients(module: torch.nn.Module, where: str) -> None:
         raise NonFiniteLoss(f"gradient {name} became non-finite at {where}; the optimiser step was not taken")
 
 
+def check_metrics(metrics: dict, where: str, step: int | None = None) -> None:
+    """Raise NonFiniteLoss if an evaluated metric is NaN or infinite (a diverged model): nothing
+    non-finite is logged or saved, at any evaluation (the first step's too)."""
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        shown = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise NonFiniteLoss(
+            f"{where} gave {shown}: the model diverged (try a smaller train.lr); nothing non-finite was saved", step=step
+        )
+
+
 @dataclass
 class LoopResult:
     metrics: dict[str, float]
@@ -144,6 +155,7 @@ def train_supervised(
         epoch_done = s.pos >= n
         if s.step >= total or (eval_every and s.step % eval_every == 0) or (not eval_every and epoch_done):
             s.metrics = evaluate()
+            check_metrics(s.metrics, f"the evaluation after step {s.step} (epoch {s.epoch})", s.step)
             weights = generator.structural_weights()
             row = {"step": s.step, "epoch": s.epoch + (1 if epoch_done else s.pos / n), "loss": s.running / s.count}
             row.update(s.metrics)
