@@ -379,6 +379,20 @@ def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_st
     return summary
 
 
+def check_contenders(cfg, exp: Experiment) -> None:
+    """Before any training: a selection strategy needs an angle-dependent candidate to name (the
+    others' outputs ignore their angles, so there is nothing to train or compare)."""
+    if cfg.search.mode != SearchMode.diffqas or strategy_of(cfg.search) == "none":
+        return
+    gen = exp.generator.first
+    if set(gen.angle_independent()) >= {c.number for c in gen.candidates}:
+        raise ConfigError(
+            f"search.strategy={strategy_of(cfg.search)}: every candidate of search_space={cfg.search_space.name} ignores "
+            f"its angles at depth {cfg.depth} (constant outputs), so there is nothing to select; allowed: a search space "
+            "with at least one angle-dependent candidate (e.g. paper12)"
+        )
+
+
 def select_stage(cfg, exp: Experiment, run_dir: Path, summary: dict) -> dict:
     """After DiffQAS: `search.strategy` (or `search.select=K`) names the circuit, training child
     runs through `run` (selection.py); its keys for summary.json ({} when there is nothing to select)."""
@@ -561,6 +575,7 @@ def run(
                     exp = build(cfg)
             except StopRequested as stop:
                 raise Interrupted(stop.signum, 0, None) from None
+            check_contenders(cfg, exp)
             threads.set_run_threads(cfg.train.threads, exp.generator.n_qubits)
             checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, signals)
             resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
