@@ -323,7 +323,7 @@ def simulator_record(cfg, generator) -> dict:
     elif backend == "pennylane":
         path = f"pennylane ({cfg.backend.device})"
     else:
-        path = "cpp" if kernel.in_use() else "torch"
+        path = kernel.in_use() or "torch"
     try:
         package = version("diffqas-runner")
     except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed

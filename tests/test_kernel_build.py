@@ -59,7 +59,11 @@ def test_auto_mode_builds_in_the_background_and_a_later_process_uses_it(fresh, c
     probe = "from diffqas_runner.quantum import kernel; print(kernel.load() is not None)"
     res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=os.environ)
     assert res.stdout.strip() == "True", res.stderr
-    assert sorted(p.name for p in fresh.iterdir()) == sorted([path.name, path.with_suffix(".log").name])
+    # the library, the compiler's log and how it was built (OpenMP here)
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(
+        [path.name, path.with_suffix(".log").name, path.with_suffix(".variant").name]
+    )
+    assert kernel.variant(path) == "OpenMP"
 
 
 def test_a_build_under_way_is_not_started_twice(fresh):
@@ -129,3 +133,138 @@ def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):
 def test_an_empty_cxx_means_the_default_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "")
     assert kernel.compiler() == "c++"
+
+
+# --- compilers without OpenMP, remembered failures, the CPU in the cache key (issue 37) ----------
+def _fake_compiler(tmp_path, name: str, body: str):
+    """A $CXX that logs its arguments (one line a call) to tmp_path/<name>.calls, then does `body`."""
+    calls = tmp_path / f"{name}.calls"
+    script = tmp_path / name
+    script.write_text(f'#!/bin/sh\necho "$@" >> {calls}\n{body}\n')
+    script.chmod(0o755)
+    return str(script), calls
+
+
+def _calls(path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+REFUSES_OPENMP = (
+    'for a in "$@"; do [ "$a" = "-fopenmp" ] && { echo "error: unsupported option -fopenmp" >&2; exit 1; }; done\nexec c++ "$@"'
+)
+
+
+def test_a_compiler_without_openmp_still_builds_the_kernel_and_says_so(fresh, monkeypatch, tmp_path, caplog):
+    _compiler_or_skip()
+    import torch
+
+    cxx, calls = _fake_compiler(tmp_path, "apple-clang", REFUSES_OPENMP)
+    monkeypatch.setenv("CXX", cxx)
+    monkeypatch.setenv(kernel.ENV, "cpp")
+    with caplog.at_level(logging.INFO, logger="diffqas_runner"):
+        assert kernel.load() is not None
+    made = _calls(calls)
+    assert len(made) == 2 and "-fopenmp" in made[0].split() and "-fopenmp-simd" in made[1].split()
+    assert kernel.variant(kernel.library_path()) == "no OpenMP (-fopenmp-simd)"
+    assert kernel.in_use() == "cpp (no OpenMP (-fopenmp-simd))"
+    # the kernel built so computes what the pure-torch layers compute
+    from diffqas_runner.quantum import CANDIDATES, probabilities
+
+    theta = torch.rand(3, 6, dtype=torch.float64) * 6.3
+    on_kernel = probabilities(theta, [CANDIDATES[7]])
+    monkeypatch.setattr(kernel, "_module", None)
+    monkeypatch.setenv(kernel.ENV, "torch")
+    torch.testing.assert_close(on_kernel, probabilities(theta, [CANDIDATES[7]]), rtol=0, atol=1e-12)
+    # a later process finds it and says once how it was built
+    monkeypatch.setenv(kernel.ENV, "auto")
+    monkeypatch.setattr(kernel, "_tried", False)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="diffqas_runner"):
+        assert kernel.load() is not None
+    assert "built with no OpenMP (-fopenmp-simd)" in caplog.text and len(_calls(calls)) == 2
+
+
+def test_a_failed_build_is_remembered_not_retried_by_every_run(fresh, monkeypatch, tmp_path, caplog):
+    cxx, calls = _fake_compiler(tmp_path, "broken", 'echo "error: nothing works" >&2; exit 1')
+    monkeypatch.setenv("CXX", cxx)
+    path = kernel.library_path()
+    assert kernel.load() is None  # auto: a background build, every variant fails
+    _wait_until(lambda: not path.with_suffix(".building").exists())
+    assert kernel.failure_marker(path).exists() and not path.exists()
+    assert len(_calls(calls)) == len(kernel.VARIANTS)
+    assert "nothing works" in path.with_suffix(".log").read_text()
+    for _ in range(2):  # later processes: no compiler call, one line saying why
+        monkeypatch.setattr(kernel, "_tried", False)
+        caplog.clear()
+        with caplog.at_level(logging.INFO, logger="diffqas_runner"):
+            assert kernel.load() is None
+        assert len(_calls(calls)) == len(kernel.VARIANTS)
+        assert [r.message for r in caplog.records if "did not build" in r.message] and "pure torch" in caplog.text
+    # another compiler is another library (and another marker): tried again
+    other, other_calls = _fake_compiler(tmp_path, "broken2", "exit 1")
+    monkeypatch.setenv("CXX", other)
+    monkeypatch.setattr(kernel, "_tried", False)
+    assert kernel.library_path() != path and kernel.load() is None
+    _wait_until(lambda: not kernel.library_path().with_suffix(".building").exists())
+    assert len(_calls(other_calls)) == len(kernel.VARIANTS)
+    # DIFFQAS_NATIVE_KERNEL=cpp tries again, now, and says why it failed
+    monkeypatch.setenv("CXX", cxx)
+    monkeypatch.setenv(kernel.ENV, "cpp")
+    monkeypatch.setattr(kernel, "_tried", False)
+    with pytest.raises(RuntimeError, match="nothing works"):
+        kernel.load()
+    assert len(_calls(calls)) == 2 * len(kernel.VARIANTS)
+
+
+X86 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 7B13\nflags\t\t: fpu avx2 fma\n" * 2
+ARM = "processor\t: 0\nBogoMIPS\t: 50.00\nFeatures\t: fp asimd sve\nCPU implementer\t: 0x41\nCPU part\t: 0xd40\n"
+
+
+def test_the_cache_key_names_the_cpu_on_x86_aarch64_and_macos(fresh, monkeypatch, tmp_path):
+    info = tmp_path / "cpuinfo"
+    monkeypatch.setattr(kernel, "CPUINFO", info)
+    paths = {}
+    for name, text in (("x86", X86), ("arm-v1", ARM), ("arm-n1", ARM.replace("0xd40", "0xd0c"))):
+        info.write_text(text)
+        ident = kernel.cpu_identity()
+        assert ident and ident.count("\n") < 8  # one line per key, not one per core
+        assert kernel.NATIVE in kernel.base_flags()
+        paths[name] = kernel.library_path()
+    assert len(set(paths.values())) == 3  # another CPU part (Neoverse V1 / N1) is another library
+    assert "CPU part" in ident and "Features" in ident
+    # macOS: no /proc, the CPU from sysctl
+    info.unlink()
+    monkeypatch.setattr(kernel.platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(kernel, "_sysctl", {"machdep.cpu.brand_string": "Apple M2", "hw.cpufamily": "3660830781"}.get)
+    assert "Apple M2" in kernel.cpu_identity() and kernel.NATIVE in kernel.base_flags()
+    mac = kernel.library_path()
+    # nothing identifies the CPU: a portable build (no -march=native), under a name of its own
+    monkeypatch.setattr(kernel, "_sysctl", lambda name: None)
+    assert kernel.cpu_identity() is None and kernel.NATIVE not in kernel.base_flags()
+    assert kernel.library_path() not in {mac, *paths.values()}
+    assert kernel.NATIVE not in kernel._command(tmp_path / "k.cpp", tmp_path / "k.so")
+
+
+@pytest.mark.slow
+def test_the_kernel_tests_pass_under_address_and_undefined_behaviour_sanitizers(tmp_path):
+    """kernel.cpp built with -fsanitize=address,undefined (GCC), the kernel's tests run against it in
+    a child process: an out-of-bounds access or undefined behaviour aborts it."""
+    import shutil
+
+    gxx = shutil.which("g++")
+    if gxx is None:
+        pytest.skip("no g++ with sanitizers on PATH")
+    libs = [subprocess.run([gxx, f"-print-file-name={lib}"], capture_output=True, text=True).stdout.strip()
+            for lib in ("libasan.so", "libstdc++.so")]  # fmt: skip
+    if not all(os.path.isabs(lib) for lib in libs):
+        pytest.skip("libasan not installed")
+    env = {
+        **os.environ, "DIFFQAS_CACHE_DIR": str(tmp_path / "cache"), kernel.ENV: "cpp", "ASAN_OPTIONS": "detect_leaks=0",
+        "CXX": f"{gxx} -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer",
+        "LD_PRELOAD": " ".join(libs),  # the Python binary is not instrumented: the runtime first
+    }  # fmt: skip
+    tests = [str(kernel.Path(__file__).with_name(t)) for t in ("test_quantum_fast.py", "test_reference.py", "test_controlled.py")]
+    res = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-s", "-p", "no:cacheprovider", "-m", "not slow", *tests],
+                         env=env, capture_output=True, text=True, timeout=3000)  # fmt: skip
+    assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
+    assert list((tmp_path / "cache").glob("*.so"))  # the sanitized library was built and used

@@ -741,7 +741,7 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
       const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
       thread_local std::vector<double> q;
       q.resize(len);
-      double* qs = carried.data() + row * sh.dim;
+      double* qs = carry ? carried.data() + row * sh.dim : nullptr;  // no buffer without a carried phase
       for (int64_t i = 0; i < len; ++i) {
         const int64_t src = pr[i];
         T yr = xr[i], yi = xi[i], hr_ = gr[i], hi_ = gi[i];

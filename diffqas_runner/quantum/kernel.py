@@ -60,7 +60,18 @@ ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
 ABI = 5  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
-FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")
+FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")  # where the CPU is known and OpenMP works
+NATIVE = "-march=native"  # only where this CPU is identified (the cache key names it): else a portable build
+# A compiler that refuses -fopenmp (Apple clang) still builds the kernel: with OpenMP's SIMD
+# pragmas only, else plain; its calls then run on one thread. Tried in this order, the first that
+# compiles is kept; which one is written beside the library (`.variant`).
+OPENMP = ("-fopenmp",)
+VARIANTS = (("OpenMP", OPENMP), ("no OpenMP (-fopenmp-simd)", ("-fopenmp-simd",)), ("no OpenMP", ()))
+CPUINFO = Path("/proc/cpuinfo")
+# /proc/cpuinfo keys that identify a CPU's instruction set: x86 ('model name', 'flags') and aarch64
+# Linux ('Features', 'CPU implementer', 'CPU part', ...), where the x86 keys do not exist
+CPU_KEYS = ("vendor_id", "model name", "flags", "Features", "CPU implementer", "CPU architecture", "CPU variant",
+            "CPU part", "CPU revision")  # fmt: skip
 LOW, TILE = 12, 64  # kernel.cpp's chunk bits and tile width (scratch sizes below)
 NOT_YET = "the C++ kernel is not built yet"
 
@@ -104,18 +115,47 @@ def cache_dir() -> Path:
     return Path(base) / "diffqas_runner"
 
 
+def cpu_identity() -> str | None:
+    """What identifies this CPU's instruction set, for the cache key of a -march=native build: the
+    identifying lines of /proc/cpuinfo (x86 and aarch64 Linux), else macOS's sysctl brand string
+    and CPU family; None where nothing identifies it (the kernel is then built without -march=native,
+    so a shared cache never hands one CPU a library built for another)."""
+    try:
+        text = CPUINFO.read_text(errors="replace")
+    except OSError:
+        text = ""
+    lines = sorted({line.strip() for line in text.splitlines() if line.split(":", 1)[0].strip() in CPU_KEYS})
+    if lines:
+        return "\n".join(lines)
+    if platform.system() == "Darwin":
+        values = [_sysctl(name) for name in ("machdep.cpu.brand_string", "hw.cpufamily", "hw.cpusubfamily")]
+        if values[0] or values[1]:
+            return "\n".join(v or "" for v in values)
+    return None
+
+
+def _sysctl(name: str) -> str | None:
+    try:
+        res = subprocess.run(["sysctl", "-n", name], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout.strip() or None if res.returncode == 0 else None
+
+
+def base_flags() -> tuple[str, ...]:
+    """The compiler flags but OpenMP's: -march=native only where the CPU is identified."""
+    native = cpu_identity() is not None
+    return tuple(f for f in FLAGS if f not in OPENMP and (native or f != NATIVE))
+
+
 def _source_and_path() -> tuple[str, Path]:
     """kernel.cpp's text and where its library is cached: the source, flags, compiler name and
-    this CPU's model and flags are in its name, so a file there is current. A build compiles this
-    text (a copy), never the file read again later, so the name always matches what was built."""
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu += "".join(line for line in f if line.startswith(("model name", "flags")))
-    except OSError:
-        pass
+    this CPU's identity (`cpu_identity`) are in its name, so a file there is current. A build
+    compiles this text (a copy), never the file read again later, so the name always matches what
+    was built."""
+    cpu = platform.machine() + (cpu_identity() or " (unidentified: portable build)")
     source = SOURCE.read_text()
-    text = cpu + source + " ".join(FLAGS) + compiler()
+    text = cpu + source + " ".join(base_flags()) + " ".join(f for _, v in VARIANTS for f in v) + compiler()
     return source, cache_dir() / f"diffqas_kernel_{hashlib.sha256(text.encode()).hexdigest()[:12]}.so"
 
 
@@ -123,28 +163,52 @@ def library_path() -> Path:
     return _source_and_path()[1]
 
 
-def _command(source: Path, out: Path) -> list[str]:
-    return [*shlex.split(compiler()), *FLAGS, str(source), "-o", str(out)]
+def _command(source: Path, out: Path, extra: tuple[str, ...] = OPENMP) -> list[str]:
+    return [*shlex.split(compiler()), *base_flags(), *extra, str(source), "-o", str(out)]
+
+
+def failure_marker(path: Path) -> Path:
+    """Beside a library that did not build: why (the compiler's last words). Auto mode does not try
+    again while it is there; its name carries the source, flags and compiler, so a change of any
+    of them tries again, and so do DIFFQAS_NATIVE_KERNEL=cpp and deleting it."""
+    return path.with_suffix(".failed")
+
+
+def variant(path: Path) -> str:
+    """How the cached library was built: one of VARIANTS' names ('OpenMP' when not recorded)."""
+    try:
+        return path.with_suffix(".variant").read_text().strip() or VARIANTS[0][0]
+    except OSError:
+        return VARIANTS[0][0]
 
 
 def build() -> Path:
-    """Compile kernel.cpp now (about 2 s) into the cache; returns the library's path. The file
-    appears atomically (written elsewhere, then renamed), so a reader never sees half of it."""
+    """Compile kernel.cpp now (about 2 s) into the cache, trying VARIANTS in order; returns the
+    library's path. The file appears atomically (written elsewhere, then renamed), so a reader
+    never sees half of it. When no variant compiles, the failure is remembered and raised."""
     text, path = _source_and_path()
     path.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         source, out = Path(tmp) / "kernel.cpp", Path(tmp) / path.name
         source.write_text(text)
-        res = subprocess.run(_command(source, out), capture_output=True, text=True)
-        if res.returncode != 0:
-            raise RuntimeError(f"{' '.join(_command(source, out))} failed:\n{res.stderr.strip()[-2000:]}")
-        os.replace(out, path)
-    return path
+        for name, extra in VARIANTS:
+            res = subprocess.run(_command(source, out, extra), capture_output=True, text=True)
+            if res.returncode == 0:
+                path.with_suffix(".variant").write_text(name)
+                os.replace(out, path)
+                failure_marker(path).unlink(missing_ok=True)
+                return path
+            errors.append(f"{' '.join(_command(source, out, extra))} failed:\n{res.stderr.strip()[-2000:]}")
+    message = "\n".join(errors)
+    failure_marker(path).write_text(message)
+    raise RuntimeError(message)
 
 
 def build_in_background() -> bool:
     """Start one detached build for later runs unless one is under way (a lock file younger than
-    STALE_SECONDS); False when there is no compiler or the cache is not writable."""
+    STALE_SECONDS) or an earlier one failed (`failure_marker`); False when there is no compiler or
+    the cache is not writable. The build tries VARIANTS in order, like `build`."""
     if shutil.which(shlex.split(compiler())[0]) is None:
         return False
     text, path = _source_and_path()
@@ -165,7 +229,13 @@ def build_in_background() -> bool:
         source.write_text(text)
         q = shlex.quote
         done = f"rm -f {q(str(tmp))} {q(str(source))} {q(str(lock))}"
-        script = f"{shlex.join(_command(source, tmp))} && mv -f {q(str(tmp))} {q(str(path))}; {done}"
+        attempts = [
+            f"( {shlex.join(_command(source, tmp, extra))} && printf %s {q(name)} > {q(str(path.with_suffix('.variant')))}"
+            f" && mv -f {q(str(tmp))} {q(str(path))} )"
+            for name, extra in VARIANTS
+        ]
+        failed = f"echo 'no variant compiled: see {path.with_suffix('.log').name}' > {q(str(failure_marker(path)))}"
+        script = " || ".join([*attempts, failed]) + f"; {done}"
         with open(path.with_suffix(".log"), "w") as logfile:  # the compiler's messages, if any
             # `( ... ) &`: the shell returns at once and the build, orphaned, outlives this process
             # (no zombie, no unwaited child)
@@ -225,9 +295,19 @@ def load():
                     except OSError as err:  # e.g. a shared cache built where a library this node lacks exists
                         log.warning("the cached C++ kernel %s does not load here (%s); this run uses pure torch", path, err)
                         raise
+                    if variant(path) != VARIANTS[0][0]:
+                        log.info(
+                            "the C++ kernel was built with %s (the compiler refused -fopenmp): one thread per call", variant(path)
+                        )
                 elif current == "cpp":
                     log.info("building the native simulator's C++ kernel (about 2 s, once per machine)")
                     _module, _error = _open(build()), None
+                elif failure_marker(path).exists():  # tried before with this source, flags and compiler
+                    _error = RuntimeError(f"the C++ kernel did not build with {compiler()} (see {path.with_suffix('.log')})")
+                    log.info(
+                        "the C++ kernel did not build with %s earlier (%s): this run uses pure torch; "
+                        "DIFFQAS_NATIVE_KERNEL=cpp tries again and shows why", compiler(), path.with_suffix(".log"),
+                    )  # fmt: skip
                 else:
                     started = build_in_background()
                     _error = NotBuiltYet(NOT_YET + (": building it in the background" if started else ""))
@@ -240,9 +320,13 @@ def load():
     return _module
 
 
-def in_use() -> bool:
-    """Whether this process simulates on the C++ kernel: it loaded one (asks nothing, builds nothing)."""
-    return _module is not None
+def in_use() -> str | None:
+    """How this process simulates on the C++ kernel: None when it loaded none (asks nothing, builds
+    nothing), else 'cpp', or 'cpp (no OpenMP...)' for a library built without OpenMP."""
+    if _module is None:
+        return None
+    built = variant(library_path())
+    return "cpp" if built == VARIANTS[0][0] else f"cpp ({built})"
 
 
 def _failed_build() -> bool:
