@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import sys
 import tempfile
 import traceback
@@ -239,6 +240,28 @@ def _full_error() -> bool:
 FULL_ERROR = "DIFFQAS_USER_FULL_ERROR"
 
 
+_LOG_FAILURE: dict[str, bool] = {}
+
+
+def _one_line_log_failures() -> None:
+    """A log handler that cannot write (a full disk, a closed pipe) says so once, on one line, and
+    the run goes on; Python's default prints a traceback for every record it fails to write."""
+
+    def handle_error(handler, record) -> None:
+        if _LOG_FAILURE.get(id(handler)):
+            return
+        _LOG_FAILURE[id(handler)] = True
+        where = getattr(handler, "baseFilename", None) or type(handler).__name__
+        err = sys.exc_info()[1]
+        try:
+            print(f"Warning: the log {where} cannot be written ({err}); the run goes on without it", file=sys.__stderr__, flush=True)
+        except OSError:
+            pass
+
+    for handler in [*logging.getLogger().handlers, *log.handlers]:
+        handler.handleError = handle_error.__get__(handler)
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def _main(cfg) -> float | None:
     from .run import DirectoryConflict, run
@@ -246,6 +269,7 @@ def _main(cfg) -> float | None:
     from .train.checkpoint import Interrupted
     from .train.supervised import NonFiniteLoss
 
+    _one_line_log_failures()
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
     run_dir = Path(hc.runtime.output_dir)
@@ -367,6 +391,9 @@ def main() -> None:
     lines = _sweep_lines()
     for line in lines:
         print(line, file=sys.stderr, flush=True)
+    if _SWEEP.get("dir") and Path(_SWEEP["dir"]).is_dir():  # a sweep ran: where it is, and what to run next
+        where = shlex.quote(str(Path(_SWEEP["dir"]).absolute()))
+        print(f"sweep directory: {where}\ntables and plots: diffqas-aggregate {where}", file=sys.stderr, flush=True)
     if code or lines:
         sys.exit(code or 1)
 

@@ -328,3 +328,39 @@ def test_task_classes_accepts_all_or_distinct_labels(value, ok):
     else:
         with pytest.raises(ConfigError, match=r"task.classes=.* is not allowed; allowed: all, or two or more different"):
             validate(cfg)
+
+
+def test_the_last_lines_name_the_directory_and_rounded_metrics(tmp_path):
+    out = tmp_path / "run"
+    proc = cli(["task=bessel", "debug=smoke", "logger=none", "figures=false", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert lines[-1].endswith(f"run directory: {out}")
+    done = lines[-2]
+    assert "done in" in done and "test_mse=" in done
+    value = done.split("test_mse=")[1].split(",")[0]
+    assert len(value.replace("e", " ").split()[0].replace(".", "").lstrip("0")) <= 4  # rounded to 4 digits
+    summary = json.loads((out / "summary.json").read_text())
+    assert float(value) == pytest.approx(summary["metrics"]["test_mse"], rel=1e-3)
+
+
+def test_a_sweep_ends_on_its_directory_and_the_aggregate_command(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = cli(["-m", "task=bessel", "debug=smoke", "logger=none", "figures=false", "seed=0,1", f"hydra.sweep.dir={sweep}"],
+               tmp_path)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[-2:] == [f"sweep directory: {sweep}", f"tables and plots: diffqas-aggregate {sweep}"]
+
+
+def test_a_log_that_cannot_be_written_is_one_line_and_the_run_goes_on(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "cli.log").symlink_to("/dev/full")  # every write: no space left on device
+    proc = cli(["task=bessel", "debug=smoke", "logger=none", "figures=false", f"hydra.run.dir={out}"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    text = proc.stdout + proc.stderr
+    assert "Logging error" not in text and "Traceback" not in text
+    warnings = [line for line in text.splitlines() if "cannot be written" in line]
+    assert len(warnings) == 1 and "cli.log" in warnings[0] and "No space left" in warnings[0]
+    assert (out / "summary.json").exists()
