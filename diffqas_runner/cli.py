@@ -254,7 +254,9 @@ def _one_line_log_failures() -> None:
         where = getattr(handler, "baseFilename", None) or type(handler).__name__
         err = sys.exc_info()[1]
         try:
-            print(f"Warning: the log {where} cannot be written ({err}); the run goes on without it", file=sys.__stderr__, flush=True)
+            print(
+                f"Warning: the log {where} cannot be written ({err}); the run goes on without it", file=sys.__stderr__, flush=True
+            )
         except OSError:
             pass
 
