@@ -9,6 +9,7 @@ while the other jobs run on; the sweep command then exits 1 and names the failed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -253,12 +254,8 @@ def _one_line_log_failures() -> None:
         _LOG_FAILURE[id(handler)] = True
         where = getattr(handler, "baseFilename", None) or type(handler).__name__
         err = sys.exc_info()[1]
-        try:
-            print(
-                f"Warning: the log {where} cannot be written ({err}); the run goes on without it", file=sys.__stderr__, flush=True
-            )
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):  # stderr itself may be what fails
+            print(f"Warning: the log {where} cannot be written ({err}); the run goes on without it", file=sys.__stderr__, flush=True)
 
     for handler in [*logging.getLogger().handlers, *log.handlers]:
         handler.handleError = handle_error.__get__(handler)
