@@ -255,7 +255,8 @@ def _one_line_log_failures() -> None:
         where = getattr(handler, "baseFilename", None) or type(handler).__name__
         err = sys.exc_info()[1]
         with contextlib.suppress(OSError):  # stderr itself may be what fails
-            print(f"Warning: the log {where} cannot be written ({err}); the run goes on without it", file=sys.__stderr__, flush=True)
+            line = f"Warning: the log {where} cannot be written ({err}); the run goes on without it"
+            print(line, file=sys.__stderr__, flush=True)
 
     for handler in [*logging.getLogger().handlers, *log.handlers]:
         handler.handleError = handle_error.__get__(handler)
