@@ -247,13 +247,14 @@ NOTES = {
 
 
 def _fmt(value: Any, column: str = "") -> str:
-    """One format per kind of column: metrics `.3e`, seconds `.1f`, counts as integers."""
+    """One format per kind of column: metrics `.3e`, seconds `.1f` (two significant digits under 10 s),
+    counts as integers."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
-    if column.startswith("wall_seconds"):
-        return f"{value:.1f}"
+    if column.startswith("wall_seconds"):  # 0.04 s stays 0.04, not 0.0
+        return f"{value:.1f}" if value >= 10 else f"{value:.2g}"
     if column in ("steps", "epochs", "episodes", "qt_params", "n_seeds"):
         return _fmt_count(value)
     return f"{value:.3e}" if isinstance(value, float) else str(value)
@@ -311,14 +312,11 @@ def plot_all(sweep_dir: Path, groups: list[Group]) -> list[Path]:
         panels = [(f"{g.first['task']} DiffQAS structural weights (seed {g.jobs[0].summary['seed']})", g.jobs[0].rows,
                    g.jobs[0].summary) for g in diffqas]  # fmt: skip
         figures["structural_weights.png"] = plots.sweep_structural_weights(panels)
-    means, stds = [], []
-    for g in groups:
-        values = [j.summary["metrics"].get(metric, float("nan")) for j in g.jobs]
-        means.append(statistics.fmean(values))
-        stds.append(0.0 if len(values) < 2 else statistics.stdev(values))
+    values = [[j.summary["metrics"].get(metric, float("nan")) for j in g.jobs] for g in groups]
+    tasks = ", ".join(sorted({g.first["task"] for g in groups}))
     figures["final_metric.png"] = plots.final_metric(
-        [g.label for g in groups], means, stds, [_paper(g.first, metric) for g in groups],
-        [g.first["search"] == "diffqas" for g in groups], metric, log_scale,
+        [g.label for g in groups], values, [_paper(g.first, metric) for g in groups],
+        [g.first["search"] == "diffqas" for g in groups], metric, log_scale, f"{tasks}: final {metric} per configuration",
     )  # fmt: skip
     for name, fig in figures.items():
         _save(fig, sweep_dir / name)
@@ -406,8 +404,10 @@ def main(argv: list[str] | None = None) -> None:
     rows = aggregate(args.sweep_dir, plots=not args.no_plots)
     print((Path(args.sweep_dir) / "results.md").read_text())
     failed = len(load_failures(Path(args.sweep_dir)))
+    pngs = sorted(p.name for p in Path(args.sweep_dir).glob("*.png")) if not args.no_plots else []
     print(
-        f"{len(rows)} configurations -> {Path(args.sweep_dir) / 'results.csv'}"
+        f"{len(rows)} configurations -> {Path(args.sweep_dir) / 'results.csv'}, results.md"
+        + (f", {', '.join(pngs)}" if pngs else "")
         + (f"; {failed} failed job(s) listed" if failed else "")
     )
 

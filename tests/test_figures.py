@@ -230,3 +230,22 @@ def test_figures_false_writes_no_png_and_the_same_numbers(tmp_path):
     rungs = list((tmp_path / "race" / "select" / "race").rglob("summary.json"))
     assert rungs and not list((tmp_path / "race" / "select" / "race").rglob("*.png"))
     assert (tmp_path / "race" / "select" / f"arch_{raced['selected_arch']}" / "circuit.png").exists()
+
+
+def test_the_final_metric_plot_reads_right_on_a_log_axis():
+    """MSE spread over orders of magnitude: on a log axis every bar stays inside the seeds' range
+    (mean - std would go below zero), and the plot says what it shows."""
+    from diffqas_runner.record import figures
+
+    values = [[1e-6, 2e-6, 3e-4], [4e-5, 5e-5, 6e-5]]
+    fig = figures.final_metric(["DiffQAS", "8 Ent-Ry"], values, [4e-5, None], [True, False], "test_mse", True, "bessel")
+    (ax,) = fig.axes
+    assert ax.get_yscale() == "log" and "bessel" in ax.get_title() and "3 seeds" in ax.get_title()
+    assert "lowest to highest seed" in ax.get_ylabel()
+    low, high = ax.get_ylim()
+    assert 0 < low <= 1e-6 and high >= 3e-4
+    segments = [seg for coll in ax.collections for seg in getattr(coll, "get_segments", lambda: [])()]
+    ends = [y for seg in segments for _, y in seg]
+    assert ends and min(ends) == pytest.approx(1e-6) and max(ends) == pytest.approx(3e-4)
+    linear = figures.final_metric(["a"], [[0.9, 0.95]], [None], [False], "test_accuracy", False, "mnist")
+    assert "mean ± std" in linear.axes[0].get_ylabel()

@@ -87,6 +87,9 @@ def test_the_installed_wheel_runs_from_an_empty_directory_with_user_configs(whee
     assert proc.returncode == 0 and str(site / "diffqas_runner" / "docs") in proc.stdout.splitlines()[-1], proc.stderr
     proc = subprocess.run([sys.executable, "-m", "diffqas_runner.manual"], cwd=empty, env=env, capture_output=True, text=True)
     assert proc.stdout.startswith("# diffqas-runner"), proc.stderr  # the README, from the wheel's metadata
+    # ... as a wheel user reads it: no make targets or links to files the wheel lacks
+    assert "make install" not in proc.stdout and "make test" not in proc.stdout and "](CHANGELOG.md)" not in proc.stdout
+    assert "## Quick start (the installed package)" in proc.stdout and "diffqas-run task=bessel" in proc.stdout
 
     mine = tmp_path / "my_configs"
     (mine / "experiment").mkdir(parents=True)

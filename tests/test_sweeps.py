@@ -116,6 +116,10 @@ def test_aggregate_is_a_command_of_the_installed_package(tmp_path):
     assert rows["5"]["comparable"] == "no"
     text = (sweep / "results.md").read_text()
     assert "| 1.234e-04 |" in text and "The sweep's first job (b) took 70.0 s" in text
+    last = proc.stdout.strip().splitlines()[-1]  # the last line names every file written
+    assert last.startswith("2 configurations ->") and all(
+        name in last for name in ("results.csv", "results.md", "final_metric.png", "learning_curves.png")
+    ), last
     script = Path(sys.executable).with_name("diffqas-aggregate")
     (sweep / "results.md").unlink()
     proc = subprocess.run([str(script), str(sweep), "--no-plots"], capture_output=True, text=True)

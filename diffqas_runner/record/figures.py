@@ -7,6 +7,9 @@ a Figure, or None when there is nothing to draw; callers save it.
 
 from __future__ import annotations
 
+import math
+import statistics
+
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -187,19 +190,36 @@ def sweep_structural_weights(panels: Sequence[tuple[str, list[dict], dict]]):
 
 
 def final_metric(
-    labels: list[str], means: list[float], stds: list[float], papers: list, diffqas: list[bool], metric: str, log_scale: bool
-):
-    """final_metric.png: the final metric per configuration (mean and std over seeds), the paper's number marked."""
-    fig = _figure(max(6, 0.55 * len(labels) + 2), 4)
+    labels: list[str], values: list[list[float]], papers: list, diffqas: list[bool], metric: str, log_scale: bool,
+    title: str = "",
+):  # fmt: skip
+    """final_metric.png: the final metric per configuration over its seeds, the paper's number
+    marked. Linear axes: bars of the mean with +-1 std. Log axes (MSE): the mean as a point with a
+    bar from the lowest to the highest seed, which a log axis can show (mean - std can be <= 0)."""
+    finite = [[v for v in vals if isinstance(v, int | float) and math.isfinite(v)] for vals in values]
+    means = [statistics.fmean(v) if v else math.nan for v in finite]
+    colors = ["tab:red" if d else "tab:blue" for d in diffqas]
+    fig = _figure(max(6, 0.55 * len(labels) + 2), 4.4)
     ax = fig.subplots()
     xs = list(range(len(labels)))
-    ax.bar(xs, means, yerr=stds, color=["tab:red" if d else "tab:blue" for d in diffqas], capsize=2)
+    if log_scale:
+        for x, m, v, c in zip(xs, means, finite, colors):
+            if v:
+                ax.errorbar([x], [m], yerr=[[m - min(v)], [max(v) - m]], fmt="o", color=c, capsize=3)
+        ax.set_yscale("log")
+        spread = "mean; bar: lowest to highest seed"
+    else:
+        stds = [statistics.stdev(v) if len(v) > 1 else 0.0 for v in finite]
+        ax.bar(xs, means, yerr=stds, color=colors, capsize=2)
+        spread = "mean ± std over seeds"
     marked = [(x, p) for x, p in zip(xs, papers) if p is not None]
     if marked:
         ax.scatter(*zip(*marked), marker="_", s=300, color="k", zorder=3, label="paper")
         ax.legend(fontsize=8)
     ax.set_xticks(xs, labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel(f"final {metric} (mean ± std over seeds)")
-    if log_scale:
-        ax.set_yscale("log")
+    ax.set_ylabel(f"final {metric}\n({spread})", fontsize=8)
+    counts = sorted({len(v) for v in finite})
+    seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
+    ax.set_title(f"{title or 'final ' + metric} ({seeds} seeds each)", fontsize=9)
     return fig
+
