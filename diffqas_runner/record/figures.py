@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import statistics
-
 import textwrap
 from collections.abc import Sequence
 from typing import Any
@@ -222,4 +221,3 @@ def final_metric(
     seeds = f"{counts[0]}" if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
     ax.set_title(f"{title or 'final ' + metric} ({seeds} seeds each)", fontsize=9)
     return fig
-
