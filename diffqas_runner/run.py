@@ -9,6 +9,7 @@ import platform
 import random
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -544,6 +545,120 @@ def _inspect_dir(cfg, run_dir: Path) -> tuple[str, dict | None, dict | None]:
     return fp, ckpt, _guard_finished(cfg, run_dir, ckpt)
 
 
+class _RunGuard:
+    """What surrounds a run's stages: the directory's lock (taken here unless the CLI holds it), the
+    stop signals, the exit code a failure maps to (recorded by the recorder's sinks), failure.json
+    for any failure after the lock, and the recorder's close. `stoppable(step, path)` runs a block
+    that a signal may stop at once (building, wandb's start, writing)."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir, self.signals, self.recorder = run_dir, StopSignals(), None
+        self.started = time.perf_counter()
+        self.resumed_step: int | None = None  # where a resumed run continues (its loop state moves on)
+        self.prior_seconds = 0.0  # the training time of the pieces before it
+
+    def resume_at(self, exp: Experiment, resumed) -> None:
+        """Note where a resumed run starts, before training advances the loop state in place."""
+        self.resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
+        self.prior_seconds = resumed.seconds if resumed else 0.0
+
+    def seconds(self) -> float:
+        """The run's wall time so far, with the resumed pieces' before it."""
+        return time.perf_counter() - self.started + self.prior_seconds
+
+    def __enter__(self) -> _RunGuard:
+        self.acquired = lock_directory(self.run_dir)
+        self.signals.__enter__()
+        return self
+
+    @contextmanager
+    def stoppable(self, step: int = 0, checkpoint: Path | None = None):
+        try:
+            with self.signals.immediate():
+                yield
+        except StopRequested as stop:
+            raise Interrupted(stop.signum, step, checkpoint) from None
+
+    def __exit__(self, kind, err, tb) -> None:
+        code = 0 if err is None else exit_code_of(err)
+        try:
+            recorded = err is not None and not isinstance(err, Interrupted | DirectoryConflict | DirectoryInUse)
+            if recorded and not (self.run_dir / "summary.json").exists():  # never beside a finished run's summary
+                write_failure(self.run_dir, err, getattr(err, "step", None))
+            if self.recorder is not None:
+                self.recorder.close(code)
+        finally:
+            self.signals.__exit__(kind, err, tb)
+            if self.acquired:  # a lock taken here (not by the CLI's callback) ends with the run
+                unlock_directory(self.run_dir)
+
+
+def exit_code_of(err: BaseException) -> int:
+    """The exit status a run's failure maps to: 128 + signal when stopped, 2 for bad input, a
+    directory conflict or a diverged run, 1 for anything unexpected."""
+    if isinstance(err, Interrupted):
+        return 128 + err.signum
+    return 2 if isinstance(err, ConfigError | NonFiniteLoss | DirectoryInUse) else 1
+
+
+def prepare(cfg, run_dir: Path) -> tuple[str, dict | None, dict | None]:
+    """Validate, clear a `fresh=true` directory, and inspect it: (fingerprint, checkpoint to
+    resume, the summary when this very run already finished there)."""
+    validate(cfg)
+    if cfg.fresh:
+        _start_fresh(run_dir)
+    return _inspect_dir(cfg, run_dir)
+
+
+def make(cfg, guard: _RunGuard) -> Experiment:
+    """Seed, build (stoppable), check that a selection has contenders, set the thread count."""
+    seed_everything(cfg.seed)
+    with guard.stoppable():
+        exp = build(cfg)
+    check_contenders(cfg, exp)
+    threads.set_run_threads(cfg.train.threads, exp.generator.n_qubits)
+    return exp
+
+
+def open_recorder(cfg, run_dir: Path, guard: _RunGuard, meta: dict, step: int | None, group, name) -> Recorder:
+    """The run's sinks (wandb's start can wait long for a server: stoppable) and its recorder,
+    continuing after `step` when the run resumes."""
+    with guard.stoppable(step or 0):
+        sinks = _sinks(cfg, run_dir, group, name, meta["wandb_id"])
+    guard.recorder = Recorder(run_dir, sinks, resume_step=step)
+    meta["wandb_id"] = guard.recorder.run_id()
+    clear_failure(run_dir)
+    return guard.recorder
+
+
+@dataclass
+class Outcome:
+    """What a run's training (or race) stage leaves for the writer."""
+
+    trained: Trained
+    summary: dict
+    network: dict | None = None  # model.pt's weights when not the generator's own (the race's pick)
+
+
+def search_and_select(cfg, exp, run_dir, recorder, checkpointer, resumed, interactive, guard) -> Outcome:
+    """The search run (DiffQAS or a fixed candidate) trained, then the selection stage if any."""
+    trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
+    summary = summarize(cfg, exp, trained, guard.seconds(), guard.resumed_step)
+    summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
+    return Outcome(trained, summary)
+
+
+def race_alone(cfg, exp, run_dir, recorder, checkpointer, resumed, interactive, guard) -> Outcome:
+    """`search=race` (search.supernet=false): no search run is trained; the race's child runs name
+    the circuit, and the run's result is its pick's (`pick_as_result`)."""
+    trained = Trained(LoopState(), {})
+    checkpointer.save(trained.loop.to_dict(), finished=True)  # a rerun: "nothing to do"
+    summary = summarize(cfg, exp, trained, guard.seconds(), guard.resumed_step)
+    summary.update(select_stage(cfg, exp, run_dir, summary))
+    summary.update(pick_as_result(run_dir, summary))
+    return Outcome(trained, summary, torch.load(run_dir / "selected_model.pt", weights_only=True))
+
+
 def run(
     cfg, run_dir: str | Path, *, group: str | None = None, name: str | None = None, interactive: bool = True
 ) -> dict[str, Any]:
@@ -553,75 +668,21 @@ def run(
     A failure after that leaves failure.json; SIGTERM/SIGINT raise Interrupted after a checkpoint.
     """
     run_dir = Path(run_dir)
-    acquired = lock_directory(run_dir)
-    started = time.perf_counter()
-    signals = StopSignals()
-    exit_code = 1
-    recorder = None
-    with signals:
-        try:
-            validate(cfg)
-            if cfg.fresh:
-                _start_fresh(run_dir)
-            fp, ckpt, done = _inspect_dir(cfg, run_dir)  # a finished run: nothing to load or build
-            if done is not None:
-                log.info("%s already holds this finished run: nothing to do (fresh=true reruns it)", run_dir)
-                exit_code = 0
-                return done
-            meta = {"fingerprint": fp, "wandb_id": None}
-            seed_everything(cfg.seed)
-            try:
-                with signals.immediate():
-                    exp = build(cfg)
-            except StopRequested as stop:
-                raise Interrupted(stop.signum, 0, None) from None
-            check_contenders(cfg, exp)
-            threads.set_run_threads(cfg.train.threads, exp.generator.n_qubits)
-            checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, signals)
-            resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
-            prior_seconds = resumed.seconds if resumed else 0.0
-            try:
-                with signals.immediate():  # wandb.init can wait long for a server: stay stoppable
-                    sinks = _sinks(cfg, run_dir, group, name, meta["wandb_id"])
-            except StopRequested as stop:
-                raise Interrupted(stop.signum, resumed_step or 0, None) from None
-            recorder = Recorder(run_dir, sinks, resume_step=resumed_step)
-            meta["wandb_id"] = recorder.run_id()
-            clear_failure(run_dir)
-            if cfg.search.supernet:
-                trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
-            else:  # race alone: no search run to train (search.supernet=false)
-                trained = Trained(LoopState(), {})
-                checkpointer.save(trained.loop.to_dict(), finished=True)  # a rerun: "nothing to do"
-            seconds = time.perf_counter() - started + prior_seconds
-            summary = summarize(cfg, exp, trained, seconds, resumed_step)
-            summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
-            network = None  # model.pt: the generator's network, or with search.supernet=false the pick's
-            if not cfg.search.supernet:
-                summary.update(pick_as_result(run_dir, summary))
-                network = torch.load(run_dir / "selected_model.pt", weights_only=True)
-            try:
-                with signals.immediate():  # files are written atomically: a rerun writes them again
-                    write(cfg, exp, recorder, {**trained.figures, **stage_figures(cfg, exp, summary)}, summary, network)
-            except StopRequested as stop:
-                raise Interrupted(stop.signum, trained.loop.step, checkpointer.path) from None
-            for line in closing_lines(summary, run_dir):
-                log.info("%s", line)
-            exit_code = 0
-            return summary
-        except Interrupted as stop:
-            exit_code = 128 + stop.signum
-            raise
-        except (DirectoryConflict, DirectoryInUse):
-            exit_code = 2
-            raise
-        except Exception as err:
-            exit_code = 2 if isinstance(err, ConfigError | NonFiniteLoss) else 1
-            if not (run_dir / "summary.json").exists():  # never beside a finished run's summary
-                write_failure(run_dir, err, getattr(err, "step", None))
-            raise
-        finally:
-            if recorder is not None:
-                recorder.close(exit_code)
-            if acquired:  # a lock taken here (not by the CLI's callback) ends with the run
-                unlock_directory(run_dir)
+    with _RunGuard(run_dir) as guard:
+        fp, ckpt, done = prepare(cfg, run_dir)
+        if done is not None:  # a finished run: nothing to load or build
+            log.info("%s already holds this finished run: nothing to do (fresh=true reruns it)", run_dir)
+            return done
+        meta = {"fingerprint": fp, "wandb_id": None}
+        exp = make(cfg, guard)
+        checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, guard.signals)
+        guard.resume_at(exp, resumed)
+        recorder = open_recorder(cfg, run_dir, guard, meta, guard.resumed_step, group, name)
+        stage = search_and_select if cfg.search.supernet else race_alone
+        out = stage(cfg, exp, run_dir, recorder, checkpointer, resumed, interactive, guard)
+        with guard.stoppable(out.trained.loop.step, checkpointer.path):  # files are atomic: a rerun writes them again
+            figures = {**out.trained.figures, **stage_figures(cfg, exp, out.summary)}
+            write(cfg, exp, recorder, figures, out.summary, out.network)
+        for line in closing_lines(out.summary, run_dir):
+            log.info("%s", line)
+        return out.summary

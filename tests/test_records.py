@@ -213,5 +213,6 @@ def test_a_failed_sweep_job_is_one_line_then_the_summary(tmp_path):
     proc = cli(["-m", *FAST, "train.max_steps=2", "train.lr=1e300,0.01", f"hydra.sweep.dir={sweep}"], tmp_path)
     assert proc.returncode == 1
     errors = [line for line in proc.stderr.splitlines() if not line.startswith("[")]  # log lines aside
-    assert len(errors) == 2 and "loss became nan" in errors[0], proc.stderr
+    assert len(errors) == 4 and "loss became nan" in errors[0], proc.stderr
     assert errors[1].startswith("Error: 1 job(s) of the sweep failed"), proc.stderr
+    assert errors[2:] == [f"sweep directory: {sweep}", f"tables and plots: diffqas-aggregate {sweep}"]  # what next

@@ -37,7 +37,18 @@ def test_write_only_writes_files_and_select_is_its_own_stage():
 
     source = inspect.getsource(run_module.write)
     assert "select" not in source and "run(" not in source  # no child runs inside the atomic-write window
-    stages = inspect.getsource(run_module.run)
-    names = ("validate", "_inspect_dir", "build", "restore", "train", "select_stage", "write")
-    order = [stages.index(f"{name}(") for name in names]
-    assert order == sorted(order)
+
+    def in_order(function, *names):
+        source = inspect.getsource(function)
+        order = [source.index(f"{name}(") for name in names]
+        assert order == sorted(order), (function.__name__, names)
+
+    # run() reads as its stages (issue 38): prepare, make, restore, the recorder, one stage, write
+    in_order(run_module.run, "prepare", "make", "restore", "open_recorder", "stage", "write")
+    in_order(run_module.prepare, "validate", "_inspect_dir")
+    in_order(run_module.make, "seed_everything", "build", "check_contenders", "set_run_threads")
+    in_order(run_module.search_and_select, "train", "summarize", "select_stage")
+    # a race alone is its own stage: it trains no search run
+    in_order(run_module.race_alone, "summarize", "select_stage", "pick_as_result")
+    assert "train(" not in inspect.getsource(run_module.race_alone)
+    assert len(inspect.getsource(run_module.run).splitlines()) <= 40
