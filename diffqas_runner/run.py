@@ -35,9 +35,9 @@ from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
 from .quantum.candidates import space_digest
-from .quantum.draw import draw_candidate
 from .record import Recorder
 from .record import figures as plots
+from .record.circuit_figure import draw_candidate
 from .record.failures import FAILURE, clear_failure, write_failure
 from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 from .record.progress import Progress

@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from diffqas_runner.quantum import groups  # confirm: the structural grouping checked numerically
+
 CLI = [sys.executable, "-m", "diffqas_runner"]
 
 
@@ -98,3 +102,45 @@ def first_by_default(cases, ids=None) -> list:
         marks = () if i == 0 else pytest.mark.slow
         out.append(pytest.param(*values, marks=marks, id=None if ids is None else ids[i]))
     return out
+
+
+# --- a check that lives with the tests: the structural grouping against an independent simulator --
+def confirm(cands, n: int, depth: int, probabilities, seed: int = 0, atol: float = 1e-12, distinct: bool = True) -> None:
+    """Check the structural claims numerically at two random angle sets: members of a group give
+    the same probabilities, angle-independent candidates the same at both and the distribution
+    their signature names (uniform from H, |0..0> otherwise), and (`distinct`) different groups
+    differ. Raises AssertionError otherwise. (Different structures can coincide by accident, e.g.
+    Rx and Ry layers on |0..0> with no entangler, so `distinct` is for spaces whose members are
+    known to differ.)
+
+    `probabilities(theta, cands)` is the simulator the claims are checked against. It must share
+    no code with what made them: the native simulator simulates every candidate called
+    angle-independent once, at theta = 0, so it cannot catch a false claim. The tests pass
+    PennyLane or a dense textbook simulator (tests/reference.py)."""
+    gen = torch.Generator().manual_seed(seed)
+    k = max(c.rotation.n_angles for c in cands)
+    shape = (depth, n) if k == 1 else (depth, n, k)
+    thetas = [torch.rand(shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
+    ent = [c for c in cands if c.entangler.parametrised]
+    if ent:  # parametrised entanglers: random phi too, passed as `phi=`
+        phi_shape = (depth, max(len(c.entangler.pairs_on(n)) for c in ent), max(c.entangler.n_angles for c in ent))
+        phis = [torch.rand(phi_shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
+        probs = [probabilities(t, list(cands), phi=f) for t, f in zip(thetas, phis)]
+    else:
+        probs = [probabilities(t, list(cands)) for t in thetas]
+    index = {c.number: i for i, c in enumerate(cands)}
+    found = groups.output_groups(cands, n, depth)
+    for group in found:
+        for p in probs:
+            for member in group[1:]:
+                assert torch.allclose(p[index[member]], p[index[group[0]]], atol=atol), f"group {group} differs"
+    for number in groups.angle_independent(cands, n, depth):
+        assert torch.allclose(probs[0][index[number]], probs[1][index[number]], atol=atol), f"{number} depends on theta"
+        signature = groups._signature(cands[index[number]], n, depth)
+        expected = torch.full((2**n,), 2.0**-n, dtype=torch.float64) if signature == ("uniform",) else torch.eye(1, 2**n)[0]
+        for p in probs:
+            assert torch.allclose(p[index[number]].double(), expected.double(), atol=atol), f"{number} is not {signature[0]}"
+    for a in found if distinct else ():
+        for b in found:
+            if a[0] < b[0]:
+                assert not torch.allclose(probs[0][index[a[0]]], probs[0][index[b[0]]], atol=atol), f"{a} and {b} agree"

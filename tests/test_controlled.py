@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import reference
 import torch
-from helpers import cli
+from helpers import cli, confirm
 
 from diffqas_runner.config import search_space_file
 from diffqas_runner.nets import ToolkitCNN
 from diffqas_runner.qt.generator import Generator, GeneratorOptions
 from diffqas_runner.quantum import native, probabilities
 from diffqas_runner.quantum.candidates import SpaceError, build_space, layer_op
-from diffqas_runner.quantum.groups import angle_independent, confirm, output_groups
+from diffqas_runner.quantum.groups import angle_independent, output_groups
 
 NEW_GATES = ("crx", "cry", "crz", "crot", "cu3")
 

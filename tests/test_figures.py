@@ -80,7 +80,7 @@ def test_each_run_draws_the_figures_of_its_kind(search, rl, expected):
 def test_a_wide_circuit_title_wraps_inside_its_figure():
     """A long note (a wide space's groups ranked above the drawn one) stays on the page."""
     from diffqas_runner.config import search_space_file
-    from diffqas_runner.quantum.draw import draw_candidate
+    from diffqas_runner.record.circuit_figure import draw_candidate
 
     space = search_space_file("wide32")
     cand = next(c for c in space if c.rotation.label == "RyRz")

@@ -122,7 +122,7 @@ def test_native_backend_does_not_import_pennylane():
 def test_circuit_drawing_has_every_gate_of_one_layer(arch, n):
     from matplotlib.patches import Circle, Rectangle
 
-    from diffqas_runner.quantum.draw import draw_candidate
+    from diffqas_runner.record.circuit_figure import draw_candidate
 
     cand = candidate(arch)
     ax = draw_candidate(cand, n, 10).axes[0]

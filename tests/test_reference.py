@@ -11,7 +11,7 @@ import reference
 import scipy.linalg
 import torch
 import yaml
-from helpers import cli, env, kernel_required
+from helpers import cli, confirm, env, kernel_required
 
 from diffqas_runner.config import search_space_file
 from diffqas_runner.quantum import (
@@ -26,7 +26,7 @@ from diffqas_runner.quantum import (
     probabilities,
 )
 from diffqas_runner.quantum.candidates import PATTERNS, Entangler, Rotation, SpaceError
-from diffqas_runner.quantum.groups import angle_independent, confirm
+from diffqas_runner.quantum.groups import angle_independent
 
 WIDE = search_space_file("wide32")
 DESIGN = (Path(__file__).parents[1] / "docs" / "design.md").read_text()

@@ -5,12 +5,12 @@ import json
 
 import pytest
 import torch
-from helpers import cli
+from helpers import cli, confirm
 
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
 from diffqas_runner.quantum import CANDIDATES, candidate, probabilities
-from diffqas_runner.quantum.groups import angle_independent, confirm, output_groups
+from diffqas_runner.quantum.groups import angle_independent, output_groups
 from diffqas_runner.tasks.classification import ClassificationTask, stratified_holdout
 
 PAPER_GROUPS = [(1, 3, 4, 6), (2,), (5,), (7,), (8,), (9, 12), (10,), (11,)]

@@ -11,7 +11,7 @@ angle-dependent candidates are grouped only when their structure is the same on 
 same start, the same rotation layer and the same entangling layer as a signed permutation of the
 basis (so two gate lists that compose to the same layer are one group). At depth 1 the only
 entangling layer acts on the start state; when it fixes it (any layer on |0..0>, CNOTs on
-|+..+>) it is left out. `confirm` checks the grouping numerically.
+|+..+>) it is left out. tests/helpers.py `confirm` checks the grouping numerically.
 """
 
 from __future__ import annotations
@@ -85,46 +85,3 @@ def group_weight(weights: Sequence[float], group: Sequence[int]) -> float:
 
 def angle_independent(cands: Sequence[Candidate], n: int, depth: int | None = None) -> list[int]:
     return sorted(c.number for c in cands if c.theta_independent(n, depth))
-
-
-def confirm(
-    cands: Sequence[Candidate], n: int, depth: int, probabilities, seed: int = 0, atol: float = 1e-12, distinct: bool = True
-) -> None:
-    """Check the structural claims numerically at two random angle sets: members of a group give
-    the same probabilities, angle-independent candidates the same at both and the distribution
-    their signature names (uniform from H, |0..0> otherwise), and (`distinct`) different groups
-    differ. Raises AssertionError otherwise. (Different structures can coincide by accident, e.g.
-    Rx and Ry layers on |0..0> with no entangler, so `distinct` is for spaces whose members are
-    known to differ.)
-
-    `probabilities(theta, cands)` is the simulator the claims are checked against. It must share
-    no code with what made them: the native simulator simulates every candidate called
-    angle-independent once, at theta = 0, so it cannot catch a false claim. The tests pass
-    PennyLane or a dense textbook simulator (tests/reference.py)."""
-    gen = torch.Generator().manual_seed(seed)
-    k = max(c.rotation.n_angles for c in cands)
-    shape = (depth, n) if k == 1 else (depth, n, k)
-    thetas = [torch.rand(shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
-    ent = [c for c in cands if c.entangler.parametrised]
-    if ent:  # parametrised entanglers: random phi too, passed as `phi=`
-        phi_shape = (depth, max(len(c.entangler.pairs_on(n)) for c in ent), max(c.entangler.n_angles for c in ent))
-        phis = [torch.rand(phi_shape, generator=gen, dtype=torch.float64) * 4 * torch.pi for _ in range(2)]
-        probs = [probabilities(t, list(cands), phi=f) for t, f in zip(thetas, phis)]
-    else:
-        probs = [probabilities(t, list(cands)) for t in thetas]
-    index = {c.number: i for i, c in enumerate(cands)}
-    groups = output_groups(cands, n, depth)
-    for group in groups:
-        for p in probs:
-            for member in group[1:]:
-                assert torch.allclose(p[index[member]], p[index[group[0]]], atol=atol), f"group {group} differs"
-    for number in angle_independent(cands, n, depth):
-        assert torch.allclose(probs[0][index[number]], probs[1][index[number]], atol=atol), f"{number} depends on theta"
-        signature = _signature(cands[index[number]], n, depth)
-        expected = torch.full((2**n,), 2.0**-n, dtype=torch.float64) if signature == ("uniform",) else torch.eye(1, 2**n)[0]
-        for p in probs:
-            assert torch.allclose(p[index[number]].double(), expected.double(), atol=atol), f"{number} is not {signature[0]}"
-    for a in groups if distinct else ():
-        for b in groups:
-            if a[0] < b[0]:
-                assert not torch.allclose(probs[0][index[a[0]]], probs[0][index[b[0]]], atol=atol), f"{a} and {b} agree"

@@ -3,21 +3,12 @@ CNOT is a dot and a target, CZ two dots, a parametrised controlled gate a dot an
 
 from __future__ import annotations
 
-from .candidates import Candidate
+from ..quantum.candidates import Candidate
 
 
-def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None = None):
-    """A matplotlib Figure of candidate `cand` on n_qubits wires; the repeated layer is bracketed 'x depth'."""
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Circle, Rectangle
-
-    from ..record.figures import wrap
-
-    pairs = cand.entangler.pairs_on(n_qubits)
-    cz = cand.entangler.gate == "cz"
-    # a parametrised controlled gate: the control's dot and a box on the target naming what it applies
-    boxed = {"crx": "Rx", "cry": "Ry", "crz": "Rz", "crot": "Rot", "cu3": "U3"}.get(cand.entangler.gate)
-    # CNOT columns: pairs that share no wire go in one column (the brick's two halves; the ring is sequential)
+def gate_columns(pairs) -> list[list[tuple[int, int]]]:
+    """Two-qubit gates in drawing columns: pairs that share no wire go in one column (the brick's
+    two halves; the ring is sequential)."""
     columns: list[list[tuple[int, int]]] = []
     for c, t in pairs:
         span = set(range(min(c, t), max(c, t) + 1))
@@ -25,6 +16,38 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
             columns[-1].append((c, t))
         else:
             columns.append([(c, t)])
+    return columns
+
+
+def controlled_gate(ax, x: float, c: int, t: int, kind: str | None, box) -> None:
+    """One two-qubit gate at column x: the control's dot, then on the target a dot (kind 'cz'), a
+    box naming the rotation (a parametrised gate: kind is its label) or CNOT's circled plus (None)."""
+    from matplotlib.patches import Circle
+
+    ax.plot([x, x], [c, t], color="k", lw=0.8, zorder=1)
+    ax.add_patch(Circle((x, c), 0.08, color="k", zorder=2))
+    if kind == "cz":
+        ax.add_patch(Circle((x, t), 0.08, color="k", zorder=2))
+    elif kind:
+        box(x, t, kind)
+    else:
+        ax.add_patch(Circle((x, t), 0.18, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
+        ax.plot([x - 0.18, x + 0.18], [t, t], color="k", lw=0.8, zorder=3)
+        ax.plot([x, x], [t - 0.18, t + 0.18], color="k", lw=0.8, zorder=3)
+
+
+def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None = None):
+    """A matplotlib Figure of candidate `cand` on n_qubits wires; the repeated layer is bracketed 'x depth'."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    from .figures import wrap
+
+    pairs = cand.entangler.pairs_on(n_qubits)
+    cz = cand.entangler.gate == "cz"
+    # a parametrised controlled gate: the control's dot and a box on the target naming what it applies
+    boxed = {"crx": "Rx", "cry": "Ry", "crz": "Rz", "crot": "Rot", "cu3": "U3"}.get(cand.entangler.gate)
+    columns = gate_columns(pairs)
     x = 0.5
     rotation_width = max(0.0, 0.18 * len(cand.rotation.label) - 0.6)
     width = 1.2 + (1 if cand.hadamard else 0) + len(columns) + 1.5 + rotation_width
@@ -55,17 +78,7 @@ def draw_candidate(cand: Candidate, n_qubits: int, depth: int, title: str | None
     for column in columns:
         x += 1
         for c, t in column:
-            ax.plot([x, x], [c, t], color="k", lw=0.8, zorder=1)
-            ax.add_patch(Circle((x, c), 0.08, color="k", zorder=2))
-            if cz:  # CZ: a dot on both wires
-                ax.add_patch(Circle((x, t), 0.08, color="k", zorder=2))
-                continue
-            if boxed:
-                box(x, t, boxed)
-                continue
-            ax.add_patch(Circle((x, t), 0.18, facecolor="white", edgecolor="k", lw=0.8, zorder=2))
-            ax.plot([x - 0.18, x + 0.18], [t, t], color="k", lw=0.8, zorder=3)
-            ax.plot([x, x], [t - 0.18, t + 0.18], color="k", lw=0.8, zorder=3)
+            controlled_gate(ax, x, c, t, "cz" if cz else boxed, box)
     x += 1 + rotation_width / 2
     for q in range(n_qubits):
         box(x, q, cand.rotation.label)
