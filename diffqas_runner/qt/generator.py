@@ -175,45 +175,66 @@ def fan_in(shape: torch.Size) -> int:
     return int(shape[1:].numel()) if len(shape) > 1 else int(shape[0])
 
 
+def _check_options(opts: GeneratorOptions) -> None:
+    """The CLI's schema catches a bad choice first; this guards Python callers."""
+    for key, value, allowed in (
+        ("qt.postprocess", opts.postprocess, POSTPROCESS),
+        ("search.structural", opts.structural, STRUCTURAL),
+        ("search.angles", opts.angles, ANGLES),
+        ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
+        ("qt.input_norm", opts.input_norm, INPUT_NORMS),
+        ("qt.toolkit_negative", opts.toolkit_negative, TOOLKIT_NEGATIVE),
+        ("qt.mapping_bits", opts.mapping_bits, MAPPING_BITS),
+        ("qt.source", opts.source, SOURCES),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+
+
 class Generator(_Evaluating, nn.Module):
     def __init__(self, shapes: Mapping[str, torch.Size], depth: int, options: GeneratorOptions | None = None):
         super().__init__()
         opts = options or GeneratorOptions()
-        for key, value, allowed in (
-            ("qt.postprocess", opts.postprocess, POSTPROCESS),
-            ("search.structural", opts.structural, STRUCTURAL),
-            ("search.angles", opts.angles, ANGLES),
-            ("qt.tensor_scale", opts.tensor_scale, TENSOR_SCALES),
-            ("qt.input_norm", opts.input_norm, INPUT_NORMS),
-            ("qt.toolkit_negative", opts.toolkit_negative, TOOLKIT_NEGATIVE),
-            ("qt.mapping_bits", opts.mapping_bits, MAPPING_BITS),
-            ("qt.source", opts.source, SOURCES),
-        ):
-            if value not in allowed:  # the CLI's schema catches these first; this guards Python callers
-                raise ValueError(f"{key}={value!r} is not allowed; allowed: {', '.join(allowed)}")
+        _check_options(opts)
         self.options = opts
         self.names = list(shapes)
         self.shapes = [torch.Size(s) for s in shapes.values()]
         self.sizes = [s.numel() for s in self.shapes]
         self.n_params = sum(self.sizes)
-        self.n_qubits = n = n_qubits_for(self.n_params)
+        self.n_qubits = n_qubits_for(self.n_params)
         self.depth = depth
         self.space = tuple(opts.space)
+        self.candidates = self._choose_candidates(opts)
+        # the order of the random draws is the checkpoints' and the published runs': angles, then the mapping
+        self._make_angles(opts)
+        self._make_mapping(opts)
+        self._freeze_dead()
+        self.control = self._control(opts)
+        self._make_groups()
+        self._make_sampling(opts)
+        self._make_scaling(opts)
+
+    def _choose_candidates(self, opts: GeneratorOptions) -> tuple[Candidate, ...]:
+        """The candidates this generator simulates: the whole space (DiffQAS) or the fixed one; every
+        candidate of the space must fit the wires, used here or not."""
         if opts.mode == "diffqas":
-            self.candidates = self.space
+            chosen = self.space
         elif opts.mode == "fixed":
-            self.candidates = (candidate(opts.arch, self.space),)
+            chosen = (candidate(opts.arch, self.space),)
         else:
             raise ValueError(f"search.mode={opts.mode!r}; allowed: diffqas, fixed")
         try:
-            check_wires(self.space, n)  # every candidate of the space, used here or not
+            check_wires(self.space, self.n_qubits)
         except SpaceError as err:
             raise ConfigError(str(err)) from None
+        return chosen
 
-        dtype = opts.dtype
-        # per_candidate: one angle tensor per candidate, stacked (SPEC section 3's open question).
-        # Angles per wire and layer: 1, or k when a candidate has k rotations per wire (each
-        # candidate uses its first ones): (L, n) or (L, n, k).
+    def _make_angles(self, opts: GeneratorOptions) -> None:
+        """theta (and phi for parametrised entanglers), drawn by qt.theta_init, and DiffQAS's
+        structural weights (1/N each). per_candidate: one angle tensor per candidate, stacked (SPEC
+        section 3's open question). Angles per wire and layer: 1, or k when a candidate has k
+        rotations per wire (each candidate uses its first ones): (L, n) or (L, n, k)."""
+        n, depth, dtype = self.n_qubits, self.depth, opts.dtype
         self.per_candidate = opts.mode == "diffqas" and opts.angles == "per_candidate"
         k = max(c.rotation.n_angles for c in self.candidates)
         shape = (depth, n) if k == 1 else (depth, n, k)
@@ -240,35 +261,43 @@ class Generator(_Evaluating, nn.Module):
         else:
             self.register_parameter("structural", None)
 
-        # Inputs of the mapping: the bits of every used basis index (qubit 0 most significant), as
-        # -1/+1 (qt.mapping_bits=pm1) or 0/1 (binary).
+    def _make_mapping(self, opts: GeneratorOptions) -> None:
+        """The mapping M_beta and its inputs: the bits of every used basis index (qubit 0 most
+        significant), as -1/+1 (qt.mapping_bits=pm1) or 0/1 (binary)."""
+        n = self.n_qubits
         index = torch.arange(self.n_params)
-        bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(dtype)
+        bits = ((index[:, None] >> torch.arange(n - 1, -1, -1)) & 1).to(opts.dtype)
         self.register_buffer("bits", bits * 2 - 1 if opts.mapping_bits == "pm1" else bits, persistent=False)
-        self.mapping = mlp([n + 1, *opts.mapping_hidden, 1], dtype=dtype)
+        self.mapping = mlp([n + 1, *opts.mapping_hidden, 1], dtype=opts.dtype)
         if opts.mapping_bits_init == "zero":
             with torch.no_grad():
                 self.mapping[0].weight[:, :n].zero_()
-        # Parameters that cannot change a generated weight are not trained (nor counted as live):
-        # the mapping's output bias when the output is mean-centred, and the angles of a fixed
-        # candidate whose output ignores them. SPEC's counts include them (`paper_parameters`).
-        if opts.center_output:
+
+    def _freeze_dead(self) -> None:
+        """Parameters that cannot change a generated weight are not trained (nor counted as live):
+        the mapping's output bias when the output is mean-centred, and the angles of a fixed
+        candidate whose output ignores them. SPEC's counts include them (`paper_parameters`)."""
+        if self.options.center_output:
             self.mapping[-1].bias.requires_grad_(False)
-        if all(c.theta_independent(n, depth) for c in self.candidates):
+        if all(c.theta_independent(self.n_qubits, self.depth) for c in self.candidates):
             self.theta.requires_grad_(False)
             if self.phi is not None:
                 self.phi.requires_grad_(False)
-        self.control = self._control(opts)
-        # Candidates with identical outputs in this mode (see quantum/groups.py): with per-candidate
-        # angles only the angle-independent ones. Under finite shots a group is measured once per
-        # step and its members share those frequencies, so they stay identical there too.
-        self.groups = output_groups(self.candidates, n, depth, shared_angles=not self.per_candidate)
+
+    def _make_groups(self) -> None:
+        """Candidates with identical outputs in this mode (see quantum/groups.py): with per-candidate
+        angles only the angle-independent ones. Under finite shots a group is measured once per
+        step and its members share those frequencies, so they stay identical there too."""
+        self.groups = output_groups(self.candidates, self.n_qubits, self.depth, shared_angles=not self.per_candidate)
         position = {c.number: i for i, c in enumerate(self.candidates)}
         row_group = torch.empty(len(self.candidates), dtype=torch.int64)
         for k, group in enumerate(self.groups):
             row_group[[position[m] for m in group]] = k
         self.register_buffer("group_heads", torch.tensor([position[g[0]] for g in self.groups]), persistent=False)
         self.register_buffer("row_group", row_group, persistent=False)
+
+    def _make_sampling(self, opts: GeneratorOptions) -> None:
+        """Gumbel's one group per step (its cache of each group's last P) and the finite-shot counter."""
         self.sampling = opts.sampling if opts.mode == "diffqas" else "none"
         if self.sampling == "gumbel" and opts.shots is not None:
             raise ValueError("qt.shots must be null with gumbel sampling (exact probabilities)")
@@ -282,6 +311,11 @@ class Generator(_Evaluating, nn.Module):
             # which step's sample is drawn next: the trainers set it (`at_step`) before every step,
             # a training forward advances it; checkpointed with the generator
             self.register_buffer("shot_counter", torch.zeros((), dtype=torch.int64))
+
+    def _make_scaling(self, opts: GeneratorOptions) -> None:
+        """Per-tensor scaling of the mapped weights: qt.tensor_affine's gain and shift, the
+        1/sqrt(fan_in) factors, and qt.tensor_scale=init's statistics fixed at initialisation."""
+        dtype = opts.dtype
         if opts.tensor_affine:  # one gain and one shift per target tensor (qt.tensor_affine)
             self.gain = nn.Parameter(torch.ones(len(self.shapes), dtype=dtype))
             self.shift = nn.Parameter(torch.zeros(len(self.shapes), dtype=dtype))
