@@ -94,6 +94,38 @@ def total_steps(n_train: int, train_cfg) -> int:
     return min(steps, train_cfg.max_steps or steps)
 
 
+def _forward_backward(task, model, generator, optimizer, s: LoopState, x, y, checkpointer) -> torch.Tensor:
+    """One step's forward and backward on a batch; the loss, or NonFiniteLoss before anything changed."""
+    generator.at_step(s.step)  # finite shots: this step's sample, also when a resumed run redoes it
+    loss = task.loss(functional_call(model, generator(), (x,)), y)
+    if not torch.isfinite(loss):
+        where = f", the last checkpoint is {checkpointer.path}" if checkpointer and checkpointer.path.exists() else ""
+        raise NonFiniteLoss(
+            f"loss became {loss.item()} at step {s.step + 1} (epoch {s.epoch}); parameters left at step {s.step}{where}",
+            step=s.step + 1,
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    check_gradients(generator, f"step {s.step + 1} (epoch {s.epoch})")
+    return loss
+
+
+def _evaluation_row(s: LoopState, evaluate, generator, recorder, progress, epoch_done: bool, n: int, wall: float) -> None:
+    """Evaluate, check the metrics are finite, and log one metrics row (and the progress line)."""
+    s.metrics = evaluate()
+    check_metrics(s.metrics, f"the evaluation after step {s.step} (epoch {s.epoch})", s.step)
+    row = {"step": s.step, "epoch": s.epoch + (1 if epoch_done else s.pos / n), "loss": s.running / s.count}
+    row.update(s.metrics)
+    weights = generator.structural_weights()
+    if weights is not None:
+        row["structural_weights"] = weights.detach().tolist()
+    row["wall_seconds"] = wall
+    recorder.log(row)
+    if progress is not None:
+        progress.report(row, f"epoch {row['epoch']:.3g}")
+    s.running, s.count = 0.0, 0
+
+
 def train_supervised(
     task, model, generator, optimizer, train_cfg, recorder, progress=None, seed: int = 0, scheduler=None,
     checkpointer=None, state: LoopState | None = None,
@@ -126,20 +158,7 @@ def train_supervised(
         try:
             with checkpointer.signals.immediate() if checkpointer is not None else nullcontext():
                 # forward and backward: a signal here abandons the step at once (nothing has changed yet)
-                generator.at_step(s.step)  # finite shots: this step's sample, also when a resumed run redoes it
-                output = functional_call(model, generator(), (x_train[idx],))
-                loss = task.loss(output, y_train[idx])
-                if not torch.isfinite(loss):
-                    raise NonFiniteLoss(
-                        f"loss became {loss.item()} at step {s.step + 1} (epoch {s.epoch}); parameters left at step {s.step}"
-                        + (
-                            f", the last checkpoint is {checkpointer.path}" if checkpointer and checkpointer.path.exists() else ""
-                        ),
-                        step=s.step + 1,
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                check_gradients(generator, f"step {s.step + 1} (epoch {s.epoch})")
+                loss = _forward_backward(task, model, generator, optimizer, s, x_train[idx], y_train[idx], checkpointer)
         except StopRequested as stop:
             raise checkpointer.stopped(stop, s.step, snapshot) from None
         optimizer.step()
@@ -154,18 +173,7 @@ def train_supervised(
             progress.advance(1, loss=f"{loss.item():.4f}")
         epoch_done = s.pos >= n
         if s.step >= total or (eval_every and s.step % eval_every == 0) or (not eval_every and epoch_done):
-            s.metrics = evaluate()
-            check_metrics(s.metrics, f"the evaluation after step {s.step} (epoch {s.epoch})", s.step)
-            weights = generator.structural_weights()
-            row = {"step": s.step, "epoch": s.epoch + (1 if epoch_done else s.pos / n), "loss": s.running / s.count}
-            row.update(s.metrics)
-            if weights is not None:
-                row["structural_weights"] = weights.detach().tolist()
-            row["wall_seconds"] = seconds + time.perf_counter() - start
-            recorder.log(row)
-            if progress is not None:
-                progress.report(row, f"epoch {row['epoch']:.3g}")
-            s.running, s.count = 0.0, 0
+            _evaluation_row(s, evaluate, generator, recorder, progress, epoch_done, n, seconds + time.perf_counter() - start)
         if epoch_done:
             s.epoch, s.perm, s.pos = s.epoch + 1, None, 0
         if checkpointer is not None:
