@@ -214,7 +214,6 @@ class _Selection:
                 "settings": settings,
                 "supernet": self.supernet,
                 "contenders": rows,
-                "candidates": rows,  # the name before issue 24
                 "best_model": None if overall is None else ("diffqas" if overall["arch"] is None else overall["arch"]),
                 "cost": self.costs(),
             },

@@ -104,3 +104,19 @@ print("dynamo" if "torch._dynamo" in sys.modules else "no dynamo")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "no dynamo"
     assert json.loads((out / "summary.json").read_text())["steps"] == 3
+
+
+def test_the_torch_it_was_checked_on_is_named_and_pinned():
+    """optim.py reaches into torch's internals: the versions the comparisons above passed on are
+    named in one place, and the pin CI installs is one of them (another torch: these tests still
+    compare bit for bit with the stock classes, and this one says which torch to add)."""
+    from pathlib import Path
+
+    from diffqas_runner.train.optim import CHECKED_TORCH
+
+    pins = (Path(__file__).resolve().parents[1] / "constraints.txt").read_text()
+    pinned = next(line.split("==")[1].strip() for line in pins.splitlines() if line.startswith("torch=="))
+    assert pinned in CHECKED_TORCH
+    installed = torch.__version__.split("+")[0]
+    if installed not in CHECKED_TORCH:  # the comparisons above ran on it: if they passed, name it
+        pytest.skip(f"torch {installed} is not in optim.CHECKED_TORCH: add it if this file's comparisons passed")

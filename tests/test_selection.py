@@ -90,7 +90,7 @@ def test_the_selection_stage_names_an_angle_dependent_architecture(tmp_path):
     assert s["angle_independent"] == [1, 3, 4, 6, 9, 12]
     table = s["selection"]
     assert table["metric"] == "val_mse"
-    retrained = [r for r in table["candidates"] if r["arch"] is not None]
+    retrained = [r for r in table["contenders"] if r["arch"] is not None]
     dependent = [g[0] for g in s["ranking_groups"] if g[0] not in s["angle_independent"]][:2]
     assert [r["arch"] for r in retrained] == dependent  # the two best distinct angle-dependent groups
     for r in retrained:
@@ -101,7 +101,7 @@ def test_the_selection_stage_names_an_angle_dependent_architecture(tmp_path):
     best = min(retrained, key=lambda r: r["val_mse"])
     assert s["selected_arch"] == best["arch"] and s["selected_name"] == candidate(best["arch"]).name
     assert s["selected_arch"] not in s["angle_independent"]
-    ensemble = [r for r in table["candidates"] if r["arch"] is None]
+    ensemble = [r for r in table["contenders"] if r["arch"] is None]
     assert ensemble[0]["val_mse"] == s["metrics"]["val_mse"]
     selected = torch.load(out / "selected_model.pt", weights_only=True)
     child_model = torch.load(out / "select" / f"arch_{best['arch']}" / "model.pt", weights_only=True)
