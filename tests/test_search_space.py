@@ -10,7 +10,7 @@ import pytest
 import reference
 import torch
 import yaml
-from helpers import cli, first_by_default
+from helpers import cli, confirm, first_by_default
 
 from diffqas_runner.config import ConfigError, search_space_file
 from diffqas_runner.qt.generator import Generator, GeneratorOptions
@@ -23,7 +23,7 @@ from diffqas_runner.quantum.candidates import (
     build_space,
     layer_op,
 )
-from diffqas_runner.quantum.groups import angle_independent, confirm, output_groups
+from diffqas_runner.quantum.groups import angle_independent, output_groups
 
 WIDE = search_space_file("wide32")
 
