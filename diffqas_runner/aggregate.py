@@ -216,7 +216,8 @@ def table(groups: list[Group], varying: list[str], warm: Job | None = None) -> t
         row["steps"] = _span([j.summary.get("steps") for j in g.jobs])
         row[columns[-1]] = _span([j.epochs for j in g.jobs])
         for m in metric_names:
-            values = [j.summary["metrics"][m] for j in g.jobs if m in j.summary["metrics"]]
+            # a metric a run could not measure (MiniGrid's return before any episode finished) is null
+            values = [v for j in g.jobs if isinstance(v := j.summary["metrics"].get(m), int | float) and not isinstance(v, bool)]
             row[f"{m}_mean"] = statistics.fmean(values) if values else float("nan")
             row[f"{m}_std"] = _std(values)
             row[f"{m}_best"] = (max if higher_is_better(m) else min)(values) if values else float("nan")
@@ -361,8 +362,9 @@ def failures_markdown(sweep_dir: Path, failures: list[Failure]) -> str:
 
 def aggregate(sweep_dir: str | Path, plots: bool = True) -> list[dict[str, Any]]:
     sweep_dir = Path(sweep_dir)
-    if not sweep_dir.is_dir():
-        raise SystemExit(f"Error: SWEEP_DIR={str(sweep_dir)!r} is not a directory")
+    if not sweep_dir.is_dir():  # bad input: exit 2, as the runner's
+        print(f"Error: SWEEP_DIR={str(sweep_dir)!r} is not a directory; allowed: a sweep (or run) directory", file=sys.stderr)
+        raise SystemExit(2)
     jobs = load_jobs(sweep_dir)
     failures = load_failures(sweep_dir)
     if not jobs and not failures:

@@ -30,6 +30,7 @@ from omegaconf.errors import OmegaConfBaseException
 from . import threads as threads_policy
 from .config import ConfigError, register
 from .errors import check_config_dirs, describe, flat
+from .record.failures import FAILURE, write_failure
 from .record.hydra_record import RECORD, RecordError, record_texts, write_record
 from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 
@@ -312,6 +313,8 @@ def _main(cfg) -> float | None:
             message = f"unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})"
             detail, code = traceback.format_exc(), 1
         _report(f"Error: {message}", detail, to_log=not refused)
+        if multirun and not refused and not (run_dir / FAILURE).exists() and not (run_dir / "summary.json").exists():
+            write_failure(run_dir, err, getattr(err, "step", None))  # refused before run() (e.g. check_objective)
         if multirun:  # an ordinary exception: the launcher records a failed job, the others run on
             raise JobFailed(f"job {hc.job.num} ({run_dir}): {message}") from None
         sys.exit(code)

@@ -614,16 +614,23 @@ def _validate_qt(qt) -> None:
     )
 
 
+def _circuit(c) -> bool:
+    return choice(c.qt.source) == Source.circuit.value
+
+
 # Keys that only some choices read: (key, whether the run reads it, the choice that does). A value
 # other than the schema's default where the run would not read it is refused, never ignored.
+# (qt.toolkit_negative is not here: the time-series task files set it, whatever the post-processing.)
 READ_ONLY_WHEN = (
     ("task.hidden", lambda c: c.task.kind != TaskKind.classification or choice(c.task.model) == "mlp", "task.model=mlp"),
     ("qt.toolkit", lambda c: choice(c.qt.postprocess) == "toolkit", "qt.postprocess=toolkit"),
     ("qt.theta_init", lambda c: choice(c.qt.source) == "circuit", "qt.source=circuit"),
     ("qt.theta_std", lambda c: choice(c.qt.theta_init) == "normal" and choice(c.qt.source) == "circuit",
      "qt.theta_init=normal with qt.source=circuit"),
-    ("search.structural", lambda c: c.search.mode == SearchMode.diffqas, "search=diffqas"),
-    ("search.angles", lambda c: c.search.mode == SearchMode.diffqas, "search=diffqas"),
+    ("search.structural", lambda c: c.search.mode == SearchMode.diffqas and _circuit(c), "search=diffqas with qt.source=circuit"),
+    ("search.angles", lambda c: c.search.mode == SearchMode.diffqas and _circuit(c), "search=diffqas with qt.source=circuit"),
+    ("backend.name", _circuit, "qt.source=circuit"),
+    ("backend.memory_mb", lambda c: c.backend.name == BackendName.native and _circuit(c), "backend=native, qt.source=circuit"),
     ("search.tau", lambda c: strategy_of(c.search) == "gumbel", "search.strategy=gumbel"),
     ("search.eta", lambda c: strategy_of(c.search) == "race", "search.strategy=race"),
     ("search.min_steps", lambda c: strategy_of(c.search) == "race", "search.strategy=race"),
@@ -639,6 +646,14 @@ def _schema_default(cfg, key: str):
     schema = OmegaConf.get_type(OmegaConf.select(cfg, parent))
     default = getattr(schema(), leaf)
     return default.value if isinstance(default, Enum) else default
+
+
+def reset_unread(cfg) -> None:
+    """Set every key the config's own choices never read back to the schema's default (a selection
+    stage's child run: `search=fixed` does not read race's or DiffQAS's settings)."""
+    for key, read, _ in READ_ONLY_WHEN:
+        if not read(cfg):
+            OmegaConf.update(cfg, key, _schema_default(cfg, key), merge=False)
 
 
 def _check_read(cfg) -> None:
@@ -661,11 +676,13 @@ def _validate_source(cfg) -> None:
     for key in ("shots", "eval_shots"):
         value = cfg.qt[key]
         _check(value in (None, "exact"), f"qt.{key}", value, f"null with qt.source={source} (a control has no circuit to sample)")
+    key, value = ("search.select", cfg.search.select) if cfg.search.select else ("search.strategy", cfg.search.strategy)
     _check(
         cfg.search.strategy == "none" and not cfg.search.select,
-        "search.strategy",
-        strategy_of(cfg.search),
-        f"none with qt.source={source} (a control is one more row beside the circuits, not a candidate to select)",
+        key,
+        value,
+        f"{'0' if key == 'search.select' else 'none'} with qt.source={source} "
+        "(a control is one more row beside the circuits, not a candidate to select)",
     )
 
 

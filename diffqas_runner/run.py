@@ -126,6 +126,21 @@ def _source_note(generator) -> str:
     return f" qt.source={info['kind']} (a control in place of the circuit: {size})"
 
 
+def describe(cfg, exp: Experiment) -> None:
+    """The run's first line: what is built, and how many parameters train."""
+    generator, groups, device = exp.generator, exp.groups, exp.device
+    log.info(
+        "task=%s search=%s%s%s search_space=%s (%d candidates) depth=%d backend=%s device=%s: "
+        "classical params %s -> %d qubits -> QT trainable %d%s",
+        cfg.task.name, cfg.search.mode.value if cfg.search.supernet else "race (search.supernet=false: no DiffQAS run)",
+        f" arch={cfg.search.arch}" if cfg.search.arch else "",
+        _source_note(generator.first), cfg.search_space.name,
+        len(generator.first.space), cfg.depth,
+        cfg.backend.name.value, device, f"{exp.classical_params:,}", generator.n_qubits, generator.trainable_parameters(),
+        "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
+    )  # fmt: skip
+
+
 def build(cfg) -> Experiment:
     """Data (or environment), target network, generator, optimiser: all on the run's device."""
     task = tasks.build(cfg.task, cfg.data_dir, cfg.download, cfg.seed)
@@ -143,16 +158,6 @@ def build(cfg) -> Experiment:
         for part in generator.parts.values():
             part.anneal_steps = total  # gumbel's temperature schedule spans the run
     exp = Experiment(task, model, groups, generator, optimizer, scheduler, device)
-    log.info(
-        "task=%s search=%s%s%s search_space=%s (%d candidates) depth=%d backend=%s device=%s: "
-        "classical params %s -> %d qubits -> QT trainable %d%s",
-        cfg.task.name, cfg.search.mode.value if cfg.search.supernet else "race (search.supernet=false: no DiffQAS run)",
-        f" arch={cfg.search.arch}" if cfg.search.arch else "",
-        _source_note(generator.first), cfg.search_space.name,
-        len(generator.first.space), cfg.depth,
-        cfg.backend.name.value, device, f"{exp.classical_params:,}", generator.n_qubits, generator.trainable_parameters(),
-        "" if len(groups) == 1 else " (" + ", ".join(f"{k} {g.trainable_parameters()}" for k, g in generator.parts.items()) + ")",
-    )  # fmt: skip
     return exp
 
 
@@ -615,7 +620,8 @@ def make(cfg, guard: _RunGuard) -> Experiment:
     seed_everything(cfg.seed)
     with guard.stoppable():
         exp = build(cfg)
-    check_contenders(cfg, exp)
+    check_contenders(cfg, exp)  # refused before the run says anything
+    describe(cfg, exp)
     threads.set_run_threads(cfg.train.threads, exp.generator.n_qubits)
     return exp
 

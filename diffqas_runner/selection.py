@@ -22,7 +22,7 @@ from omegaconf import open_dict
 from torch.func import functional_call
 
 from . import tasks
-from .config import SearchMode, TaskKind, strategy_of
+from .config import SearchMode, TaskKind, reset_unread, strategy_of
 from .train.supervised import total_steps
 
 log = logging.getLogger(__name__)
@@ -49,6 +49,7 @@ def child_config(cfg, arch: int, max_steps: int | None = None, seed: int | None 
         sub.resume = None
         sub.fresh = False
         sub.logger.name = "none"  # the parent's wandb run gets the results in its summary
+    reset_unread(sub)  # race's and DiffQAS's own settings: a fixed run does not read them
     return sub
 
 

@@ -364,3 +364,17 @@ def test_a_log_that_cannot_be_written_is_one_line_and_the_run_goes_on(tmp_path):
     warnings = [line for line in text.splitlines() if "cannot be written" in line]
     assert len(warnings) == 1 and "cli.log" in warnings[0] and "No space left" in warnings[0]
     assert (out / "summary.json").exists()
+
+
+def test_an_optuna_sweep_over_the_split_records_the_refused_job(tmp_path):
+    """task.validation swept with an optimising sweeper: the job without a split is a failed job
+    (failure.json, named at the end, exit 1), the other runs."""
+    sweep = tmp_path / "sweep"
+    proc = cli(["-m", "hparams_search=bessel_optuna", "task.validation=0,0.2", "hydra.sweeper.n_trials=2", "debug=smoke",
+                "logger=none", "figures=false", f"hydra.sweep.dir={sweep}"], tmp_path)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    failed = [p.parent for p in sweep.glob("*/failure.json")]
+    finished = [p.parent for p in sweep.glob("*/summary.json")]
+    assert len(failed) == 1 and len(finished) == 1
+    assert "task.validation" in json.loads((failed[0] / "failure.json").read_text())["message"]
+    assert json.loads((finished[0] / "summary.json").read_text())["objective"] == "val_mse"

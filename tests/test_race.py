@@ -10,6 +10,7 @@ import pytest
 from helpers import compose
 from omegaconf import open_dict
 
+from diffqas_runner import run as run_module
 from diffqas_runner import selection
 from diffqas_runner.run import closing_lines
 
@@ -155,3 +156,35 @@ def test_the_terminal_names_the_pick_runner_up_margin_and_directory(tmp_path):
         f"run directory: {tmp_path / 'run'}",
     ]
     json.dumps(out)  # the summary's keys are plain JSON
+
+
+def test_a_race_or_strategy_with_its_own_settings_runs_its_children(tmp_path):
+    """The child runs are `search=fixed`: race's and DiffQAS's own settings go back to their
+    defaults there, so a parent with non-default ones is not refused by its own children."""
+    base = ["task=bessel", "debug=smoke", "depth=2", "logger=none", "figures=false", "train.threads=1"]
+    for i, extra in enumerate(
+        (
+            ["search=race", "search.tie=0.5", "search.eta=2", "search.min_steps=1"],
+            ["search.strategy=weights", "search.structural=softmax"],
+            ["search.strategy=gumbel", "search.tau=[2.0,0.5]"],
+        )  # fmt: skip
+    ):
+        s = run_module.run(compose([*base, *extra]), tmp_path / str(i), interactive=False)
+        assert s["selected_arch"] is not None, extra
+        child = json.loads((tmp_path / str(i) / "select" / f"arch_{s['selected_arch']}" / "summary.json").read_text())
+        assert child["search"] == "fixed"
+
+
+def test_a_space_with_nothing_to_select_is_refused_on_one_line(tmp_path):
+    from helpers import cli
+
+    space = tmp_path / "cfg" / "search_space"
+    space.mkdir(parents=True)
+    flat = ["{init: H, entangler: none, rotation: Rz}", "{init: none, entangler: chain, rotation: Rz}"]
+    (space / "flat.yaml").write_text("name: flat\ncandidates:\n" + "".join(f"  - {c}\n" for c in flat))
+    out = tmp_path / "run"
+    proc = cli(["--config-dir", str(tmp_path / "cfg"), "task=bessel", "search=race", "search_space=flat", "logger=none",
+                f"hydra.run.dir={out}"], tmp_path)  # fmt: skip
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "ignores its angles" in lines[0] and "search_space=flat" in lines[0] and not (out / "summary.json").exists()

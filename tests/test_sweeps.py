@@ -220,3 +220,24 @@ def test_aggregate_reports_the_depth_a_run_used_not_its_interpolation(tmp_path):
     (run / "summary.json").write_text(json.dumps(summary))
     (job,) = load_jobs(tmp_path)
     assert job.config["depth"] == 10
+
+
+def test_aggregate_takes_runs_that_measured_nothing_and_refuses_a_file(tmp_path):
+    """A MiniGrid run stopped before any episode finished has mean_return null: a blank cell, not a crash."""
+    sweep = tmp_path / "sweep"
+    for i, value in enumerate((None, 0.5)):
+        job = sweep / str(i)
+        job.mkdir(parents=True)
+        (job / "summary.json").write_text(json.dumps({
+            "task": "minigrid", "search": "diffqas", "arch": None, "arch_name": None, "seed": i, "depth": 10,
+            "backend": "native", "metrics": {"mean_return": value, "std_return": value, "episodes": 0},
+            "qt_params": 314, "wall_seconds": 1.0, "steps": 2,
+        }))  # fmt: skip
+    proc = subprocess.run([sys.executable, "-m", "diffqas_runner.aggregate", str(sweep)], capture_output=True, text=True)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    with (sweep / "results.csv").open() as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["mean_return_mean"]) == 0.5 and row["n_seeds"] == "2"
+    proc = subprocess.run([sys.executable, "-m", "diffqas_runner.aggregate", str(sweep / "0" / "summary.json")],
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0 and "not a directory" in proc.stderr
