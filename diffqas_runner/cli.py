@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from . import threads as threads_policy
-from .config import ConfigError, register
+from .config import ConfigError, choice, register
 from .errors import check_config_dirs, describe, flat
 from .record.failures import FAILURE, write_failure
 from .record.hydra_record import RECORD, RecordError, record_texts, write_record
@@ -137,7 +137,8 @@ def check_objective(cfg, hydra_cfg) -> None:
     """An optimising sweeper reads each job's objective: refuse one without a validation split to
     read (the test split is never an objective; the training metric would tune towards over-fitting)."""
     sweeper = optimising_sweeper(hydra_cfg)
-    if sweeper is None or OmegaConf.select(cfg, "task.kind") in ("rl", None):  # RL: training returns, no test split
+    kind = OmegaConf.select(cfg, "task.kind")
+    if sweeper is None or kind is None or choice(kind) == "rl":  # RL: training returns, no test split
         return
     if not OmegaConf.select(cfg, "task.validation", default=0):
         name = sweeper.rsplit(".", 1)[-1]
@@ -313,7 +314,8 @@ def _main(cfg) -> float | None:
             message = f"unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})"
             detail, code = traceback.format_exc(), 1
         _report(f"Error: {message}", detail, to_log=not refused)
-        if multirun and not refused and not (run_dir / FAILURE).exists() and not (run_dir / "summary.json").exists():
+        mine = not refused and not isinstance(err, DirectoryInUse)  # another process's directory: never written into
+        if multirun and mine and not (run_dir / FAILURE).exists() and not (run_dir / "summary.json").exists():
             write_failure(run_dir, err, getattr(err, "step", None))  # refused before run() (e.g. check_objective)
         if multirun:  # an ordinary exception: the launcher records a failed job, the others run on
             raise JobFailed(f"job {hc.job.num} ({run_dir}): {message}") from None

@@ -424,7 +424,7 @@ def validate(cfg) -> None:
             cfg.task.kind != TaskKind.rl,
             "search.strategy",
             cfg.search.strategy,
-            f"none for RL: {what} picks on a validation split, and {cfg.task.name} (RL) has none",
+            f"none for RL: {what} is judged on a validation split, and {cfg.task.name} (RL) has none",
         )
         if cfg.search.strategy == "gumbel":
             _check(cfg.qt.shots is None, "qt.shots", cfg.qt.shots, "null with search.strategy=gumbel (exact probabilities)")

@@ -455,7 +455,7 @@ def write(cfg, exp: Experiment, recorder: Recorder, figures: dict, summary: dict
         if not exp.rl and cfg.figures:
             figures.update(exp.task.figures(lambda x: functional_call(exp.model, generated, (x,))))
     if cfg.figures:
-        if cfg.search.supernet:
+        if cfg.search.supernet and generator.first.control is None:  # a control simulated no circuit
             figures["circuit.png"] = _circuit_figure(cfg, generator)
         figures.update(plots.run_figures(recorder.rows(), summary, exp.rl))
         for fig_name, figure in figures.items():

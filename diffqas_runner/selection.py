@@ -23,7 +23,7 @@ from torch.func import functional_call
 
 from . import tasks
 from .config import SearchMode, TaskKind, reset_unread, strategy_of
-from .train.supervised import total_steps
+from .train.supervised import NonFiniteLoss, total_steps
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,14 @@ class _Selection:
             )  # fmt: skip
             sub = child_config(self.cfg, arch, None if full else budget, None if seed == self.seed else seed)
             with child_log(where):
-                self.children[(arch, budget, seed)] = self.run(sub, where, interactive=False)
+                try:
+                    self.children[(arch, budget, seed)] = self.run(sub, where, interactive=False)
+                except NonFiniteLoss as err:  # one diverging contender ranks last; the others go on
+                    log.warning("selection: candidate %d diverged (%s); it ranks last", arch, err)
+                    self.children[(arch, budget, seed)] = {
+                        "metrics": {self.metric: None, self.test: None}, "steps": err.step or 0, "wall_seconds": 0.0,
+                        "diverged": str(err),
+                    }  # fmt: skip
         return self.children[(arch, budget, seed)]
 
     def name(self, arch: int) -> str:

@@ -101,9 +101,10 @@ def judge(values: dict[int, dict[int, float]], pick, used: set[int], m: str) -> 
     spread = statistics.stdev(held[best])
     hits = {a: abs(means[a] - means[best]) <= spread for a in means}
     regrets = {a: regret(means[a], means[best], m) for a in means}
+    # a strategy that named no circuit (or one the truth lacks) is scored as the worst group, a miss
     return {
-        "held_seeds": seeds, "best_arch": best, "value": means.get(pick), "hit": hits.get(pick), "top1": pick == best,
-        "regret": regrets.get(pick), "chance": sum(hits.values()) / len(hits),
+        "held_seeds": seeds, "best_arch": best, "value": means.get(pick), "hit": hits.get(pick, False), "top1": pick == best,
+        "regret": regrets.get(pick, max(regrets.values())), "chance": sum(hits.values()) / len(hits),
         "chance_regret": statistics.fmean(regrets.values()), "means": means,
     }  # fmt: skip
 
@@ -142,16 +143,15 @@ def study(truth_dir: Path, strategy_dirs: list[Path], seeds: set[int] | None = N
         case_seeds = sorted({r["seed"] for r in mine}) if mine else sorted({x for v in values.values() for x in v})
         for seed in case_seeds:
             at_seed = {a: v[seed] for a, v in values.items() if seed in v}
-            if not at_seed:
-                continue
             sign = 1 if lower_is_better(m) else -1
-            best_seed = min(at_seed, key=lambda a: (sign * at_seed[a], a))
-            rows.append({**where, "seed": seed, "what": "best", "arch": best_seed, "value": at_seed[best_seed]})
-            # the sweep the strategies replace: every group alone at this seed, its best picked, judged on the others
-            verdict = judge(values, best_seed, {seed}, m)
-            if verdict is not None:
-                rows.append({**where, "seed": seed, "what": "exhaustive (one seed)", "arch": best_seed,
-                             **_scores(verdict), "cost_steps": 1.0, "cost_wall": 1.0})  # fmt: skip
+            best_seed = min(at_seed, key=lambda a: (sign * at_seed[a], a)) if at_seed else None
+            if at_seed:  # the truth has this seed: its best, and the one-seed sweep that picks it
+                rows.append({**where, "seed": seed, "what": "best", "arch": best_seed, "value": at_seed[best_seed]})
+                # the sweep the strategies replace: every group alone at this seed, its best picked, judged on the others
+                verdict = judge(values, best_seed, {seed}, m)
+                if verdict is not None:
+                    rows.append({**where, "seed": seed, "what": "exhaustive (one seed)", "arch": best_seed,
+                                 **_scores(verdict), "cost_steps": 1.0, "cost_wall": 1.0})  # fmt: skip
             for s in (r for r in mine if r["seed"] == seed):
                 row = _strategy_row(s, where, seed, values, at_seed, best_seed, dependent)
                 if row is None:
@@ -199,7 +199,7 @@ def _strategy_row(s, where, seed, values, at_seed, best_seed, dependent) -> dict
     )
     return {
         **where, "seed": seed, "arch": pick, "what": strategy, **_scores(verdict),
-        "ensemble_regret": None if ensemble is None else regret(ensemble, at_seed[best_seed], m),
+        "ensemble_regret": None if ensemble is None or best_seed is None else regret(ensemble, at_seed[best_seed], m),
         "tau": tau, "n_ranked": len(scored),
         "cost_steps": relative.get("candidate_steps"), "cost_wall": relative.get("wall_seconds"),
     }  # fmt: skip

@@ -378,3 +378,18 @@ def test_an_optuna_sweep_over_the_split_records_the_refused_job(tmp_path):
     assert len(failed) == 1 and len(finished) == 1
     assert "task.validation" in json.loads((failed[0] / "failure.json").read_text())["message"]
     assert json.loads((finished[0] / "summary.json").read_text())["objective"] == "val_mse"
+
+
+def test_an_optimising_sweeper_needs_a_split_but_rl_has_no_test_split_to_fear():
+    from omegaconf import OmegaConf
+
+    from diffqas_runner.cli import check_objective
+    from diffqas_runner.errors import ConfigError
+
+    optuna = OmegaConf.create({"sweeper": {"_target_": "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"}})
+    basic = OmegaConf.create({"sweeper": {"_target_": "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"}})
+    check_objective(_compose(["task=minigrid"]), optuna)  # RL: its objective is the training return
+    check_objective(_compose(["task=bessel"]), basic)  # a grid chooses nothing
+    check_objective(_compose(["task=bessel", "task.validation=0.2"]), optuna)
+    with pytest.raises(ConfigError, match="task.validation=0.0 with hydra/sweeper OptunaSweeper"):
+        check_objective(_compose(["task=bessel"]), optuna)

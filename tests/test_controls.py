@@ -161,3 +161,10 @@ def test_the_aggregate_table_keeps_controls_in_rows_of_their_own(tmp_path):
     circuit = next(r for r in rows if "control" not in r)
     assert "1.410e-04" in circuit  # the paper's number stands beside the circuit's row only
     assert all("1.410e-04" not in r for r in rows if "control" in r)
+
+
+def test_a_control_run_draws_its_figures_but_no_circuit(tmp_path):
+    cfg = compose(["task=bessel", "debug=smoke", "logger=none", "figures=true", "qt.source=random", "train.threads=1"])
+    run_module.run(cfg, tmp_path / "run", interactive=False)
+    names = {p.name for p in (tmp_path / "run").glob("*.png")}
+    assert "learning_curve.png" in names and "circuit.png" not in names  # no circuit ran

@@ -188,3 +188,29 @@ def test_a_space_with_nothing_to_select_is_refused_on_one_line(tmp_path):
     lines = proc.stderr.strip().splitlines()
     assert proc.returncode == 2 and len(lines) == 1, proc.stderr
     assert "ignores its angles" in lines[0] and "search_space=flat" in lines[0] and not (out / "summary.json").exists()
+
+
+def test_a_diverging_contender_ranks_last_and_the_race_goes_on(tmp_path):
+    from diffqas_runner.train.supervised import NonFiniteLoss
+
+    class Diverging(Script):
+        def __call__(self, cfg, where, interactive=False):
+            if cfg.search.arch == 8:
+                self.calls.append((8, cfg.train.max_steps or FULL, cfg.seed))
+                raise NonFiniteLoss("loss became nan at step 4", step=4)
+            return super().__call__(cfg, where, interactive)
+
+    script = Diverging(lambda a, steps, seed: {5: 0.2, 11: 0.3}.get(a, 1.0))
+    cfg = compose(["task=bessel", "logger=none", f"train.max_steps={FULL}", "search.strategy=race"])
+    with open_dict(cfg):
+        cfg.search.supernet, cfg.search.tie = False, 0.0
+    task = SimpleNamespace(kind="timeseries", val=object(), train=SimpleNamespace(y=range(1000)), metric="test_mse")
+    exp = SimpleNamespace(task=task, generator=SimpleNamespace(first=SimpleNamespace(candidates=[], n_qubits=11, depth=10,
+                                                                                    sampling="none")))  # fmt: skip
+    groups = [[2], [5], [7], [8], [10], [11]]
+    summary = {"angle_independent": [], "candidates": NAMES, "steps": 0, "wall_seconds": 0.0, "metrics": {},
+               "ranking_groups": groups, "group_weights": [None] * 6}  # fmt: skip
+    out = selection.select(script, cfg, exp, tmp_path, summary)
+    assert out["selected_arch"] == 5 and out["selection"]["runner_up"]["arch"] == 11
+    assert [r["arch"] for r in out["selection"]["contenders"]][-1] == 8  # ranked last, at its rung
+    assert out["selection"]["cost"]["children"]["candidate_steps"] == 5 * 9 + 4 + 2 * FULL  # its 4 steps counted

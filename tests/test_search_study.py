@@ -154,3 +154,16 @@ def test_a_race_with_its_search_run_also_gives_the_derived_row(dirs, tmp_path):
     assert derived[9]["cost_wall"] == pytest.approx(0.25) and derived[9]["arch"] == race[9]["arch"] == 3
     assert race[9]["held_out"] == "0 1 2 3" and derived[9]["ensemble_regret"] is None
     assert search_study.regret(0.0, 0.0, "val_mse") == 0.0 and search_study.regret(0.1, 0.0, "val_mse") == math.inf
+
+
+def test_cases_at_seeds_the_truth_lacks_are_judged_on_every_truth_seed(tmp_path):
+    """The README's workflow: truth at seeds 0-3, strategy runs at seeds 7 and 8 (--seeds 7,8)."""
+    truth, runs = tmp_path / "truth", tmp_path / "runs"
+    _truth(truth)
+    _strategy(runs, "select", 7, 3, {3: 1})
+    _strategy(runs, "weights", 8, 9, {1: 1})  # names a circuit the truth does not have: the worst group's regret, a miss
+    rows = search_study.main([str(truth), str(runs), "--out", str(tmp_path / "out"), "--seeds", "7,8"])
+    select, weights = by(rows, "select")[7], by(rows, "weights")[8]
+    assert select["held_out"] == "0 1 2 3" and select["hit"] and select["regret"] == 0
+    assert select["ensemble_regret"] is None  # no truth at seed 7 to compare DiffQAS's own model with
+    assert weights["hit"] is False and weights["regret"] == pytest.approx((0.6 - 0.12) / 0.12)

@@ -13,7 +13,7 @@ only difference between a control run and a circuit run is where those values co
   logit per basis state, and a softmax over all 2**n logits gives a distribution, as a circuit
   does. Its hidden width is chosen so the parameter count matches (docs/design.md says why this
   form and not a tensor train): (n + 2) parameters per hidden unit, plus one output bias; the
-  last hidden unit may read only the first m bits, so the count lands within one parameter of
+  last hidden unit may read only the first m bits, so the count lands within two parameters of
   the circuit's whenever that is at least n + 3.
 """
 

@@ -39,6 +39,7 @@ one diagonal phase), any 2x2 matrix u[l, q] on complex rows (`ComplexLayers`: Rz
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import logging
 import os
@@ -66,7 +67,8 @@ NATIVE = "-march=native"  # only where this CPU is identified (the cache key nam
 # pragmas only, else plain; its calls then run on one thread. Tried in this order, the first that
 # compiles is kept; which one is written beside the library (`.variant`).
 OPENMP = ("-fopenmp",)
-VARIANTS = (("OpenMP", OPENMP), ("no OpenMP (-fopenmp-simd)", ("-fopenmp-simd",)), ("no OpenMP", ()))
+VARIANTS = (("OpenMP", OPENMP), ("no OpenMP (-fopenmp-simd)", ("-fopenmp-simd",)), ("no OpenMP", ()),
+            ("no OpenMP, no -march=native", ("-march=",)))  # last: a compiler that refuses -march=native too  # fmt: skip
 CPUINFO = Path("/proc/cpuinfo")
 # /proc/cpuinfo keys that identify a CPU's instruction set: x86 ('model name', 'flags') and aarch64
 # Linux ('Features', 'CPU implementer', 'CPU part', ...), where the x86 keys do not exist
@@ -155,7 +157,8 @@ def _source_and_path() -> tuple[str, Path]:
     was built."""
     cpu = platform.machine() + (cpu_identity() or " (unidentified: portable build)")
     source = SOURCE.read_text()
-    text = cpu + source + " ".join(base_flags()) + " ".join(f for _, v in VARIANTS for f in v) + compiler()
+    variants = " ".join(f for _, v in VARIANTS for f in v)
+    text = cpu + source + " ".join(base_flags()) + variants + compiler() + compiler_identity(compiler())
     return source, cache_dir() / f"diffqas_kernel_{hashlib.sha256(text.encode()).hexdigest()[:12]}.so"
 
 
@@ -164,7 +167,20 @@ def library_path() -> Path:
 
 
 def _command(source: Path, out: Path, extra: tuple[str, ...] = OPENMP) -> list[str]:
-    return [*shlex.split(compiler()), *base_flags(), *extra, str(source), "-o", str(out)]
+    """The compiler call for one variant; the extra flag "-march=" means: without -march=native."""
+    flags = [f for f in base_flags() if not ("-march=" in extra and f == NATIVE)]
+    return [*shlex.split(compiler()), *flags, *(f for f in extra if f != "-march="), str(source), "-o", str(out)]
+
+
+@functools.lru_cache(maxsize=8)
+def compiler_identity(cxx: str) -> str:
+    """The first line of `$CXX --version` (empty when it does not answer): part of the cache key,
+    so upgrading the compiler under the same name builds anew, and retries a build that failed."""
+    try:
+        res = subprocess.run([*shlex.split(cxx), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return ""
+    return (res.stdout or res.stderr).strip().splitlines()[0] if res.returncode == 0 and (res.stdout or res.stderr) else ""
 
 
 def failure_marker(path: Path) -> Path:
