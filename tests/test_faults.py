@@ -68,6 +68,7 @@ def test_an_optuna_study_records_a_diverging_trial_and_writes_its_results(tmp_pa
         "# @package _global_\ndefaults:\n  - override /task: bessel\n  - override /hydra/sweeper: optuna\n"
         "  - override /hydra/sweeper/sampler: tpe\nhydra:\n  sweeper:\n    direction: minimize\n    n_trials: 4\n"
         "    max_failure_rate: 1.0\n    sampler:\n      seed: 0\n    params:\n      train.lr: choice(1e300, 0.01)\n"
+        "task:\n  validation: 0.2\n"  # an optimising sweeper needs a split to optimise (never test)
     )
     sweep = tmp_path / "opt"
     args = ["--config-dir", str(tmp_path / "configs"), "-m", "hparams_search=diverge", "debug=smoke", "logger=none", "depth=2"]
@@ -76,7 +77,7 @@ def test_an_optuna_study_records_a_diverging_trial_and_writes_its_results(tmp_pa
     healthy = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     failed = sorted(p.parent for p in sweep.glob("*/failure.json"))
     assert healthy and failed and len(healthy) + len(failed) == 4, proc.stderr  # seed 0 samples both values
-    assert results.best_value == pytest.approx(min(s["metrics"]["test_mse"] for s in healthy), rel=1e-12)
+    assert results.best_value == pytest.approx(min(s["metrics"]["val_mse"] for s in healthy), rel=1e-12)
     assert results.best_params["train.lr"] == 0.01
     assert proc.returncode == 1 and f"{len(failed)} job(s) of the sweep failed" in proc.stderr
 

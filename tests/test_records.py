@@ -71,6 +71,7 @@ def test_an_optuna_study_with_other_settings_leaves_the_finished_trials_byte_ide
         "# @package _global_\ndefaults:\n  - override /task: bessel\n  - override /hydra/sweeper: optuna\n"
         "  - override /hydra/sweeper/sampler: tpe\nhydra:\n  sweeper:\n    direction: minimize\n    n_trials: 2\n"
         "    sampler:\n      seed: 0\n    params:\n      train.lr: choice({})\n"
+        "task:\n  validation: 0.2\n"  # an optimising sweeper needs a split to optimise (never test)
     )
     (mine / "first.yaml").write_text(study.format("0.01, 0.02"))
     (mine / "other.yaml").write_text(study.format("0.3, 0.4"))
