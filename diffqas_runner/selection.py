@@ -358,16 +358,15 @@ class _Race:
         got = [sel.children.get((group[0], budget, seed)) for seed in self.seeds]
         return [c["metrics"].get(sel.metric) for c in got if c is not None]
 
-    def score(self, group, budget: int) -> float:
-        """Higher is better: the oriented mean over its seeds (-inf if any is not finite)."""
-        vals = self.values(group, budget)
-        if not vals or not all(_finite(v) for v in vals):
-            return -math.inf
-        return self.sel.oriented(sum(vals) / len(vals))
-
     def mean(self, group, budget: int) -> float | None:
+        """The group's mean over its seeds at this budget (None if any value is not finite)."""
         vals = self.values(group, budget)
         return sum(vals) / len(vals) if vals and all(_finite(v) for v in vals) else None
+
+    def score(self, group, budget: int) -> float:
+        """Higher is better: the oriented mean (-inf when there is none)."""
+        mean = self.mean(group, budget)
+        return -math.inf if mean is None else self.sel.oriented(mean)
 
     def within_noise(self, a, b, budget: int) -> bool:
         va, vb = self.mean(a, budget), self.mean(b, budget)
