@@ -20,6 +20,7 @@ __all__ = [
     "build_space",
     "candidate",
     "candidate_probabilities",
+    "mixture",
     "probabilities",
 ]
 
@@ -46,6 +47,24 @@ def probabilities(
 
         return pennylane.probabilities(theta, cands, device, phi)
     raise ValueError(f"backend={backend!r} is not supported; allowed: {', '.join(BACKENDS)}")
+
+
+def mixture(
+    weights: torch.Tensor,
+    theta: torch.Tensor,
+    cands: Sequence[Candidate],
+    backend: str = "native",
+    device: str = "default.qubit",
+    memory_mb: int | None = None,
+    phi: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The ensemble sum_j weights[j] P_j (2**n,) of `probabilities`' rows (same arguments): on the
+    native backend one product per simulated block (no matrix of all rows is gathered first)."""
+    if backend == "native":
+        from . import native
+
+        return native.mixture(weights, theta, cands, memory_mb, phi)
+    return weights @ probabilities(theta, cands, backend, device, memory_mb, phi)
 
 
 def candidate_probabilities(

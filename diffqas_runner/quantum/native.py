@@ -248,71 +248,50 @@ def _signs(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Te
 def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) -> torch.Tensor:
     """`_simulate_group` on the C++ kernel: real rows for Ry, complex split planes for the rest.
 
-    When the first entangler fixes every row's start state, layer 0 is a product of rotated
-    1-qubit states and the kernel runs layers 1..L-1; otherwise (CZs on |+..+>) it starts from
-    the start state and runs every layer."""
-    n_layers, n = theta.shape[:2]
+    The kernel runs every layer from the start state, the first entangler included. (Until 0.2 a
+    fixed start's layer 0 was built as a product of rotated 1-qubit states in torch, as the
+    pure-torch path does: one kernel layer less, but some forty small autograd operations, which
+    cost 2-3x the kernel itself at 11 qubits.)"""
+    n = theta.shape[1]
     rows, dim = len(cands), 2**n
-    fixed = all(_start_fixed(c, n) for c in cands)
     perm, sign = _permutations(cands, n), _signs(cands, n, theta.dtype)
     if mode == "ry":
-        if fixed:  # the rotations of every layer, then layer 0's: the autograd graph (and so the
-            # order gradients are summed in, to the last bit) of the pure-torch path
-            state = _first_layer(cands, _single_qubit("ry", theta)[0], False).view(rows, dim)
-            if n_layers == 1:
-                return state.square()
-            return kernel.RyLayers.apply(state, theta[1:], perm, sign).square()
-        start = torch.stack([_start_vector(c, n, theta.dtype) for c in cands])
-        return kernel.RyLayers.apply(start, theta, perm, sign).square()
+        return kernel.RyLayers.apply(_starts(cands, n, theta.dtype), theta, perm, sign).square()
     if mode == "rx":  # (real, imaginary) row pairs on the real kernel: see _rx_pairs
         perm2, sign2 = _rx_pairs(cands, n, theta.dtype)
-        if fixed:
-            state = _first_layer(cands, _single_qubit("rx", theta)[0], True).view(2 * rows, dim)
-            if n_layers > 1:
-                state = kernel.RyLayers.apply(state, theta[1:], perm2, sign2, 2)
-        else:
-            state = kernel.RyLayers.apply(_rx_start(cands, n, theta.dtype).view(2 * rows, dim), theta, perm2, sign2, 2)
+        state = kernel.RyLayers.apply(_rx_start(cands, n, theta.dtype).view(2 * rows, dim), theta, perm2, sign2, 2)
         return state.square().view(rows, 2, dim).sum(1)
     axes = cands[0].rotation.axes
     if axes in YZ_AXES:
-        return _kernel_yz(theta, cands, fixed, perm, sign)
+        return _kernel_yz(theta, cands, perm, sign)
     mats = _single_qubit("complex", theta if theta.dim() == 3 else theta[..., None], axes)  # (L, n, 2, 2)
-    state = _split_start(cands, mats[0] if fixed else None, n, theta.dtype)
-    if fixed:
-        if n_layers == 1:
-            return state.square().sum(1)
-        mats = mats[1:]
-    return kernel.ComplexLayers.apply(state, mats, perm, sign).square().sum(1)
+    return kernel.ComplexLayers.apply(_split_start(cands, n, theta.dtype), mats, perm, sign).square().sum(1)
 
 
-def _split_start(cands: tuple[Candidate, ...], first: torch.Tensor | None, n: int, dtype: torch.dtype) -> torch.Tensor:
-    """(rows, 2, 2**n) split planes (real, imaginary) the complex kernels start from: the state
-    after layer 0, a product state, given its rotation matrices `first` (n, 2, 2) (a fixed start,
-    `_start_fixed`); else (None) the start state, for kernels that run every layer."""
-    if first is not None:
-        psi = _first_layer(cands, first, False).view(len(cands), 2**n)  # complex
-        return torch.stack([psi.real, psi.imag], 1)
-    real = torch.stack([_start_vector(c, n, dtype) for c in cands])
+@lru_cache(maxsize=32)
+def _starts(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, 2**n) each row's start state, real (made once; the kernel never writes its input)."""
+    return torch.stack([_start_vector(c, n, dtype) for c in cands])
+
+
+@lru_cache(maxsize=32)
+def _split_start(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor:
+    """(rows, 2, 2**n) split planes (real, imaginary) of the start states, for the complex kernels."""
+    real = _starts(cands, n, dtype)
     return torch.stack([real, torch.zeros_like(real)], 1)
 
 
 YZ_AXES = (("Y", "Z"), ("Z", "Y"), ("Z", "Y", "Z"))  # rotations the kernel runs as Ry between Z phases
 
 
-def _kernel_yz(theta: torch.Tensor, cands: tuple[Candidate, ...], fixed: bool, perm, sign) -> torch.Tensor:
+def _kernel_yz(theta: torch.Tensor, cands: tuple[Candidate, ...], perm, sign) -> torch.Tensor:
     """Complex rows whose rotation is Ry between Z rotations (RyRz, RzRy, Rot) on kernel.YZLayers:
     the Ry of a layer as real rotations of both planes, its Z rotations as one diagonal phase per
-    amplitude (kernel.cpp), at about twice a Ry row's cost instead of the general 2x2 path's 2-4x.
-    Layer 0 from a fixed start is a product state, as in `_kernel_group`."""
+    amplitude (kernel.cpp), at about twice a Ry row's cost instead of the general 2x2 path's 2-4x."""
     axes = cands[0].rotation.axes
-    n_layers, n = theta.shape[:2]
-    state = _split_start(cands, _single_qubit("complex", theta[:1], axes)[0] if fixed else None, n, theta.dtype)
-    if fixed:
-        if n_layers == 1:
-            return state.square().sum(1)
-        theta = theta[1:]
     pre = theta[..., 0] if axes[0] == "Z" else None
     post = theta[..., -1] if axes[-1] == "Z" else None
+    state = _split_start(cands, theta.shape[1], theta.dtype)
     return kernel.YZLayers.apply(state, theta[..., axes.index("Y")], pre, post, perm, sign).square().sum(1)
 
 
@@ -332,9 +311,10 @@ def _rx_pairs(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> tuple
     return perm.contiguous(), sign.to(dtype).contiguous()
 
 
-def _rx_start(cands: Sequence[Candidate], n: int, dtype: torch.dtype) -> torch.Tensor:
+@lru_cache(maxsize=32)
+def _rx_start(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor:
     """The start state of Rx rows in the tracked frame phi = D^-1 psi: phi[x] = i^popcount(x) psi[x],
-    as (len(cands), 2, 2**n) (real, imaginary) rows."""
+    as (len(cands), 2, 2**n) (real, imaginary) rows (made once; callers never write it)."""
     dim = 2**n
     start = torch.stack([_start_vector(c, n, torch.float64) for c in cands])
     x = torch.arange(dim)
@@ -469,6 +449,8 @@ def _simulate_any(theta: torch.Tensor, cand: Candidate) -> torch.Tensor:
 
 @lru_cache(maxsize=256)
 def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    """The probabilities of an angle-independent candidate (`Candidate.theta_independent`): its
+    output at theta = 0 (and phi = 0)."""
     with torch.no_grad():
         if cand.entangler.parametrised:
             zeros = torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device)
@@ -476,7 +458,13 @@ def _static_probabilities(cand: Candidate, n: int, n_layers: int, dtype: torch.d
                 n_layers, max(1, len(cand.entangler.pairs_on(n))), cand.entangler.n_angles, dtype=dtype, device=device
             )
             return _simulate_controlled(zeros, phi, (cand,))[0]
-        return _simulate_any(torch.zeros(n_layers, n, cand.rotation.n_angles, dtype=dtype, device=device), cand)
+        # at theta = 0 every rotation is the identity: the start state through the entangling layers
+        # alone (what `_simulate_any` gives at zero angles, without its n * L gates on 2**n amplitudes)
+        perm, sign = layer_op(cand.entangler, n)
+        state = _start_vector(cand, n, dtype).to(device)
+        for _ in range(n_layers):
+            state = state[perm.to(device)] if sign is None else state[perm.to(device)] * sign.to(device, dtype)
+        return state.square()
 
 
 # --- parametrised entanglers: gate by gate ----------------------------------------------------
@@ -716,32 +704,36 @@ def check_phi(phi: torch.Tensor | None, cands: Sequence[Candidate], n_layers: in
         )
 
 
-def probabilities(
+def simulated_blocks(
     theta: torch.Tensor, cands: Sequence[Candidate], memory_mb: int | None = None, phi: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Measurement probabilities (len(cands), 2**n) for the shared angles theta: (L, n), or
-    (L, n, k) when some candidate has k rotations per wire (each uses its first ones), and phi
-    (L, P, m): the angles of parametrised entanglers (pair j of layer l uses phi[l, j, :m]).
-    memory_mb: the budget of one step's simulation, met by simulating rows in chunks (`_chunked_group`)."""
+) -> list[tuple[tuple[int, ...], torch.Tensor]]:
+    """The candidates' probabilities as blocks, each (positions in `cands`, (len(positions), 2**n)):
+    one block per path and rotation layer, as each is simulated, and one block of every
+    angle-independent candidate (constants, made once per process). `probabilities` and `mixture`
+    are built on it; the arguments are theirs."""
     if theta.dim() not in (2, 3) or theta.shape[1] < 2 or theta.shape[0] < 1:
         raise ValueError(f"theta must have shape (L, n) or (L, n, k) with L >= 1 and n >= 2, got {tuple(theta.shape)}")
     if theta.dtype not in (torch.float32, torch.float64):
         raise ValueError(f"theta dtype must be float32 or float64, got {theta.dtype}")
     n_layers, n = theta.shape[:2]
     check_phi(phi, cands, n_layers, n)
-    rows: dict[int, torch.Tensor] = {}
+    static: list[int] = []
     groups: dict[tuple, list[int]] = {}
     controlled: list[int] = []
     for i, cand in enumerate(cands):
-        angles = _angles(theta, cand)  # checks the angle count for every candidate
+        _angles(theta, cand)  # checks the angle count for every candidate
         mode = _mode(cand, n, n_layers)
         if mode == "static":
-            rows[i] = _static_probabilities(cand, n, n_layers, theta.dtype, str(theta.device))
+            static.append(i)
         elif mode == "controlled":
             controlled.append(i)
         else:  # signed (CZ) Ry rows apart: the sign-free ones need no sign array
             signed = mode == "ry" and layer_op(cand.entangler, n)[1] is not None
             groups.setdefault((mode, cand.rotation, signed), []).append(i)
+    blocks = []
+    if static:
+        block = _static_block(tuple(cands[i] for i in static), n, n_layers, theta.dtype, str(theta.device))
+        blocks.append((tuple(static), block))
     for (mode, _, _), members in groups.items():
         members_c = tuple(cands[i] for i in members)
         angles = _angles(theta, members_c[0])
@@ -749,8 +741,48 @@ def probabilities(
             probs = closed_form.probabilities(angles, members_c)
         else:
             probs = _chunked_group(angles, members_c, mode, memory_mb)
-        rows.update(zip(members, probs.unbind(0)))
+        blocks.append((tuple(members), probs))
     if controlled:
         probs = _controlled_rows(theta, phi.to(theta.dtype), tuple(cands[i] for i in controlled), memory_mb)
-        rows.update(zip(controlled, probs.unbind(0)))
-    return torch.stack([rows[i] for i in range(len(cands))])
+        blocks.append((tuple(controlled), probs))
+    return blocks
+
+
+@lru_cache(maxsize=64)
+def _static_block(cands: tuple[Candidate, ...], n: int, n_layers: int, dtype: torch.dtype, device: str) -> torch.Tensor:
+    return torch.stack([_static_probabilities(c, n, n_layers, dtype, device) for c in cands])
+
+
+def probabilities(
+    theta: torch.Tensor, cands: Sequence[Candidate], memory_mb: int | None = None, phi: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Measurement probabilities (len(cands), 2**n) for the shared angles theta: (L, n), or
+    (L, n, k) when some candidate has k rotations per wire (each uses its first ones), and phi
+    (L, P, m): the angles of parametrised entanglers (pair j of layer l uses phi[l, j, :m]).
+    memory_mb: the budget of one step's simulation, met by simulating rows in chunks (`_chunked_group`)."""
+    blocks = simulated_blocks(theta, cands, memory_mb, phi)
+    if len(blocks) == 1:
+        return blocks[0][1]
+    order = torch.argsort(torch.tensor([i for positions, _ in blocks for i in positions]))
+    return torch.cat([probs for _, probs in blocks]).index_select(0, order.to(theta.device))
+
+
+@lru_cache(maxsize=256)
+def _positions(positions: tuple[int, ...], device: str) -> torch.Tensor:
+    return torch.tensor(positions, device=device)
+
+
+def mixture(
+    weights: torch.Tensor,
+    theta: torch.Tensor,
+    cands: Sequence[Candidate],
+    memory_mb: int | None = None,
+    phi: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """sum_j weights[j] P_j (2**n,): DiffQAS's ensemble, one product per simulated block, with no
+    (len(cands), 2**n) matrix gathered first."""
+    total = None
+    for positions, probs in simulated_blocks(theta, cands, memory_mb, phi):
+        part = weights.index_select(0, _positions(positions, str(weights.device))).to(probs.dtype) @ probs
+        total = part if total is None else total + part
+    return total
