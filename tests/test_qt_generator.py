@@ -131,7 +131,8 @@ def test_input_norm_feeds_the_mapping_unit_spread_probabilities(postprocess):
     seen = {}
     gen = Generator(_shapes(model), 3, GeneratorOptions(postprocess=postprocess))  # the default
     assert gen.options.input_norm == "standardize"
-    gen.mapping.register_forward_hook(lambda mod, inp, out: seen.update(x=inp[0][:, -1].detach()))
+    mapping = gen.apply_mapping
+    gen.apply_mapping = lambda x: (seen.update(x=x.detach()), mapping(x))[1]  # what the mapping is given
     x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
     torch.nn.functional.cross_entropy(functional_call(model, gen(), (x,)), y).backward()
     assert abs(seen["x"].mean().item()) < 1e-9 and seen["x"].std().item() == pytest.approx(1.0, abs=1e-9)
@@ -226,3 +227,14 @@ def test_per_candidate_angles_generalise_the_shared_ones():
     assert moved == [2, 5, 7, 8, 10, 11]  # SPEC section 2: only these can learn
     fixed = Generator(_shapes(model), 3, GeneratorOptions(mode="fixed", arch=8, angles="per_candidate"))
     assert fixed.theta.shape == (3, n)  # one candidate has one tensor: the option changes nothing
+
+
+@pytest.mark.parametrize("hidden", [(), (4, 20, 4)])
+def test_mapping_without_its_assembled_input_is_the_sequential_on_it(hidden):
+    """`apply_mapping` runs the first Linear as bits @ W_bits^T + b + x W_x: the same numbers, to
+    rounding, as torch's Sequential on the assembled rows [bits, x]."""
+    torch.manual_seed(0)
+    gen = Generator({"w": torch.Size([300])}, 2, GeneratorOptions(mapping_hidden=hidden))
+    x = torch.randn(gen.n_params, dtype=torch.float64)
+    expected = gen.mapping(torch.cat([gen.bits, x[:, None]], 1)).squeeze(1)
+    torch.testing.assert_close(gen.apply_mapping(x), expected, rtol=0, atol=1e-14)

@@ -38,7 +38,7 @@ from ..config import (
     strategy_of,
 )
 from ..nets import mlp
-from ..quantum import CANDIDATES, Candidate, candidate, probabilities
+from ..quantum import CANDIDATES, Candidate, candidate, mixture, probabilities
 from ..quantum.candidates import SpaceError, check_wires
 from ..quantum.groups import angle_independent, group_weight, output_groups
 from . import shots as finite_shots
@@ -450,18 +450,20 @@ class Generator(_Evaluating, nn.Module):
             return self.control()
         if self.sampling == "gumbel":
             return self._sampled_probabilities()
+        shots = opts.shots if self.training else self.eval_shots
+        weights = self.structural_weights()
+        if weights is not None and shots is None and not self.per_candidate:  # the ensemble in one pass
+            return mixture(weights, self.theta, self.candidates, opts.backend, opts.device, opts.memory_mb, self.phi)
         if self.per_candidate:
             probs = torch.cat([self._simulate(*self._angles_of(i), [c]) for i, c in enumerate(self.candidates)])
         else:
             probs = self._simulate(self.theta, self.phi, self.candidates)
-        shots = opts.shots if self.training else self.eval_shots
         if shots is not None:  # one draw per group of identical candidates, shared by its members
             stream = finite_shots.TRAIN if self.training else finite_shots.EVAL
             key = (opts.seed, opts.stream, stream, int(self.shot_counter))
             probs = finite_shots.estimate(probs, shots, key, self.group_heads, self.row_group)
             if self.training and torch.is_grad_enabled():
                 self.shot_counter += 1
-        weights = self.structural_weights()
         return probs[0] if weights is None else weights @ probs
 
     def group_weights(self) -> dict[tuple[int, ...], float] | None:
@@ -509,8 +511,15 @@ class Generator(_Evaluating, nn.Module):
         x = self._postprocess(self.probabilities()[: self.n_params])
         if self.options.input_norm == "standardize":
             x = standardize(x)
-        kappa = self.mapping(torch.cat([self.bits, x[:, None]], 1)).squeeze(1)
+        kappa = self.apply_mapping(x)
         return kappa - kappa.mean() if self.options.center_output else kappa
+
+    def apply_mapping(self, x: torch.Tensor) -> torch.Tensor:
+        """M_beta on the rows [bits_i, x_i]: the first Linear as bits @ W_bits^T + b + x W_x, so the
+        (p, n+1) input is never assembled (at 17 qubits a copy of 18 MB each step)."""
+        first, n = self.mapping[0], self.n_qubits
+        hidden = torch.addmm(first.bias, self.bits, first.weight[:, :n].T) + x[:, None] * first.weight[:, n]
+        return self.mapping[1:](hidden).squeeze(1)
 
     def flat_weights(self) -> torch.Tensor:
         kappa = self._mapped()
@@ -520,7 +529,7 @@ class Generator(_Evaluating, nn.Module):
             kappa = (kappa - self.init_mean[self.tensor_index]) / self.init_std[self.tensor_index]
         if self.options.tensor_affine:
             return kappa * self.scale * self.gain[self.tensor_index] + self.shift[self.tensor_index]
-        return kappa * self.scale
+        return kappa if self.options.tensor_scale == "none" else kappa * self.scale  # scale is all ones with none
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The generated weights as {name: tensor}, in the target's named_parameters() order."""
