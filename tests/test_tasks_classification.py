@@ -1,5 +1,9 @@
 """Classification data from the offline torchvision layout."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -80,3 +84,29 @@ def test_ten_class_mnist_learns_from_the_qt_generator(tmp_path, data_dir):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["classical_params"] == 109_386 and summary["n_qubits"] == 17
     assert summary["metrics"]["test_accuracy"] > 0.15 and summary["metrics"]["test_loss"] < 2.25
+
+
+@pytest.mark.parametrize("dataset", ["mnist", "fashion_mnist"])
+@pytest.mark.parametrize("train", [True, False])
+def test_raw_files_read_as_torchvision_reads_them(data_dir, dataset, train):
+    """A run reads the raw *-ubyte files itself (no torchvision import, ~2 s): the same images and
+    labels, dtype and shape as torchvision's dataset class gives."""
+    from torchvision import datasets
+
+    from diffqas_runner.tasks.classification import DATASETS, read_raw
+
+    data, targets = read_raw(Path(data_dir), dataset, train)
+    reference = getattr(datasets, DATASETS[dataset])(root=str(data_dir), train=train, download=False)
+    assert data.dtype == reference.data.dtype and targets.dtype == reference.targets.dtype
+    assert torch.equal(data, reference.data) and torch.equal(targets, reference.targets)
+
+
+def test_an_image_run_does_not_import_torchvision(tmp_path, data_dir):
+    """The raw files present, nothing in a run imports torchvision (the download path aside)."""
+    code = (
+        "import sys; from diffqas_runner.tasks.classification import load_split; "
+        f"load_split('mnist', {str(data_dir)!r}, True, (1, 5), False); "
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr

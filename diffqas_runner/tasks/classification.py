@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -70,14 +71,25 @@ def check_raw_files(root: Path, dataset: str, train: bool) -> None:
         raise DataError(f"{labels} holds {n_labels:,} labels but {images.name} holds {n_images:,} images; re-copy the pair")
 
 
-def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[int, ...], download: bool) -> Split:
-    """The chosen classes of one split as in-memory tensors (ToTensor then Normalize(0.5, 0.5)),
-    labelled 0..K-1 in the order of `classes`."""
+def read_raw(root: Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(images (N, 28, 28) uint8, labels (N,) int64) straight from the raw files when both are there
+    (checked by `check_raw_files` first), as torchvision's MNIST reads them; else None.
+    Importing torchvision costs about 2 s (its package imports torch._dynamo), more than a smoke
+    run's training: it is imported only to download or to report a missing dataset."""
+    raw = root / DATASETS[dataset] / "raw"
+    images, labels = (raw / name for name in RAW_FILES[train])
+    if not images.is_file() or not labels.is_file():
+        return None
+    data = np.fromfile(images, dtype=np.uint8, offset=16).reshape(-1, 28, 28)
+    targets = np.fromfile(labels, dtype=np.uint8, offset=8).astype(np.int64)
+    return torch.from_numpy(data), torch.from_numpy(targets)
+
+
+def _torchvision_split(root: Path, dataset: str, train: bool, download: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, labels) through torchvision's dataset class: its download, and its report of a missing dataset."""
     from torchvision import datasets
 
     cls = getattr(datasets, DATASETS[dataset])
-    root = Path(data_dir)
-    check_raw_files(root, dataset, train)
     try:
         ds = cls(root=str(root), train=train, download=download)
     except RuntimeError as err:  # torchvision: "Dataset not found ..."
@@ -90,7 +102,16 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
         ) from err
     except Exception as err:  # anything else torchvision cannot read
         raise DataError(f"data_dir={str(root)!r}: cannot read {DATASETS[dataset]} ({type(err).__name__}: {err})") from err
-    targets = ds.targets
+    return ds.data, ds.targets
+
+
+def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[int, ...], download: bool) -> Split:
+    """The chosen classes of one split as in-memory tensors (ToTensor then Normalize(0.5, 0.5)),
+    labelled 0..K-1 in the order of `classes`."""
+    root = Path(data_dir)
+    check_raw_files(root, dataset, train)
+    split = read_raw(root, dataset, train)
+    data, targets = split if split is not None else _torchvision_split(root, dataset, train, download)
     keep = torch.isin(targets, torch.tensor(classes))
     for label in classes:
         if not bool((targets == label).any()):
@@ -98,7 +119,7 @@ def load_split(dataset: str, data_dir: str | Path, train: bool, classes: tuple[i
                 f"data_dir={str(root)!r}: the {'training' if train else 'test'} split of {DATASETS[dataset]} has no image "
                 f"of class {label}; allowed: task.classes present in the data"
             )
-    x = ds.data[keep].reshape(int(keep.sum()), -1).float().div(255).sub(0.5).div(0.5)
+    x = data[keep].reshape(int(keep.sum()), -1).float().div(255).sub(0.5).div(0.5)
     relabel = torch.full((int(targets.max()) + 1,), -1, dtype=torch.long)
     relabel[list(classes)] = torch.arange(len(classes))
     return Split(x, relabel[targets[keep].long()])
