@@ -41,7 +41,7 @@ class LSTMRegressor(nn.Module):
     The paper's time-series target: hidden 20 gives 4*20*(1+20) + 4*20 + 21 = 1,781 parameters.
     Gate order is torch.nn.LSTM's (input, forget, cell, output), so `weight_ih`/`weight_hh`/`bias`
     load into nn.LSTM as weight_ih_l0/weight_hh_l0/bias_ih_l0 with bias_hh_l0 = 0.
-    Written as plain tensor math so `torch.func.functional_call` can run it on generated weights.
+    Its own parameters (not nn.LSTM's flattened ones), so `torch.func.functional_call` runs it on generated weights.
     """
 
     def __init__(self, input_size: int = 1, hidden: int = 20):
@@ -56,12 +56,10 @@ class LSTMRegressor(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (batch, time, input_size) -> prediction (batch, 1)."""
-        h = x.new_zeros(x.shape[0], self.hidden)
-        c = torch.zeros_like(h)
-        inputs = x @ self.weight_ih.T + self.bias  # all time steps at once: (batch, time, 4H)
-        for t in range(x.shape[1]):
-            i, f, g, o = (inputs[:, t] + h @ self.weight_hh.T).chunk(4, dim=1)
-            c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-            h = torch.sigmoid(o) * torch.tanh(c)
-        return self.head(h)
+        """x (batch, time, input_size) -> prediction (batch, 1), through torch's fused LSTM
+        (`torch.lstm`, nn.LSTM's own function: about half the time of the cell written out in
+        tensor operations, which it replaced in 0.2) with bias_hh = 0."""
+        h0 = x.new_zeros(1, x.shape[0], self.hidden)
+        weights = [self.weight_ih, self.weight_hh, self.bias, torch.zeros_like(self.bias)]
+        out = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]
+        return self.head(out[:, -1])
