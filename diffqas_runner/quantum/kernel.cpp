@@ -41,6 +41,38 @@ Shape shape_of(int64_t rows, int64_t n) {
   return sh;
 }
 
+// The entangler's signed permutation on one chunk of `len` amplitudes, over P planes at once:
+// gather (the forward) dst[p][i] = sg[i] * src[p][pr[i]]; scatter (its inverse, the backward)
+// dst[p][pr[i]] = sg[i] * src[p][i]; pr and sg are the chunk's slices of perm and sign (sg null:
+// no signs). `visit(i, j, v)` sees an amplitude's P values between reading and writing (j = pr[i],
+// its source index): the YZ rows apply their phases there. Every kernel permutes through here.
+struct Untouched {
+  template <typename V>
+  void operator()(int64_t, int64_t, V&) const {}
+};
+
+template <bool GATHER, bool SIGNED, int P, typename T, typename Visit>
+inline void permute_loop(T* const* dst, const T* const* src, const int32_t* pr, const T* sg, int64_t len, Visit& visit) {
+  for (int64_t i = 0; i < len; ++i) {
+    const int64_t j = pr[i];
+    T v[P];
+    for (int p = 0; p < P; ++p) v[p] = GATHER ? src[p][j] : src[p][i];
+    if (GATHER && SIGNED)
+      for (int p = 0; p < P; ++p) v[p] *= sg[i];
+    visit(i, j, v);
+    if (!GATHER && SIGNED)
+      for (int p = 0; p < P; ++p) v[p] *= sg[i];
+    for (int p = 0; p < P; ++p) (GATHER ? dst[p][i] : dst[p][j]) = v[p];
+  }
+}
+
+template <bool GATHER, int P, typename T, typename Visit = Untouched>
+inline void permute_chunk(T* const* dst, const T* const* src, const int32_t* pr, const T* sg, int64_t len,
+                          Visit visit = {}) {
+  if (sg == nullptr) permute_loop<GATHER, false, P>(dst, src, pr, sg, len, visit);
+  else permute_loop<GATHER, true, P>(dst, src, pr, sg, len, visit);
+}
+
 // ------------------------------------------------------------------------------------------
 // Real rows: Ry(theta) = [[c, -s], [s, c]], c = cos(theta / 2), s = sin(theta / 2).
 
@@ -190,16 +222,11 @@ int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* p
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* src = cur + (row / group) * group * sh.dim;
-      const int32_t* pr = perm + row * sh.dim + start;
-      T* dst = nxt + row * sh.dim + start;
-      if (sign == nullptr) {
-        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) dst[i] = src[pr[i]];
-      } else {
-        const T* sg = sign + row * sh.dim + start;
-        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) dst[i] = src[pr[i]] * sg[i];
-      }
-      rotate_low(dst, int(sh.low), c, s);
+      const T* src[1] = {cur + (row / group) * group * sh.dim};
+      T* dst[1] = {nxt + row * sh.dim + start};
+      permute_chunk<true, 1>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                             int64_t(1) << sh.low);
+      rotate_low(dst[0], int(sh.low), c, s);
     }
     if (sh.high > 0) {
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -247,21 +274,11 @@ int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, cons
       std::vector<double> dots(sh.low, 0.0);
       unrotate_low(xs, gs, int(sh.low), c, s, dots.data());
       for (int64_t b = 0; b < sh.low; ++b) part[job * sh.n + b] += dots[b];
-      const int32_t* pr = perm + row * sh.dim + start;
-      T* xd = xo + (row / group) * group * sh.dim;  // perm is a bijection of the block: no two jobs write one place
-      T* gd = go + (row / group) * group * sh.dim;
-      if (sign == nullptr) {
-        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
-          xd[pr[i]] = xs[i];
-          gd[pr[i]] = gs[i];
-        }
-      } else {
-        const T* sg = sign + row * sh.dim + start;
-        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
-          xd[pr[i]] = xs[i] * sg[i];
-          gd[pr[i]] = gs[i] * sg[i];
-        }
-      }
+      // perm is a bijection of the block: no two jobs write one place
+      T* dst[2] = {xo + (row / group) * group * sh.dim, go + (row / group) * group * sh.dim};
+      const T* src[2] = {xs, gs};
+      permute_chunk<false, 2>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                              int64_t(1) << sh.low);
     }
     for (int64_t job = 0; job < jobs; ++job)
       for (int64_t b = 0; b < sh.n; ++b) dtheta[l * sh.n + (sh.n - 1 - b)] += 0.5 * part[job * sh.n + b];
@@ -456,24 +473,11 @@ int cx_forward(T* a, T* b, const double* u64, int64_t layers, const int32_t* per
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* sre = cur + 2 * row * sh.dim;
-      const T* sim = sre + sh.dim;
-      T* dre = nxt + 2 * row * sh.dim + start;
-      T* dim_ = dre + sh.dim;
-      const int32_t* pr = perm + row * sh.dim + start;
-      if (sign == nullptr) {
-        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
-          dre[i] = sre[pr[i]];
-          dim_[i] = sim[pr[i]];
-        }
-      } else {
-        const T* sg = sign + row * sh.dim + start;
-        for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
-          dre[i] = sre[pr[i]] * sg[i];
-          dim_[i] = sim[pr[i]] * sg[i];
-        }
-      }
-      capply_low(dre, dim_, int(sh.low), ul);
+      const T* src[2] = {cur + 2 * row * sh.dim, cur + 2 * row * sh.dim + sh.dim};
+      T* dst[2] = {nxt + 2 * row * sh.dim + start, nxt + 2 * row * sh.dim + sh.dim + start};
+      permute_chunk<true, 2>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                             int64_t(1) << sh.low);
+      capply_low(dst[0], dst[1], int(sh.low), ul);
     }
     if (sh.high > 0) {
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -521,19 +525,10 @@ int cx_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* du, const do
       T* gr = gx + 2 * row * sh.dim + start;
       T* gi = gr + sh.dim;
       cunapply_low(xr, xi, gr, gi, int(sh.low), ul, part + job * stride);
-      const int32_t* pr = perm + row * sh.dim + start;
-      T* dr = xo + 2 * row * sh.dim;
-      T* di = dr + sh.dim;
-      T* hr = go + 2 * row * sh.dim;
-      T* hi = hr + sh.dim;
-      const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
-      for (int64_t i = 0; i < (int64_t(1) << sh.low); ++i) {
-        const T f = sg == nullptr ? T(1) : sg[i];
-        dr[pr[i]] = xr[i] * f;
-        di[pr[i]] = xi[i] * f;
-        hr[pr[i]] = gr[i] * f;
-        hi[pr[i]] = gi[i] * f;
-      }
+      T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
+      const T* src[4] = {xr, xi, gr, gi};
+      permute_chunk<false, 4>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                              int64_t(1) << sh.low);
     }
     for (int64_t job = 0; job < jobs; ++job)
       for (int64_t b = 0; b < sh.n; ++b)
@@ -623,26 +618,17 @@ int yz_forward(T* a, T* b, const double* theta, const double* pre, const double*
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* sre = cur + 2 * row * sh.dim;
-      const T* sim = sre + sh.dim;
-      T* dre = nxt + 2 * row * sh.dim + start;
-      T* dim_ = dre + sh.dim;
-      const int32_t* pr = perm + row * sh.dim + start;
-      const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t src = pr[i];
-        T re = sre[src], im = sim[src];
-        if (sg != nullptr) {
-          re *= sg[i];
-          im *= sg[i];
-        }
-        if (carry) trail.template apply<false>(l - 1, src, re, im);
-        if (first) lead.template apply<false>(l, start + i, re, im);
-        dre[i] = re;
-        dim_[i] = im;
-      }
-      rotate_low(dre, int(sh.low), c, s);
-      rotate_low(dim_, int(sh.low), c, s);
+      const T* src[2] = {cur + 2 * row * sh.dim, cur + 2 * row * sh.dim + sh.dim};
+      T* dst[2] = {nxt + 2 * row * sh.dim + start, nxt + 2 * row * sh.dim + sh.dim + start};
+      // the previous layer's trailing Z phase, read at the source index, then this layer's leading one
+      auto phases = [&](int64_t i, int64_t j, T (&v)[2]) {
+        if (carry) trail.template apply<false>(l - 1, j, v[0], v[1]);
+        if (first) lead.template apply<false>(l, start + i, v[0], v[1]);
+      };
+      permute_chunk<true, 2>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                             len, phases);
+      rotate_low(dst[0], int(sh.low), c, s);
+      rotate_low(dst[1], int(sh.low), c, s);
     }
     if (sh.high > 0) {
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -733,34 +719,26 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
       unrotate_low(xr, gr, int(sh.low), c, s, dots.data());
       unrotate_low(xi, gi, int(sh.low), c, s, dots.data());
       for (int64_t b = 0; b < sh.low; ++b) acc[b] += dots[b];
-      const int32_t* pr = perm + row * sh.dim + start;
-      T* dr = xo + 2 * row * sh.dim;
-      T* di = dr + sh.dim;
-      T* hr = go + 2 * row * sh.dim;
-      T* hi = hr + sh.dim;
-      const T* sg = sign == nullptr ? nullptr : sign + row * sh.dim + start;
       thread_local std::vector<double> q;
       q.resize(len);
       double* qs = carry ? carried.data() + row * sh.dim : nullptr;  // no buffer without a carried phase
-      for (int64_t i = 0; i < len; ++i) {
-        const int64_t src = pr[i];
-        T yr = xr[i], yi = xi[i], hr_ = gr[i], hi_ = gi[i];
-        q[i] = double(hr_ * yi - hi_ * yr);
-        if (carry) qs[src] = q[i];
+      // v = (state re, im, gradient re, im): the phases' gradient terms, then both phases undone
+      auto phases = [&](int64_t i, int64_t j, T (&v)[4]) {
+        q[i] = double(v[2] * v[1] - v[3] * v[0]);
+        if (carry) qs[j] = q[i];
         if (first) {
-          lead.template apply<true>(l, start + i, yr, yi);
-          lead.template apply<true>(l, start + i, hr_, hi_);
+          lead.template apply<true>(l, start + i, v[0], v[1]);
+          lead.template apply<true>(l, start + i, v[2], v[3]);
         }
         if (carry) {
-          trail.template apply<true>(l - 1, src, yr, yi);
-          trail.template apply<true>(l - 1, src, hr_, hi_);
+          trail.template apply<true>(l - 1, j, v[0], v[1]);
+          trail.template apply<true>(l - 1, j, v[2], v[3]);
         }
-        const T f = sg == nullptr ? T(1) : sg[i];
-        dr[src] = yr * f;
-        di[src] = yi * f;
-        hr[src] = hr_ * f;
-        hi[src] = hi_ * f;
-      }
+      };
+      T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
+      const T* src[4] = {xr, xi, gr, gi};
+      permute_chunk<false, 4>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                              len, phases);
       if (first) signed_sums(q.data(), int(sh.low), start, sh.n, acc + sh.n);
     }
     if (carry) {  // the carried phase's sums, by source index
