@@ -534,20 +534,33 @@ def _guard_finished(cfg, run_dir: Path, ckpt: dict | None) -> dict | None:
 def preflight(config, run_dir: Path) -> dict | None:
     """Before .hydra/ is written into a run's directory: refuse a directory that holds another
     run's checkpoint or a finished run (raises DirectoryConflict), so its record stays whole.
-    Returns the summary when run_dir already holds this very run, finished."""
+    Returns the summary when run_dir already holds this very run, finished. What it finds is kept
+    for this process's `run` of the same config there (`_inspect_dir`): one inspection per run."""
     task_config = config.copy()
     with open_dict(task_config):
         task_config.pop("hydra", None)
     validate(task_config)
-    return None if task_config.fresh else _inspect_dir(task_config, run_dir)[2]
+    return None if task_config.fresh else _inspect_dir(task_config, run_dir, keep=True)[2]
 
 
-def _inspect_dir(cfg, run_dir: Path) -> tuple[str, dict | None, dict | None]:
+# (directory, config fingerprint) -> what the pre-flight found, until this process's run takes it
+_INSPECTED: dict[tuple[Path, str], tuple[str, dict | None, dict | None]] = {}
+
+
+def _inspect_dir(cfg, run_dir: Path, keep: bool = False) -> tuple[str, dict | None, dict | None]:
     """(the config's fingerprint, the checkpoint to resume or None, the summary of this very run if
-    it already finished there, else None); raises DirectoryConflict for another run's results."""
+    it already finished there, else None); raises DirectoryConflict for another run's results.
+    The directory is read once per run: the pre-flight keeps what it found (`keep`), the run takes
+    it (nothing is written there in between but the run's record and cli.log)."""
     fp = fingerprint(_plain(cfg), BOOKKEEPING_KEYS)
-    ckpt = find_checkpoint(cfg, run_dir, fp)
-    return fp, ckpt, _guard_finished(cfg, run_dir, ckpt)
+    key = (run_dir.resolve(), fp)
+    found = _INSPECTED.get(key) if keep else _INSPECTED.pop(key, None)
+    if found is None:
+        ckpt = find_checkpoint(cfg, run_dir, fp)
+        found = (fp, ckpt, _guard_finished(cfg, run_dir, ckpt))
+        if keep:
+            _INSPECTED[key] = found
+    return found
 
 
 class _RunGuard:

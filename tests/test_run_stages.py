@@ -52,3 +52,22 @@ def test_write_only_writes_files_and_select_is_its_own_stage():
     in_order(run_module.race_alone, "summarize", "select_stage", "pick_as_result")
     assert "train(" not in inspect.getsource(run_module.race_alone)
     assert len(inspect.getsource(run_module.run).splitlines()) <= 40
+
+
+def test_the_directory_is_inspected_once_per_run(tmp_path, monkeypatch):
+    """The CLI's pre-flight (its callback and the job's guard) and run() share one reading of the
+    directory: the checkpoint is loaded once, and a later run reads the directory afresh."""
+    cfg = _compose(["task=bessel", "debug=smoke", "figures=false", "logger=none", "depth=2"])
+    run_module.run(cfg, tmp_path / "run", interactive=False)
+    reads = []
+    real = run_module.find_checkpoint
+    monkeypatch.setattr(run_module, "find_checkpoint", lambda *a: reads.append(a) or real(*a))
+    assert run_module.preflight(cfg, tmp_path / "run") is not None  # the callback
+    assert run_module.preflight(cfg, tmp_path / "run") is not None  # the job's guard
+    done = run_module.run(cfg, tmp_path / "run", interactive=False)  # nothing to do: it finished
+    assert len(reads) == 1 and done["steps"] == 3
+    run_module.run(cfg, tmp_path / "run", interactive=False)  # no pre-flight kept now: reads again
+    assert len(reads) == 2
+    fresh = cfg.copy()
+    fresh.fresh = True  # fresh=true empties the directory before reading it: the pre-flight keeps nothing
+    assert run_module.preflight(fresh, tmp_path / "run") is None and len(reads) == 2
