@@ -27,6 +27,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from . import hydra_words
 from . import threads as threads_policy
 from .config import ConfigError, choice, register
 from .errors import check_config_dirs, describe, flat
@@ -235,15 +236,7 @@ def _note_refused(run_dir: Path, message: str) -> None:
 _SWEEP: dict[str, str] = {}
 
 
-def _full_error() -> bool:
-    """The user asked for Hydra's full tracebacks (HYDRA_FULL_ERROR=1 as they set it, not as main() sets it)."""
-    return os.environ.get(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0")) == "1"
-
-
-FULL_ERROR = "DIFFQAS_USER_FULL_ERROR"
-
-
-_LOG_FAILURE: dict[str, bool] = {}
+_LOG_FAILURE: dict[int, bool] = {}  # id(handler) -> already said
 
 
 def _one_line_log_failures() -> None:
@@ -300,7 +293,7 @@ def _main(cfg) -> float | None:
         _report(f"Stopped: {err}")
         sys.exit(128 + err.signum)
     except Exception as err:
-        if _full_error():
+        if hydra_words.user_wants_tracebacks():
             raise
         refused = isinstance(err, DirectoryConflict)  # another run's results: nothing written, not even a log line
         named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException | RecordError)
@@ -348,35 +341,18 @@ def _sweep_lines() -> list[str]:
     return lines
 
 
-class _WithoutHydraJobLine:
-    """sys.stderr without the line Hydra writes whenever a sweeper reads a failed job's result
-    ("Error executing job with overrides: [...]"): the job has already said why on its own line."""
-
-    def __init__(self, stream):
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        if text.startswith("Error executing job with overrides: "):
-            return len(text)
-        return self._stream.write(text)
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
-
-
 def main() -> None:
     """The console entry point: Hydra's, every error on one line (Hydra's own composition errors
     too, exit 2 for bad input), then for a sweep closing lines naming its failed or refused jobs
     (and exit status 1 when any, even where the sweeper itself carried on, as Optuna does)."""
     argv = sys.argv[1:]
-    os.environ.setdefault(FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "0"))
-    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a stack; reported below
+    hydra_words.reraise_in_process()  # Hydra re-raises instead of printing a stack; reported below
     code = 0
     stderr = sys.stderr
-    if not _full_error():
-        sys.stderr = _WithoutHydraJobLine(stderr)
+    if not hydra_words.user_wants_tracebacks():
+        sys.stderr = hydra_words.WithoutJobFailedLine(stderr)
     try:
-        if (line := check_config_dirs(argv)) and not _full_error():
+        if (line := check_config_dirs(argv)) and not hydra_words.user_wants_tracebacks():
             _refuse(line)
         _main()
     except SystemExit as exit_:
@@ -384,7 +360,7 @@ def main() -> None:
         if code in (0, None):
             raise
     except Exception as err:
-        if _full_error():
+        if hydra_words.user_wants_tracebacks():
             raise
         if isinstance(err, JobFailed):  # the failed job said why on its own line; the list follows
             code = 1

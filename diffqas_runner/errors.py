@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import types
 import typing
 from enum import Enum
 from pathlib import Path
 
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, InterpolationResolutionError, OmegaConfBaseException
+
+from . import hydra_words
 
 
 class ConfigError(ValueError):
@@ -147,21 +148,19 @@ def describe(err: BaseException, argv: list[str]) -> tuple[str, int]:
     if isinstance(err, ConfigError):
         return str(err), 2
     if isinstance(err, MissingConfigException):
-        missing = re.search(r"Could not find '([^']+)'", str(err))
-        relative = missing.group(1) if missing else None
+        relative = hydra_words.missing_config(err)
         if relative and (bad := _bad_file(dirs, argv, relative)):
             return bad, 2
         if relative and "/" in relative:
             group, option = relative.rsplit("/", 1)
             options = ", ".join(err.options or ()) or "see --help"
             return f"{group}={option} is not an option; allowed: {options} (or a {relative}.yaml in --config-dir)", 2
-        return flat(str(err).split("Config search path")[0]), 2
+        return flat(hydra_words.without_search_path(str(err))), 2
     cause = err if isinstance(err, OmegaConfBaseException) else (err.__cause__ or err.__context__)
     if isinstance(cause, OmegaConfBaseException):
-        override = re.search(r"Error merging override (\S+)", str(err))
-        line = _omegaconf_line(cause, override.group(1) if override else None)
-        where = re.match(r"In '([^']+)'", str(err))
-        return (f"in '{where.group(1)}': {line}" if where else line), 2
+        line = _omegaconf_line(cause, hydra_words.merged_override(err))
+        where = hydra_words.config_file(err)
+        return (f"in '{where}': {line}" if where else line), 2
     if isinstance(err, UnicodeDecodeError | yaml.YAMLError) or isinstance(cause, UnicodeDecodeError | yaml.YAMLError):
         mark = getattr(err, "problem_mark", None)
         if mark is not None and Path(mark.name).is_file():
