@@ -193,6 +193,21 @@ inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t wi
   }
 }
 
+// The high bits' un-rotation of every row's `planes` planes (state and gradient), per column tile;
+// each job's angle sums in part + job * stride (plane by plane).
+template <typename T>
+void unrotate_high_rows(T* x, T* gx, int planes, const Shape& sh, const T* c, const T* s, double* part, int64_t stride,
+                        int threads) {
+  if (sh.high == 0) return;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < sh.rows * sh.tiles; ++job) {
+    const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+    for (int p = 0; p < planes; ++p)
+      unrotate_high(x + (planes * row + p) * sh.dim, gx + (planes * row + p) * sh.dim, int(sh.high), int(sh.low), col,
+                    sh.tile, c, s, part + job * stride);
+  }
+}
+
 // cos/sin of theta/2 per layer in bit order (bit b is wire n-1-b); theta (layers, n) float64.
 template <typename T>
 std::vector<T> trig(const double* theta, int64_t layers, int64_t n, bool sine) {
@@ -258,14 +273,7 @@ int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, cons
     const T* c = cs.data() + l * sh.n;
     const T* s = sn.data() + l * sh.n;
     std::fill(part, part + jobs * sh.n, 0.0);
-    if (sh.high > 0) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (int64_t job = 0; job < jobs_high; ++job) {
-        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
-        unrotate_high(x + row * sh.dim, gx + row * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s,
-                      part + job * sh.n);
-      }
-    }
+    unrotate_high_rows(x, gx, 1, sh, c, s, part, sh.n, threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < jobs_low; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
@@ -651,6 +659,85 @@ int yz_forward(T* a, T* b, const double* theta, const double* pre, const double*
   return cur == a ? 0 : 1;
 }
 
+// YZ rows' backward, first: the last layer's trailing Z phase undone on the state and its
+// gradient; its angle sums in part + job * stride + 2n.
+template <typename T>
+void undo_final_phase(T* x, T* gx, const Phases<T>& trail, const Shape& sh, int64_t layers, double* part, int64_t stride,
+                      int threads) {
+  const int64_t len = int64_t(1) << sh.low;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+    const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+    T* xr = x + 2 * row * sh.dim + start;
+    T* xi = xr + sh.dim;
+    T* gr = gx + 2 * row * sh.dim + start;
+    T* gi = gr + sh.dim;
+    thread_local std::vector<double> q;
+    q.resize(len);
+    for (int64_t i = 0; i < len; ++i) {
+      q[i] = double(gr[i] * xi[i] - gi[i] * xr[i]);
+      trail.template apply<true>(layers - 1, start + i, xr[i], xi[i]);
+      trail.template apply<true>(layers - 1, start + i, gr[i], gi[i]);
+    }
+    signed_sums(q.data(), int(sh.low), start, sh.n, part + job * stride + 2 * sh.n);
+  }
+}
+
+// YZ rows' backward, one layer's low bits: un-rotate the state and its gradient on each chunk,
+// undo the layer's leading phase and the previous layer's trailing one (`carried`: null when it
+// has none, else where its gradient terms go by source index), and scatter back through the
+// signed permutation; the angle sums in part + job * stride (Ry, then lead).
+template <typename T>
+void undo_layer_low(T* x, T* gx, T* xo, T* go, const T* c, const T* s, const Phases<T>& lead, const Phases<T>& trail,
+                    int64_t l, double* carried, const int32_t* perm, const T* sign, const Shape& sh, double* part,
+                    int64_t stride, int threads) {
+  const int64_t jobs_low = sh.rows * sh.chunks, len = int64_t(1) << sh.low;
+  const bool carry = carried != nullptr, first = lead.on();
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < jobs_low; ++job) {
+    const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+    T* xr = x + 2 * row * sh.dim + start;
+    T* xi = xr + sh.dim;
+    T* gr = gx + 2 * row * sh.dim + start;
+    T* gi = gr + sh.dim;
+    double* acc = part + job * stride;
+    std::vector<double> dots(sh.low, 0.0);
+    unrotate_low(xr, gr, int(sh.low), c, s, dots.data());
+    unrotate_low(xi, gi, int(sh.low), c, s, dots.data());
+    for (int64_t b = 0; b < sh.low; ++b) acc[b] += dots[b];
+    thread_local std::vector<double> q;
+    q.resize(len);
+    double* qs = carry ? carried + row * sh.dim : nullptr;  // no buffer without a carried phase
+    // v = (state re, im, gradient re, im): the phases' gradient terms, then both phases undone
+    auto phases = [&](int64_t i, int64_t j, T (&v)[4]) {
+      q[i] = double(v[2] * v[1] - v[3] * v[0]);
+      if (carry) qs[j] = q[i];
+      if (first) {
+        lead.template apply<true>(l, start + i, v[0], v[1]);
+        lead.template apply<true>(l, start + i, v[2], v[3]);
+      }
+      if (carry) {
+        trail.template apply<true>(l - 1, j, v[0], v[1]);
+        trail.template apply<true>(l - 1, j, v[2], v[3]);
+      }
+    };
+    T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
+    const T* src[4] = {xr, xi, gr, gi};
+    permute_chunk<false, 4>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
+                            len, phases);
+    if (first) signed_sums(q.data(), int(sh.low), start, sh.n, acc + sh.n);
+  }
+}
+
+// The carried phase's angle sums, by source index (`carried`, rows x 2**n), into part + job * stride + 2n.
+inline void carried_sums(double* carried, const Shape& sh, double* part, int64_t stride, int threads) {
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+    const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
+    signed_sums(carried + row * sh.dim + start, int(sh.low), start, sh.n, part + job * stride + 2 * sh.n);
+  }
+}
+
 // part: max(jobs) * 3n float64 scratch; dtheta, dpre, dpost (layers, n) float64 outputs (dpre,
 // dpost null with pre, post).
 template <typename T>
@@ -659,7 +746,7 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
                 const T* sign, int64_t rows, int64_t n, int threads) {
   const Shape sh = shape_of(rows, n);
   const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
-  const int64_t jobs = std::max(jobs_low, jobs_high), stride = 3 * sh.n, len = int64_t(1) << sh.low;
+  const int64_t jobs = std::max(jobs_low, jobs_high), stride = 3 * sh.n;
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
   const Phases<T> lead(pre, layers, n), trail(post, layers, n);
   std::vector<double> carried(trail.on() && layers > 1 ? sh.rows * sh.dim : 0);  // q by source index, for dpost
@@ -673,22 +760,7 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
   T* go = g2;
   if (trail.on()) {  // the final pass's phase
     std::fill(part, part + jobs * stride, 0.0);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t job = 0; job < jobs_low; ++job) {
-      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      T* xr = x + 2 * row * sh.dim + start;
-      T* xi = xr + sh.dim;
-      T* gr = gx + 2 * row * sh.dim + start;
-      T* gi = gr + sh.dim;
-      thread_local std::vector<double> q;
-      q.resize(len);
-      for (int64_t i = 0; i < len; ++i) {
-        q[i] = double(gr[i] * xi[i] - gi[i] * xr[i]);
-        trail.template apply<true>(layers - 1, start + i, xr[i], xi[i]);
-        trail.template apply<true>(layers - 1, start + i, gr[i], gi[i]);
-      }
-      signed_sums(q.data(), int(sh.low), start, sh.n, part + job * stride + 2 * sh.n);
-    }
+    undo_final_phase(x, gx, trail, sh, layers, part, stride, threads);
     reduce(dpost, layers - 1, 2 * sh.n);
   }
   for (int64_t l = layers - 1; l >= 0; --l) {
@@ -696,58 +768,10 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
     const T* s = sn.data() + l * sh.n;
     const bool carry = l > 0 && trail.on(), first = lead.on();
     std::fill(part, part + jobs * stride, 0.0);
-    if (sh.high > 0) {
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (int64_t job = 0; job < jobs_high; ++job) {
-        const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
-        T* base = x + 2 * row * sh.dim;
-        T* gbase = gx + 2 * row * sh.dim;
-        unrotate_high(base, gbase, int(sh.high), int(sh.low), col, sh.tile, c, s, part + job * stride);
-        unrotate_high(base + sh.dim, gbase + sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s,
-                      part + job * stride);
-      }
-    }
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t job = 0; job < jobs_low; ++job) {
-      const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      T* xr = x + 2 * row * sh.dim + start;
-      T* xi = xr + sh.dim;
-      T* gr = gx + 2 * row * sh.dim + start;
-      T* gi = gr + sh.dim;
-      double* acc = part + job * stride;
-      std::vector<double> dots(sh.low, 0.0);
-      unrotate_low(xr, gr, int(sh.low), c, s, dots.data());
-      unrotate_low(xi, gi, int(sh.low), c, s, dots.data());
-      for (int64_t b = 0; b < sh.low; ++b) acc[b] += dots[b];
-      thread_local std::vector<double> q;
-      q.resize(len);
-      double* qs = carry ? carried.data() + row * sh.dim : nullptr;  // no buffer without a carried phase
-      // v = (state re, im, gradient re, im): the phases' gradient terms, then both phases undone
-      auto phases = [&](int64_t i, int64_t j, T (&v)[4]) {
-        q[i] = double(v[2] * v[1] - v[3] * v[0]);
-        if (carry) qs[j] = q[i];
-        if (first) {
-          lead.template apply<true>(l, start + i, v[0], v[1]);
-          lead.template apply<true>(l, start + i, v[2], v[3]);
-        }
-        if (carry) {
-          trail.template apply<true>(l - 1, j, v[0], v[1]);
-          trail.template apply<true>(l - 1, j, v[2], v[3]);
-        }
-      };
-      T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
-      const T* src[4] = {xr, xi, gr, gi};
-      permute_chunk<false, 4>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                              len, phases);
-      if (first) signed_sums(q.data(), int(sh.low), start, sh.n, acc + sh.n);
-    }
-    if (carry) {  // the carried phase's sums, by source index
-#pragma omp parallel for num_threads(threads) schedule(static)
-      for (int64_t job = 0; job < jobs_low; ++job) {
-        const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-        signed_sums(carried.data() + row * sh.dim + start, int(sh.low), start, sh.n, part + job * stride + 2 * sh.n);
-      }
-    }
+    unrotate_high_rows(x, gx, 2, sh, c, s, part, stride, threads);
+    undo_layer_low(x, gx, xo, go, c, s, lead, trail, l, carry ? carried.data() : nullptr, perm, sign, sh, part, stride,
+                   threads);
+    if (carry) carried_sums(carried.data(), sh, part, stride, threads);  // the carried phase's, by source index
     reduce(dtheta, l, 0);
     if (first) reduce(dpre, l, sh.n);
     if (carry) reduce(dpost, l - 1, 2 * sh.n);
