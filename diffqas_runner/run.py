@@ -543,8 +543,8 @@ def preflight(config, run_dir: Path) -> dict | None:
     return None if task_config.fresh else _inspect_dir(task_config, run_dir, keep=True)[2]
 
 
-# (directory, config fingerprint) -> what the pre-flight found, until this process's run takes it
-_INSPECTED: dict[tuple[Path, str], tuple[str, dict | None, dict | None]] = {}
+# (directory, config fingerprint, resume) -> what the latest pre-flight found, until this process's run takes it
+_INSPECTED: dict[tuple[Path, str, str], tuple[str, dict | None, dict | None]] = {}
 
 
 def _inspect_dir(cfg, run_dir: Path, keep: bool = False) -> tuple[str, dict | None, dict | None]:
@@ -553,12 +553,13 @@ def _inspect_dir(cfg, run_dir: Path, keep: bool = False) -> tuple[str, dict | No
     The directory is read once per run: the pre-flight keeps what it found (`keep`), the run takes
     it (nothing is written there in between but the run's record and cli.log)."""
     fp = fingerprint(_plain(cfg), BOOKKEEPING_KEYS)
-    key = (run_dir.resolve(), fp)
+    key = (run_dir.resolve(), fp, str(cfg.resume))
     found = _INSPECTED.get(key) if keep else _INSPECTED.pop(key, None)
     if found is None:
         ckpt = find_checkpoint(cfg, run_dir, fp)
         found = (fp, ckpt, _guard_finished(cfg, run_dir, ckpt))
         if keep:
+            _INSPECTED.clear()  # one run at a time per process: only the latest pre-flight is kept
             _INSPECTED[key] = found
     return found
 
@@ -625,6 +626,7 @@ def prepare(cfg, run_dir: Path) -> tuple[str, dict | None, dict | None]:
     validate(cfg)
     if cfg.fresh:
         _start_fresh(run_dir)
+        _INSPECTED.clear()  # what any pre-flight found there is gone
     return _inspect_dir(cfg, run_dir)
 
 

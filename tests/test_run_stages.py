@@ -71,3 +71,30 @@ def test_the_directory_is_inspected_once_per_run(tmp_path, monkeypatch):
     fresh = cfg.copy()
     fresh.fresh = True  # fresh=true empties the directory before reading it: the pre-flight keeps nothing
     assert run_module.preflight(fresh, tmp_path / "run") is None and len(reads) == 2
+
+
+def test_a_kept_pre_flight_never_outlives_fresh_or_another_resume(tmp_path):
+    """fresh=true empties the directory: a pre-flight kept from before must not answer for it; and
+    a pre-flight is kept only for the resume path it read."""
+    cfg = _compose(["task=bessel", "debug=smoke", "figures=false", "logger=none", "depth=2"])
+    run_module.run(cfg, tmp_path / "run", interactive=False)
+    assert run_module.preflight(cfg, tmp_path / "run") is not None  # kept: this run, finished
+    fresh = cfg.copy()
+    fresh.fresh = True
+    again = run_module.run(fresh, tmp_path / "run", interactive=False)  # runs again, not "nothing to do"
+    assert again["steps"] == 3 and (tmp_path / "run" / "metrics.jsonl").exists()
+    assert not run_module._INSPECTED
+
+
+def test_probabilities_of_constant_candidates_are_the_callers_to_change():
+    """Angle-independent candidates' probabilities come from a per-process cache: what a caller
+    gets is a copy, so writing to it changes nothing later."""
+    import torch
+
+    from diffqas_runner.quantum import CANDIDATES, probabilities
+
+    theta = torch.zeros(2, 3, dtype=torch.float64)
+    first = probabilities(theta, [CANDIDATES[0]])
+    expected = first.clone()
+    first.mul_(0)
+    torch.testing.assert_close(probabilities(theta, [CANDIDATES[0]]), expected, rtol=0, atol=0)

@@ -268,13 +268,13 @@ def _kernel_group(theta: torch.Tensor, cands: tuple[Candidate, ...], mode: str) 
     return kernel.ComplexLayers.apply(_split_start(cands, n, theta.dtype), mats, perm, sign).square().sum(1)
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)  # start states of the chunks a run simulates each step
 def _starts(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor:
     """(rows, 2**n) each row's start state, real (made once; the kernel never writes its input)."""
     return torch.stack([_start_vector(c, n, dtype) for c in cands])
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)  # start states of the chunks a run simulates each step
 def _split_start(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor:
     """(rows, 2, 2**n) split planes (real, imaginary) of the start states, for the complex kernels."""
     real = _starts(cands, n, dtype)
@@ -311,7 +311,7 @@ def _rx_pairs(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> tuple
     return perm.contiguous(), sign.to(dtype).contiguous()
 
 
-@lru_cache(maxsize=32)
+@lru_cache(maxsize=8)  # start states of the chunks a run simulates each step
 def _rx_start(cands: tuple[Candidate, ...], n: int, dtype: torch.dtype) -> torch.Tensor:
     """The start state of Rx rows in the tracked frame phi = D^-1 psi: phi[x] = i^popcount(x) psi[x],
     as (len(cands), 2, 2**n) (real, imaginary) rows (made once; callers never write it)."""
@@ -761,8 +761,9 @@ def probabilities(
     (L, P, m): the angles of parametrised entanglers (pair j of layer l uses phi[l, j, :m]).
     memory_mb: the budget of one step's simulation, met by simulating rows in chunks (`_chunked_group`)."""
     blocks = simulated_blocks(theta, cands, memory_mb, phi)
-    if len(blocks) == 1:
-        return blocks[0][1]
+    if len(blocks) == 1:  # a copy of a constant block: the caller may write to what it gets
+        probs = blocks[0][1]
+        return probs if probs.grad_fn is not None else probs.clone()
     order = torch.argsort(torch.tensor([i for positions, _ in blocks for i in positions]))
     return torch.cat([probs for _, probs in blocks]).index_select(0, order.to(theta.device))
 
