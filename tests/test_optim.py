@@ -1,6 +1,6 @@
 """train/optim.py: torch's Adam and RMSprop without the torch.compile wrappers. Checked against the
 stock torch.optim classes (the wrappers only add the torch._dynamo import in eager mode), and that a
-whole time-series run never imports torch._dynamo (image tasks do, through torchvision)."""
+whole run never imports torch._dynamo (a time series, and an image task through its own data reader)."""
 
 import json
 import subprocess
@@ -86,12 +86,15 @@ def test_the_step_runs_without_grad_and_takes_a_closure():
     assert w.tolist()[0] == 1.0 and w.tolist()[1] == pytest.approx(0.9) and w.tolist()[2] == pytest.approx(0.9)
 
 
-def test_a_whole_run_never_imports_torch_dynamo(tmp_path):
-    """A smoke run's process: the optimiser, schedule, checkpoint and summary, and no torch._dynamo."""
+@pytest.mark.parametrize("task", ["bessel", "mnist"])
+def test_a_whole_run_never_imports_torch_dynamo(tmp_path, task, data_dir):
+    """A smoke run's process: the optimiser, schedule, checkpoint and summary, and no torch._dynamo
+    (an image run reads its data files without torchvision, whose package imports it)."""
     out = tmp_path / "run"
     script = f"""
 import sys
-sys.argv = ["diffqas-run", "task=bessel", "debug=smoke", "logger=none", "figures=false", "hydra.run.dir={out}"]
+sys.argv = ["diffqas-run", "task={task}", "data_dir={data_dir}", "debug=smoke", "logger=none", "figures=false",
+            "hydra.run.dir={out}"]
 from diffqas_runner.cli import main
 try:
     main()

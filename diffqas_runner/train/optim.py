@@ -11,8 +11,9 @@ the arithmetic is torch's own, bit for bit (tests/test_optim.py compares whole t
 schedules and state dicts with the stock classes). The one thing `_use_grad_for_differentiable`
 does in eager mode besides the import, setting grad mode to `differentiable` during the step, is
 done here too. Where a future torch drops `__wrapped__`, the wrapped method is called: slower
-start, same result. Image tasks still import torch._dynamo: torchvision's package imports it
-(torchvision.ops), and the datasets come from torchvision.
+start, same result. Image tasks no longer import it either: they read the raw data files
+themselves (tasks/classification.py), and torchvision, whose package imports torch._dynamo
+(torchvision.ops), only downloads.
 
 Checked on: the torch versions in CHECKED_TORCH (constraints.txt pins one of them). It reaches into
 torch's internals, so tests/test_optim.py compares it with the stock classes on whatever torch is
