@@ -66,11 +66,12 @@ inline void permute_loop(T* const* dst, const T* const* src, const int32_t* pr, 
   }
 }
 
+// The chunk is amplitudes at + [0, len) of perm's and sign's rows (sign null: no signs).
 template <bool GATHER, int P, typename T, typename Visit = Untouched>
-inline void permute_chunk(T* const* dst, const T* const* src, const int32_t* pr, const T* sg, int64_t len,
-                          Visit visit = {}) {
-  if (sg == nullptr) permute_loop<GATHER, false, P>(dst, src, pr, sg, len, visit);
-  else permute_loop<GATHER, true, P>(dst, src, pr, sg, len, visit);
+inline void permute_chunk(T* const* dst, const T* const* src, const int32_t* perm, const T* sign, int64_t at,
+                          int64_t len, Visit visit = {}) {
+  if (sign == nullptr) permute_loop<GATHER, false, P>(dst, src, perm + at, sign, len, visit);
+  else permute_loop<GATHER, true, P>(dst, src, perm + at, sign + at, len, visit);
 }
 
 // ------------------------------------------------------------------------------------------
@@ -239,8 +240,7 @@ int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* p
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
       const T* src[1] = {cur + (row / group) * group * sh.dim};
       T* dst[1] = {nxt + row * sh.dim + start};
-      permute_chunk<true, 1>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                             int64_t(1) << sh.low);
+      permute_chunk<true, 1>(dst, src, perm, sign, row * sh.dim + start, int64_t(1) << sh.low);
       rotate_low(dst[0], int(sh.low), c, s);
     }
     if (sh.high > 0) {
@@ -285,8 +285,7 @@ int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, cons
       // perm is a bijection of the block: no two jobs write one place
       T* dst[2] = {xo + (row / group) * group * sh.dim, go + (row / group) * group * sh.dim};
       const T* src[2] = {xs, gs};
-      permute_chunk<false, 2>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                              int64_t(1) << sh.low);
+      permute_chunk<false, 2>(dst, src, perm, sign, row * sh.dim + start, int64_t(1) << sh.low);
     }
     for (int64_t job = 0; job < jobs; ++job)
       for (int64_t b = 0; b < sh.n; ++b) dtheta[l * sh.n + (sh.n - 1 - b)] += 0.5 * part[job * sh.n + b];
@@ -483,8 +482,7 @@ int cx_forward(T* a, T* b, const double* u64, int64_t layers, const int32_t* per
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
       const T* src[2] = {cur + 2 * row * sh.dim, cur + 2 * row * sh.dim + sh.dim};
       T* dst[2] = {nxt + 2 * row * sh.dim + start, nxt + 2 * row * sh.dim + sh.dim + start};
-      permute_chunk<true, 2>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                             int64_t(1) << sh.low);
+      permute_chunk<true, 2>(dst, src, perm, sign, row * sh.dim + start, int64_t(1) << sh.low);
       capply_low(dst[0], dst[1], int(sh.low), ul);
     }
     if (sh.high > 0) {
@@ -535,8 +533,7 @@ int cx_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* du, const do
       cunapply_low(xr, xi, gr, gi, int(sh.low), ul, part + job * stride);
       T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
       const T* src[4] = {xr, xi, gr, gi};
-      permute_chunk<false, 4>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                              int64_t(1) << sh.low);
+      permute_chunk<false, 4>(dst, src, perm, sign, row * sh.dim + start, int64_t(1) << sh.low);
     }
     for (int64_t job = 0; job < jobs; ++job)
       for (int64_t b = 0; b < sh.n; ++b)
@@ -633,8 +630,7 @@ int yz_forward(T* a, T* b, const double* theta, const double* pre, const double*
         if (carry) trail.template apply<false>(l - 1, j, v[0], v[1]);
         if (first) lead.template apply<false>(l, start + i, v[0], v[1]);
       };
-      permute_chunk<true, 2>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                             len, phases);
+      permute_chunk<true, 2>(dst, src, perm, sign, row * sh.dim + start, len, phases);
       rotate_low(dst[0], int(sh.low), c, s);
       rotate_low(dst[1], int(sh.low), c, s);
     }
@@ -723,8 +719,7 @@ void undo_layer_low(T* x, T* gx, T* xo, T* go, const T* c, const T* s, const Pha
     };
     T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
     const T* src[4] = {xr, xi, gr, gi};
-    permute_chunk<false, 4>(dst, src, perm + row * sh.dim + start, sign == nullptr ? nullptr : sign + row * sh.dim + start,
-                            len, phases);
+    permute_chunk<false, 4>(dst, src, perm, sign, row * sh.dim + start, len, phases);
     if (first) signed_sums(q.data(), int(sh.low), start, sh.n, acc + sh.n);
   }
 }
