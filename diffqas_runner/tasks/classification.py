@@ -33,9 +33,14 @@ RAW_FILES = {
 }
 
 
+def _idx_header(ndim: int) -> int:
+    """Bytes before the data of an IDX file: the magic number, then one 4-byte size per dimension."""
+    return 4 + 4 * ndim
+
+
 def _idx_dims(path: Path, ndim: int) -> list[int]:
     """The dimensions an IDX file of unsigned bytes declares, after checking the file holds exactly them."""
-    header = 4 + 4 * ndim
+    header = _idx_header(ndim)
     with path.open("rb") as f:
         head = f.read(header)
     if len(head) < header or head[:3] != b"\x00\x00\x08" or head[3] != ndim:
@@ -80,8 +85,8 @@ def read_raw(root: Path, dataset: str, train: bool) -> tuple[torch.Tensor, torch
     images, labels = (raw / name for name in RAW_FILES[train])
     if not images.is_file() or not labels.is_file():
         return None
-    data = np.fromfile(images, dtype=np.uint8, offset=16).reshape(-1, 28, 28)
-    targets = np.fromfile(labels, dtype=np.uint8, offset=8).astype(np.int64)
+    data = np.fromfile(images, dtype=np.uint8, offset=_idx_header(3)).reshape(-1, 28, 28)
+    targets = np.fromfile(labels, dtype=np.uint8, offset=_idx_header(1)).astype(np.int64)
     return torch.from_numpy(data), torch.from_numpy(targets)
 
 
