@@ -319,8 +319,7 @@ def simulator_record(cfg, generator) -> dict:
     """How the probabilities were computed (CONTRACT "Reproducibility"): results are bitwise
     reproducible for one version, platform, thread count, kernel path and dtype, and equal within
     tolerance across them, so every summary says which it had."""
-    from importlib.metadata import PackageNotFoundError, version
-
+    from . import __version__
     from .quantum import kernel
 
     backend = cfg.backend.name.value
@@ -330,17 +329,13 @@ def simulator_record(cfg, generator) -> dict:
         path = f"pennylane ({cfg.backend.device})"
     else:
         path = kernel.in_use() or "torch"
-    try:
-        package = version("diffqas-runner")
-    except PackageNotFoundError:  # a source tree on PYTHONPATH, not installed
-        package = None
     return {
         "backend": backend,
         "kernel": path,
         "device": str(generator.theta.device if generator.theta is not None else generator.mapping[0].weight.device),
         "dtype": str(generator.options.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
-        "version": package,
+        "version": __version__,  # of the code that ran, installed or not
         "torch": torch.__version__,
         "platform": f"{platform.system()} {platform.machine()}",
     }

@@ -280,6 +280,11 @@ def test_timeseries_smoke_run(tmp_path, task):
     assert summary["qt_params_paper"] == 135
     assert summary["steps"] == 3 and 0 < summary["metrics"]["test_mse"] < 4  # scaled to [-1, 1]
     assert summary["torch_threads"] == 1  # the default for a generator of 11 qubits
+    import diffqas_runner
+
+    simulator = summary["simulator"]  # how it was computed (CONTRACT "Reproducibility"): the code that ran
+    assert (simulator["backend"], simulator["dtype"], simulator["threads"]) == ("native", "float64", 1)
+    assert simulator["version"] == diffqas_runner.__version__ and simulator["kernel"] in ("cpp", "torch")
     for name in ("prediction.png", "learning_curve.png", "structural_weights.png", "circuit.png"):  # every DiffQAS run's own
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task

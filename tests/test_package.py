@@ -40,6 +40,9 @@ def test_the_wheel_carries_every_config(wheel):
     assert in_checkout and in_checkout <= shipped
     docs = {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")}
     assert docs and {f"diffqas_runner/{d}" for d in docs} <= names  # the docs --help points to
+    import diffqas_runner
+
+    assert f"diffqas_runner-{diffqas_runner.__version__}-" in wheel.name  # the version is written in one place
 
 
 def test_the_manual_prints_the_installed_docs(capsys):

@@ -59,19 +59,37 @@ def test_cnot_layer_is_linear_over_gf2_and_parity_rows_follow_it(entangler, n):
     torch.testing.assert_close(rows[:-1], forward[rows[1:]])  # one more application per layer back
 
 
-def test_walsh_hadamard_transform_matches_the_dense_matrix():
-    for n in (1, 2, 5, 7, 11):
-        x = torch.randn(3, 2**n, dtype=torch.float64)
-        bits = torch.arange(2**n)
-        parity = torch.zeros(2**n, 2**n, dtype=torch.int64)
-        for b in range(n):
-            parity ^= ((bits[:, None] & bits[None, :]) >> b) & 1
-        dense = (1 - 2 * parity).to(torch.float64)
-        torch.testing.assert_close(closed_form.wht(x), x @ dense, rtol=0, atol=1e-10)
+def _hadamard_columns(n: int, columns: torch.Tensor) -> torch.Tensor:
+    """Columns of the dense +-1 Walsh-Hadamard matrix, (-1)^popcount(i & j), shape (2**n, len(columns))."""
+    both = torch.arange(2**n)[:, None] & columns[None, :]
+    parity = torch.zeros_like(both)
+    for b in range(n):
+        parity ^= (both >> b) & 1
+    return (1 - 2 * parity).to(torch.float64)
 
 
-@pytest.mark.parametrize("n,layers", [(2, 1), (3, 5), (6, 2), (8, 7), (11, 3)])
-def test_closed_form_matches_layers_and_reference_with_gradients(n, layers):
+def test_walsh_hadamard_transform_matches_the_dense_matrix(kernel_mode):
+    """Both paths (the kernel's butterflies, the GEMM stages) against the dense +-1 matrix (every
+    column up to n = 11, 64 random ones at n = 13 and 14, where the kernel's high-bit tiles run),
+    float32 too, and the backward: H is symmetric, so the gradient of <c, H x> is H c."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 5, 7, 11, 13, 14):
+        cols = torch.arange(2**n) if n <= 11 else torch.randint(0, 2**n, (64,), generator=gen)
+        dense = _hadamard_columns(n, cols)
+        x = torch.randn(3, 2**n, generator=gen, dtype=torch.float64, requires_grad=True)
+        c = torch.randn(3, 2**n, generator=gen, dtype=torch.float64)
+        y = closed_form.wht(x)
+        torch.testing.assert_close(y[:, cols], x.detach() @ dense, rtol=0, atol=1e-10 * 2 ** (n / 2))
+        (grad,) = torch.autograd.grad((c * y).sum(), x)
+        torch.testing.assert_close(grad[:, cols], c @ dense, rtol=0, atol=1e-10 * 2 ** (n / 2))
+        y32 = closed_form.wht(x.detach().float())
+        assert y32.dtype == torch.float32
+        torch.testing.assert_close(y32.double()[:, cols], x.detach() @ dense, rtol=0, atol=1e-4 * 2 ** (n / 2))
+    assert (type(y.grad_fn).__name__ == "WHTBackward") == (kernel_mode == "cpp")  # the path under test ran
+
+
+@pytest.mark.parametrize("n,layers", [(2, 1), (3, 5), (6, 2), (8, 7), (11, 3), (13, 2)])
+def test_closed_form_matches_layers_and_reference_with_gradients(n, layers, kernel_mode):
     theta = _theta(n, layers, seed=n + layers)
     coeffs = torch.randn(len(IQP), 2**n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     fast_p, fast_g = _value_and_grad(closed_form.probabilities, theta, IQP, coeffs)

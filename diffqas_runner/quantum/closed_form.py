@@ -31,6 +31,7 @@ from functools import lru_cache
 
 import torch
 
+from . import kernel
 from .candidates import RX, Candidate, Entangler, entangler_permutation, layer_op
 
 # Bits per Walsh-Hadamard GEMM stage (4-5 measured fastest at n = 12..17, float32 and float64).
@@ -81,12 +82,18 @@ def parity_rows(entangler: Entangler, n: int, n_layers: int) -> torch.Tensor:
 
 
 def wht(x: torch.Tensor) -> torch.Tensor:
-    """Unnormalised Walsh-Hadamard transform of the rows of x (R, 2**n).
+    """Unnormalised Walsh-Hadamard transform of the rows of x (R, 2**n): on the C++ kernel one
+    autograd node of butterflies (kernel.WHT), else `wht_gemm`."""
+    if x.device.type == "cpu" and kernel.load() is not None:
+        return kernel.WHT.apply(x)
+    return wht_gemm(x)
 
-    H_n is a Kronecker product of small H_w blocks over any split of the bits, so it runs as a
-    few GEMMs: each multiplies the lowest w bits by H_w and, by taking the transposed view as
-    its operand, writes them back as the highest bits. After all stages every bit is back in
-    place. One GEMM per stage and no copies: ~1 ms at n = 17 (measured against n butterflies).
+
+def wht_gemm(x: torch.Tensor) -> torch.Tensor:
+    """`wht` in torch. H_n is a Kronecker product of small H_w blocks over any split of the bits, so
+    it runs as a few GEMMs: each multiplies the lowest w bits by H_w and, by taking the transposed
+    view as its operand, writes them back as the highest bits. After all stages every bit is back
+    in place. One GEMM per stage and no copies: ~1 ms at n = 17 (against n torch butterflies).
     """
     rows, size = x.shape
     n = size.bit_length() - 1

@@ -865,11 +865,80 @@ void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, 
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// The unnormalised Walsh-Hadamard transform of rows of 2**n values (the IQP closed form,
+// closed_form.py): per bit the butterfly (a, d) <- (a + d, a - d), the low bits per in-cache chunk,
+// the high bits per column tile as the rotations above. No job sums another's values: the result
+// does not depend on the thread count.
+
+template <typename T, int ST>
+inline void butterfly_bit(T* x, int64_t size, int64_t st_rt) {
+  const int64_t st = ST > 0 ? ST : st_rt;  // small strides known at compile time vectorise
+  for (int64_t base = 0; base < size; base += 2 * st) {
+    T* lo = x + base;
+    T* hi = lo + st;
+#pragma omp simd
+    for (int64_t k = 0; k < st; ++k) {
+      const T a = lo[k], d = hi[k];
+      lo[k] = a + d;
+      hi[k] = a - d;
+    }
+  }
+}
+
+template <typename T>
+inline void butterfly_high(T* x, int high, int low, int64_t col, int64_t width) {
+  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
+  thread_local std::vector<T> tile;
+  tile.resize(rows * width);
+  T* t = tile.data();
+  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
+  for (int h = 0; h < high; ++h) {
+    const int64_t st = int64_t(1) << h;
+    for (int64_t base = 0; base < rows; base += 2 * st)
+      for (int64_t r = base; r < base + st; ++r) {
+        T* lo = t + r * width;
+        T* hi = t + (r + st) * width;
+#pragma omp simd
+        for (int64_t k = 0; k < width; ++k) {
+          const T a = lo[k], d = hi[k];
+          lo[k] = a + d;
+          hi[k] = a - d;
+        }
+      }
+  }
+  for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+}
+
+// x (rows, 2**n) is transformed in place.
+template <typename T>
+void wht_rows(T* x, int64_t rows, int64_t n, int threads) {
+  const Shape sh = shape_of(rows, n);
+  const int64_t size = int64_t(1) << sh.low;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
+    T* chunk = x + job * size;  // row job / chunks, chunk job % chunks: rows are contiguous
+    for (int b = 0; b < sh.low; ++b) {
+      const int64_t st = int64_t(1) << b;
+      if (b == 0) butterfly_bit<T, 1>(chunk, size, st);
+      else if (b == 1) butterfly_bit<T, 2>(chunk, size, st);
+      else if (b == 2) butterfly_bit<T, 4>(chunk, size, st);
+      else butterfly_bit<T, 0>(chunk, size, st);
+    }
+  }
+  if (sh.high == 0) return;
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t job = 0; job < sh.rows * sh.tiles; ++job) {
+    const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
+    butterfly_high(x + row * sh.dim, int(sh.high), int(sh.low), col, sh.tile);
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int diffqas_abi_version() { return 5; }
+int diffqas_abi_version() { return 6; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -942,6 +1011,15 @@ void ctrl_backward_f64(double* psi, double* lam, double* part, double* du, const
 void ctrl_backward_f32(float* psi, float* lam, double* part, double* du, const double* u, const int32_t* pairs,
                        int64_t npairs, int64_t rows, int64_t n, int threads) {
   ctrl_backward<float>(psi, lam, part, du, u, pairs, npairs, rows, n, threads);
+}
+
+int wht_f64(double* x, int64_t rows, int64_t n, int threads) {
+  wht_rows<double>(x, rows, n, threads);
+  return 0;
+}
+int wht_f32(float* x, int64_t rows, int64_t n, int threads) {
+  wht_rows<float>(x, rows, n, threads);
+  return 0;
 }
 
 }  // extern "C"

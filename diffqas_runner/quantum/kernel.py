@@ -34,6 +34,9 @@ one diagonal phase), any 2x2 matrix u[l, q] on complex rows (`ComplexLayers`: Rz
   commuting with every Ry gives dL/dtheta[l, q] = <g, J_q psi> / 2, read off during the
   un-rotation; for a general u, dL/du = sum g_out conj(z_in)^T (torch's convention for complex
   tensors), and torch's autograd takes it on to the angles.
+- `WHT`: the unnormalised Walsh-Hadamard transform of rows (the IQP closed form's two
+  transforms), butterflies in the same two passes; its backward is the same transform (H is
+  symmetric).
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 5  # diffqas_abi_version() of kernel.cpp
+ABI = 6  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")  # where the CPU is known and OpenMP works
 NATIVE = "-march=native"  # only where this CPU is identified (the cache key names it): else a portable build
@@ -284,6 +287,7 @@ def _open(path: Path):
         "yz_backward": [p, p, p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
         "ctrl_forward": [p, p, p, i64, i64, i64, i32],  # x, u, pairs, npairs, rows, n, threads
         "ctrl_backward": [p, p, p, p, p, p, i64, i64, i64, i32],
+        "wht": [p, i64, i64, i32],  # x, rows, n, threads
     }
     for name, argtypes in signatures.items():
         for suffix in ("f64", "f32"):
@@ -408,6 +412,22 @@ class RyLayers(torch.autograd.Function):
         args = (psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n, ctx.group)
         which = _call("ry_backward", final.dtype, *args)
         return (g2 if which else g), dtheta.to(theta.dtype), None, None, None
+
+
+class WHT(torch.autograd.Function):
+    """The unnormalised Walsh-Hadamard transform of the rows of x (rows, 2**n), float32 or float64
+    on the CPU: one autograd node (closed_form.wht runs it as a few GEMMs on pure torch)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rows, dim = x.shape
+        out = x.detach().contiguous().clone()
+        _call("wht", out.dtype, out, rows, dim.bit_length() - 1)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        return WHT.apply(grad)  # H is symmetric; through apply, so the backward is differentiable too
 
 
 class ComplexLayers(torch.autograd.Function):
