@@ -49,6 +49,7 @@ from .train.checkpoint import (
     Interrupted,
     StopRequested,
     StopSignals,
+    describe_differences,
     differing_keys,
     fingerprint,
 )
@@ -196,10 +197,10 @@ def find_checkpoint(cfg, run_dir: Path, fp: str) -> dict | None:
             f"{key}={str(path)!r}: cannot read the checkpoint ({type(err).__name__}: {err}); "
             "allowed: a checkpoint written by diffqas-run (delete a damaged one to start over)"
         ) from err
-    keys = differing_keys(ckpt["meta"]["fingerprint"], fp, ADDED_KEYS)
-    if keys:
+    if differing_keys(ckpt["meta"]["fingerprint"], fp, ADDED_KEYS):
         raise DirectoryConflict(
-            f"{path} was written by a run with other settings ({', '.join(keys)}); "
+            f"{path} was written by a run with other settings "
+            f"({describe_differences(ckpt['meta']['fingerprint'], fp, ADDED_KEYS)}); "
             "allowed: the same config to resume, another hydra.run.dir (hydra.sweep.dir in a sweep) for a new run, "
             "or fresh=true to delete its results and start over"
         )

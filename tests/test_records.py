@@ -37,7 +37,7 @@ def _errors(stderr: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", [[], ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]], ids=["basic", "joblib"])
 def test_a_sweep_with_other_settings_leaves_the_finished_jobs_byte_identical(tmp_path, launcher):
-    """Used to rewrite both jobs' .hydra/ and multirun.yaml with lr 0.5 beside lr=0.001 results."""
+    """Used to rewrite both jobs' .hydra/ and multirun.yaml with lr 0.5 beside lr=0.01 results."""
     sweep = tmp_path / "sweep"
     args = ["-m", *FAST, "seed=0,1", f"hydra.sweep.dir={sweep}", *launcher]
     assert cli(args, tmp_path).returncode == 0
@@ -50,7 +50,7 @@ def test_a_sweep_with_other_settings_leaves_the_finished_jobs_byte_identical(tmp
     }
     assert (sweep / "multirun.1.yaml").read_bytes() == multirun  # the earlier sweep's record, kept
     assert "Traceback" not in proc.stderr and "Error executing job" not in proc.stderr, proc.stderr
-    refusals = [line for line in proc.stderr.splitlines() if "other settings (train.lr)" in line]
+    refusals = [line for line in proc.stderr.splitlines() if "other settings (train.lr: 0.01 there, 0.5 now)" in line]
     assert len(refusals) == 2 and all("hydra.sweep.dir" in line and "fresh=true" in line for line in refusals)
     assert "2 job(s) of the sweep refused" in proc.stderr and not list(sweep.rglob("failure.json"))
     # the same sweep again: nothing to do, the records untouched
@@ -217,3 +217,19 @@ def test_a_failed_sweep_job_is_one_line_then_the_summary(tmp_path):
     assert len(errors) == 4 and "loss became nan" in errors[0], proc.stderr
     assert errors[1].startswith("Error: 1 job(s) of the sweep failed"), proc.stderr
     assert errors[2:] == [f"sweep directory: {sweep}", f"tables and plots: diffqas-aggregate {sweep}"]  # what next
+
+
+def test_a_settings_conflict_names_each_key_with_both_values():
+    """The refusal says what differs, not just where: each key with the checkpoint's value and this
+    run's ("unset" where one lacks the key); an option added later at its old meaning is no difference."""
+    import json
+
+    from diffqas_runner.train.checkpoint import describe_differences, differing_keys
+
+    stored = json.dumps({"train": {"lr": 0.01, "epochs": 100}, "seed": 0, "qt": {"old": 1}})
+    now = json.dumps({"train": {"lr": 0.5, "epochs": 100}, "seed": 0, "task": {"model": "cnn"}, "qt": {"new": True}})
+    added = {"qt.new": True}  # its value now means what running without it did
+    assert differing_keys(stored, now, added) == ["qt.old", "task.model", "train.lr"]
+    assert describe_differences(stored, now, added) == (
+        'qt.old: 1 there, unset now; task.model: unset there, "cnn" now; train.lr: 0.01 there, 0.5 now'
+    )

@@ -198,8 +198,32 @@ def differing_keys(a: str, b: str, added: dict[str, Any] | None = None) -> list[
     did}; a key missing from a counts as that value where b has it (so a new option at its default
     does not make an older checkpoint another run's; an option only some task kinds have, such as
     `task.model`, stays absent from both for the others)."""
+    return [key for key, _, _ in differences(a, b, added)]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "unset"
+
+
+UNSET = _Unset()  # a key one fingerprint lacks
+
+
+def differences(a: str, b: str, added: dict[str, Any] | None = None) -> list[tuple[str, Any, Any]]:
+    """`differing_keys` with their values: (key, value in a, value in b), UNSET where one lacks it."""
     fa, fb = flatten(json.loads(a)), flatten(json.loads(b))
     for key, value in (added or {}).items():
         if key in fb:
             fa.setdefault(key, value)
-    return sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
+    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k, UNSET) != fb.get(k, UNSET))
+    return [(k, fa.get(k, UNSET), fb.get(k, UNSET)) for k in keys]
+
+
+def describe_differences(a: str, b: str, added: dict[str, Any] | None = None) -> str:
+    """The differences of fingerprints a (a checkpoint's) and b (this run's) for a message, e.g.
+    "train.lr: 0.001 there, 0.5 now; seed: 0 there, 1 now"."""
+
+    def shown(value) -> str:
+        return "unset" if value is UNSET else json.dumps(value)
+
+    return "; ".join(f"{k}: {shown(old)} there, {shown(new)} now" for k, old, new in differences(a, b, added))
