@@ -41,6 +41,7 @@ import argparse
 import csv
 import json
 import math
+import os
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -50,13 +51,14 @@ from scipy.stats import kendalltau
 
 
 def summaries(root: Path) -> list[dict]:
-    """Every finished run under root, but the child runs of a selection stage (select/...)."""
-    out = []
-    for path in sorted(Path(root).rglob("summary.json")):
-        if "select" in path.relative_to(root).parts:
-            continue
-        out.append(json.loads(path.read_text()))
-    return out
+    """Every finished run under root, but the child runs of a selection stage (select/...).
+    Symbolic links to directories are followed: sweeps kept elsewhere can be gathered under one root."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=True):
+        dirs.sort()
+        if "summary.json" in files:
+            found.append(Path(folder) / "summary.json")
+    return [json.loads(path.read_text()) for path in sorted(found) if "select" not in path.relative_to(root).parts]
 
 
 def key(s: dict) -> tuple:

@@ -167,3 +167,15 @@ def test_cases_at_seeds_the_truth_lacks_are_judged_on_every_truth_seed(tmp_path)
     assert select["held_out"] == "0 1 2 3" and select["hit"] and select["regret"] == 0
     assert select["ensemble_regret"] is None  # no truth at seed 7 to compare DiffQAS's own model with
     assert weights["hit"] is False and weights["regret"] == pytest.approx((0.6 - 0.12) / 0.12)
+
+
+def test_sweeps_linked_under_one_root_are_read_as_if_they_were_there(dirs, tmp_path):
+    """A study gathers sweeps kept elsewhere by symbolic links (one truth root over several
+    settings): the links are followed, and the result is the same as with the directories."""
+    truth, runs = dirs
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "setting").symlink_to(truth, target_is_directory=True)
+    direct = search_study.main([str(truth), str(runs), "--out", str(tmp_path / "a")])
+    through_links = search_study.main([str(linked), str(runs), "--out", str(tmp_path / "b")])
+    assert through_links == direct and len(direct) > 10
