@@ -86,6 +86,11 @@ def test_walsh_hadamard_transform_matches_the_dense_matrix(kernel_mode):
         assert y32.dtype == torch.float32
         torch.testing.assert_close(y32.double()[:, cols], x.detach() @ dense, rtol=0, atol=1e-4 * 2 ** (n / 2))
     assert (type(y.grad_fn).__name__ == "WHTBackward") == (kernel_mode == "cpp")  # the path under test ran
+    if kernel_mode == "cpp":  # what the kernel cannot take is refused, not transformed wrongly
+        with pytest.raises(ValueError, match="2\\*\\*n"):
+            kernel.WHT.apply(torch.ones(2, 6, dtype=torch.float64))
+        half = torch.ones(2, 8, dtype=torch.float16)
+        torch.testing.assert_close(closed_form.wht(half).double(), closed_form.wht_gemm(half.double()))  # torch's path
 
 
 @pytest.mark.parametrize("n,layers", [(2, 1), (3, 5), (6, 2), (8, 7), (11, 3), (13, 2)])

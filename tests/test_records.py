@@ -233,3 +233,6 @@ def test_a_settings_conflict_names_each_key_with_both_values():
     assert describe_differences(stored, now, added) == (
         'qt.old: 1 there, unset now; task.model: unset there, "cnn" now; train.lr: 0.01 there, 0.5 now'
     )
+    # an option added later at a null default: an older checkpoint without it is the same run
+    later = json.dumps({"train": {"lr": 0.01, "epochs": 100}, "seed": 0, "qt": {"old": 1}, "backend": {"memory_mb": None}})
+    assert differing_keys(stored, later) == [] and describe_differences(stored, later) == ""

@@ -84,7 +84,7 @@ def parity_rows(entangler: Entangler, n: int, n_layers: int) -> torch.Tensor:
 def wht(x: torch.Tensor) -> torch.Tensor:
     """Unnormalised Walsh-Hadamard transform of the rows of x (R, 2**n): on the C++ kernel one
     autograd node of butterflies (kernel.WHT), else `wht_gemm`."""
-    if x.device.type == "cpu" and kernel.load() is not None:
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and kernel.load() is not None:
         return kernel.WHT.apply(x)
     return wht_gemm(x)
 

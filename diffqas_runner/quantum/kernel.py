@@ -354,10 +354,13 @@ def _failed_build() -> bool:
     return not isinstance(_error, NotBuiltYet)
 
 
+_DTYPES = {torch.float64: "f64", torch.float32: "f32"}  # the kernel's element types
+
+
 def _call(name: str, dtype: torch.dtype, *args) -> int:
     """Call kernel.cpp's `name` for dtype with tensors passed as data pointers (None: a null one)
     and torch's thread count last."""
-    fn = getattr(load(), f"{name}_{ {torch.float64: 'f64', torch.float32: 'f32'}[dtype] }")
+    fn = getattr(load(), f"{name}_{_DTYPES[dtype]}")
     ptrs = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args]
     return fn(*ptrs, torch.get_num_threads())
 
@@ -420,8 +423,12 @@ class WHT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
+        if x.dim() != 2 or x.shape[1] & (x.shape[1] - 1) or x.device.type != "cpu" or x.dtype not in _DTYPES:
+            raise ValueError(
+                f"WHT takes CPU float32 or float64 rows of 2**n values, got {x.dtype} {tuple(x.shape)} on {x.device}"
+            )
         rows, dim = x.shape
-        out = x.detach().contiguous().clone()
+        out = x.detach().clone(memory_format=torch.contiguous_format)
         _call("wht", out.dtype, out, rows, dim.bit_length() - 1)
         return out
 

@@ -215,7 +215,9 @@ def differences(a: str, b: str, added: dict[str, Any] | None = None) -> list[tup
     for key, value in (added or {}).items():
         if key in fb:
             fa.setdefault(key, value)
-    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k, UNSET) != fb.get(k, UNSET))
+    # a key one side lacks equals null on the other (options added at a null default, such as
+    # backend.memory_mb or task.variant, keep older checkpoints resumable); UNSET only shows it
+    keys = sorted(k for k in fa.keys() | fb.keys() if fa.get(k) != fb.get(k))
     return [(k, fa.get(k, UNSET), fb.get(k, UNSET)) for k in keys]
 
 
