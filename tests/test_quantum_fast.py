@@ -89,6 +89,8 @@ def test_walsh_hadamard_transform_matches_the_dense_matrix(kernel_mode):
     if kernel_mode == "cpp":  # what the kernel cannot take is refused, not transformed wrongly
         with pytest.raises(ValueError, match="2\\*\\*n"):
             kernel.WHT.apply(torch.ones(2, 6, dtype=torch.float64))
+        with pytest.raises(ValueError, match="2\\*\\*n"):
+            kernel.WHT.apply(torch.ones(2, 0, dtype=torch.float64))
         half = torch.ones(2, 8, dtype=torch.float16)
         torch.testing.assert_close(closed_form.wht(half).double(), closed_form.wht_gemm(half.double()))  # torch's path
 

@@ -423,7 +423,7 @@ class WHT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x):
-        if x.dim() != 2 or x.shape[1] & (x.shape[1] - 1) or x.device.type != "cpu" or x.dtype not in _DTYPES:
+        if x.dim() != 2 or x.shape[1] < 1 or x.shape[1] & (x.shape[1] - 1) or x.device.type != "cpu" or x.dtype not in _DTYPES:
             raise ValueError(
                 f"WHT takes CPU float32 or float64 rows of 2**n values, got {x.dtype} {tuple(x.shape)} on {x.device}"
             )
