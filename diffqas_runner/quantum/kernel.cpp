@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -92,16 +93,22 @@ inline void rotate_bit(T* x, int64_t size, int64_t st_rt, T cc, T ss) {
   }
 }
 
+// bit(ST, b) for each of the `bits` low bits, ST the stride 2**b as a compile-time constant for
+// b < 3 (those strides vectorise only when known), else std::integral_constant<int, 0> (runtime).
+template <typename Bit>
+inline void each_low_bit(int bits, Bit bit) {
+  for (int b = 0; b < bits; ++b) {
+    if (b == 0) bit(std::integral_constant<int, 1>{}, b);
+    else if (b == 1) bit(std::integral_constant<int, 2>{}, b);
+    else if (b == 2) bit(std::integral_constant<int, 4>{}, b);
+    else bit(std::integral_constant<int, 0>{}, b);
+  }
+}
+
 template <typename T>
 inline void rotate_low(T* x, int bits, const T* c, const T* s) {
   const int64_t size = int64_t(1) << bits;
-  for (int b = 0; b < bits; ++b) {
-    const int64_t st = int64_t(1) << b;
-    if (b == 0) rotate_bit<T, 1>(x, size, st, c[b], s[b]);
-    else if (b == 1) rotate_bit<T, 2>(x, size, st, c[b], s[b]);
-    else if (b == 2) rotate_bit<T, 4>(x, size, st, c[b], s[b]);
-    else rotate_bit<T, 0>(x, size, st, c[b], s[b]);
-  }
+  each_low_bit(bits, [&](auto st, int b) { rotate_bit<T, st.value>(x, size, int64_t(1) << b, c[b], s[b]); });
 }
 
 // Un-rotate pairs (lo, hi) and their gradients by one angle; returns this span's share of the
@@ -133,17 +140,14 @@ inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) 
 template <typename T>
 inline void unrotate_low(T* x, T* g, int bits, const T* c, const T* s, double* dots) {
   const int64_t size = int64_t(1) << bits;
-  for (int b = 0; b < bits; ++b) {
-    const int64_t st = int64_t(1) << b;
-    if (b == 0) dots[b] += unrotate_bit<T, 1>(x, g, size, st, c[b], s[b]);
-    else if (b == 1) dots[b] += unrotate_bit<T, 2>(x, g, size, st, c[b], s[b]);
-    else if (b == 2) dots[b] += unrotate_bit<T, 4>(x, g, size, st, c[b], s[b]);
-    else dots[b] += unrotate_bit<T, 0>(x, g, size, st, c[b], s[b]);
-  }
+  each_low_bit(bits, [&](auto st, int b) { dots[b] += unrotate_bit<T, st.value>(x, g, size, int64_t(1) << b, c[b], s[b]); });
 }
 
-template <typename T>
-inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, const T* c, const T* s) {
+// One column tile [col, col + width) of the (2**high, 2**low) view, copied to a buffer, then
+// pair(h, lo, hi, width) on every pair of its rows that differ in high bit h (h ascending), and
+// copied back.
+template <typename T, typename Pair>
+inline void on_high_tile(T* x, int high, int low, int64_t col, int64_t width, Pair pair) {
   const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
   thread_local std::vector<T> tile;
   tile.resize(rows * width);
@@ -151,20 +155,23 @@ inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, con
   for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
   for (int h = 0; h < high; ++h) {
     const int64_t st = int64_t(1) << h;
-    const T cc = c[low + h], ss = s[low + h];
     for (int64_t base = 0; base < rows; base += 2 * st)
-      for (int64_t r = base; r < base + st; ++r) {
-        T* lo = t + r * width;
-        T* hi = t + (r + st) * width;
-#pragma omp simd
-        for (int64_t k = 0; k < width; ++k) {
-          const T a = lo[k], d = hi[k];
-          lo[k] = cc * a - ss * d;
-          hi[k] = ss * a + cc * d;
-        }
-      }
+      for (int64_t r = base; r < base + st; ++r) pair(h, t + r * width, t + (r + st) * width, width);
   }
   for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+}
+
+template <typename T>
+inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, const T* c, const T* s) {
+  on_high_tile(x, high, low, col, width, [&](int h, T* lo, T* hi, int64_t n) {
+    const T cc = c[low + h], ss = s[low + h];
+#pragma omp simd
+    for (int64_t k = 0; k < n; ++k) {
+      const T a = lo[k], d = hi[k];
+      lo[k] = cc * a - ss * d;
+      hi[k] = ss * a + cc * d;
+    }
+  });
 }
 
 template <typename T>
@@ -888,26 +895,14 @@ inline void butterfly_bit(T* x, int64_t size, int64_t st_rt) {
 
 template <typename T>
 inline void butterfly_high(T* x, int high, int low, int64_t col, int64_t width) {
-  const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
-  thread_local std::vector<T> tile;
-  tile.resize(rows * width);
-  T* t = tile.data();
-  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
-  for (int h = 0; h < high; ++h) {
-    const int64_t st = int64_t(1) << h;
-    for (int64_t base = 0; base < rows; base += 2 * st)
-      for (int64_t r = base; r < base + st; ++r) {
-        T* lo = t + r * width;
-        T* hi = t + (r + st) * width;
+  on_high_tile(x, high, low, col, width, [](int, T* lo, T* hi, int64_t n) {
 #pragma omp simd
-        for (int64_t k = 0; k < width; ++k) {
-          const T a = lo[k], d = hi[k];
-          lo[k] = a + d;
-          hi[k] = a - d;
-        }
-      }
-  }
-  for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+    for (int64_t k = 0; k < n; ++k) {
+      const T a = lo[k], d = hi[k];
+      lo[k] = a + d;
+      hi[k] = a - d;
+    }
+  });
 }
 
 // x (rows, 2**n) is transformed in place.
@@ -918,13 +913,7 @@ void wht_rows(T* x, int64_t rows, int64_t n, int threads) {
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
     T* chunk = x + job * size;  // row job / chunks, chunk job % chunks: rows are contiguous
-    for (int b = 0; b < sh.low; ++b) {
-      const int64_t st = int64_t(1) << b;
-      if (b == 0) butterfly_bit<T, 1>(chunk, size, st);
-      else if (b == 1) butterfly_bit<T, 2>(chunk, size, st);
-      else if (b == 2) butterfly_bit<T, 4>(chunk, size, st);
-      else butterfly_bit<T, 0>(chunk, size, st);
-    }
+    each_low_bit(int(sh.low), [&](auto st, int b) { butterfly_bit<T, st.value>(chunk, size, int64_t(1) << b); });
   }
   if (sh.high == 0) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
