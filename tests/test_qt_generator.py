@@ -133,6 +133,7 @@ def test_input_norm_feeds_the_mapping_unit_spread_probabilities(postprocess):
     assert gen.options.input_norm == "standardize"
     mapping = gen.apply_mapping
     gen.apply_mapping = lambda x: (seen.update(x=x.detach()), mapping(x))[1]  # what the mapping is given
+    gen.flat_weights()  # the recorded chain: `gen()` runs the same steps as one node (qt/fused.py)
     x, y = torch.randn(16, 20), torch.randint(0, 2, (16,))
     torch.nn.functional.cross_entropy(functional_call(model, gen(), (x,)), y).backward()
     assert abs(seen["x"].mean().item()) < 1e-9 and seen["x"].std().item() == pytest.approx(1.0, abs=1e-9)

@@ -43,6 +43,7 @@ from ..quantum.candidates import SpaceError, check_wires
 from ..quantum.groups import angle_independent, group_weight, output_groups
 from . import shots as finite_shots
 from .controls import SOURCES, ClassicalSource, RandomSource, all_bits
+from .fused import MapSpec, linear_map, mapped_weights, mean_std, postprocess, scale_tensors, standardize
 
 
 def _values(enum) -> tuple[str, ...]:
@@ -152,24 +153,6 @@ class _Evaluating:
             self.train(was)
 
 
-def _mean_std(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shift and divisor that standardise x. A constant vector (an angle-independent
-    candidate) gets divisor 1, so float rounding is never blown up into weights; a one-element
-    tensor (a lone output bias) gets (0, 1): it has no spread and stays as mapped."""
-    if x.numel() == 1:
-        return torch.zeros_like(x[0]), torch.ones_like(x[0])
-    mean = x.mean()
-    std = (x - mean).std()
-    spread = std > 1e-6 * x.detach().abs().max().clamp_min(torch.finfo(x.dtype).tiny)
-    return mean, torch.where(spread, std, torch.ones_like(std))
-
-
-def standardize(x: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit std (see `_mean_std` for constant and one-element inputs)."""
-    mean, std = _mean_std(x)
-    return (x - mean) / std
-
-
 def fan_in(shape: torch.Size) -> int:
     """The fan-in `qt.tensor_scale` divides by: the trailing dimensions, or the length of a vector."""
     return int(shape[1:].numel()) if len(shape) > 1 else int(shape[0])
@@ -212,6 +195,15 @@ class Generator(_Evaluating, nn.Module):
         self.control = self._control(opts)
         self._make_groups()
         self._make_sampling(opts)
+        self.spec = MapSpec(
+            n_qubits=self.n_qubits, postprocess=opts.postprocess, toolkit=tuple(opts.toolkit),
+            odd=opts.toolkit_negative == "odd", standardize_input=opts.input_norm == "standardize",
+            center=opts.center_output, tensor_scale=opts.tensor_scale, affine=opts.tensor_affine,
+            sizes=tuple(self.sizes), shapes=tuple(self.shapes), out_dtype=opts.out_dtype,
+        )  # fmt: skip
+        # the paper's mapping (no hidden layer) runs as one autograd node (qt/fused.py); a mapping
+        # with hidden layers is recorded op by op (`flat_weights`)
+        self.fused = not opts.mapping_hidden
         self._make_scaling(opts)
 
     def _choose_candidates(self, opts: GeneratorOptions) -> tuple[Candidate, ...]:
@@ -332,7 +324,7 @@ class Generator(_Evaluating, nn.Module):
             # Each tensor's mean and std at initialisation, fixed from then on (and checkpointed), so
             # training can still change the scale of the weights through the mapping.
             with torch.no_grad():
-                stats = [_mean_std(t) for t in self._mapped().split(self.sizes)]
+                stats = [mean_std(t) for t in self._mapped().split(self.sizes)]
             self.register_buffer("init_mean", torch.stack([m for m, _ in stats]))
             self.register_buffer("init_std", torch.stack([sd for _, sd in stats]))
 
@@ -494,17 +486,7 @@ class Generator(_Evaluating, nn.Module):
 
     # --- probabilities -> weights ------------------------------------------------------
     def _postprocess(self, probs: torch.Tensor) -> torch.Tensor:
-        opts, n = self.options, self.n_qubits
-        if opts.postprocess == "none":
-            return probs
-        if opts.postprocess == "scale":
-            return probs * 2**n
-        gamma, beta, alpha = opts.toolkit
-        t = beta * torch.tanh(gamma * 2 ** (n - 1) * probs)
-        x = t.clamp_min(1e-12) ** alpha
-        if opts.toolkit_negative == "odd":  # raw structural weights can make entries of P negative
-            x = torch.where(t < 0, -((-t).clamp_min(1e-12) ** alpha), x)
-        return x - x.mean()
+        return postprocess(probs, self.spec)[0]
 
     def _mapped(self) -> torch.Tensor:
         """kappa = M_beta(bits, x) for the p used basis states, before any per-tensor scaling."""
@@ -515,24 +497,29 @@ class Generator(_Evaluating, nn.Module):
         return kappa - kappa.mean() if self.options.center_output else kappa
 
     def apply_mapping(self, x: torch.Tensor) -> torch.Tensor:
-        """M_beta on the rows [bits_i, x_i]: the first Linear as bits @ W_bits^T + b + x W_x, so the
-        (p, n+1) input is never assembled (at 17 qubits a copy of 18 MB each step)."""
-        first, n = self.mapping[0], self.n_qubits
-        hidden = torch.addmm(first.bias, self.bits, first.weight[:, :n].T) + x[:, None] * first.weight[:, n]
-        return self.mapping[1:](hidden).squeeze(1)
+        """M_beta on the rows [bits_i, x_i] (`linear_map`, then any hidden layers)."""
+        return self.mapping[1:](linear_map(x, self.bits, self.mapping[0].weight, self.mapping[0].bias)).squeeze(1)
+
+    def _consts(self) -> dict[str, torch.Tensor]:
+        """The fixed tensors of the per-tensor scaling and the mapping (buffers: on the run's device)."""
+        consts = {"bits": self.bits, "tensor_index": self.tensor_index, "scale": self.scale}
+        if self.options.tensor_scale == "init":
+            consts.update(init_mean=self.init_mean, init_std=self.init_std)
+        return consts
+
+    def _affine(self) -> tuple[torch.Tensor, ...]:
+        return (self.gain, self.shift) if self.options.tensor_affine else ()
 
     def flat_weights(self) -> torch.Tensor:
-        kappa = self._mapped()
-        if self.options.tensor_scale == "standardize":
-            kappa = torch.cat([standardize(t) for t in kappa.split(self.sizes)])
-        elif self.options.tensor_scale == "init":
-            kappa = (kappa - self.init_mean[self.tensor_index]) / self.init_std[self.tensor_index]
-        if self.options.tensor_affine:
-            return kappa * self.scale * self.gain[self.tensor_index] + self.shift[self.tensor_index]
-        return kappa if self.options.tensor_scale == "none" else kappa * self.scale  # scale is all ones with none
+        """The p generated weights, recorded by autograd op by op (any mapping)."""
+        return scale_tensors(self._mapped(), self.spec, self._consts(), *self._affine())[0]
 
     def forward(self) -> dict[str, torch.Tensor]:
         """The generated weights as {name: tensor}, in the target's named_parameters() order."""
+        if self.fused:
+            first = self.mapping[0]
+            tensors = mapped_weights(self.spec, self._consts(), self.probabilities(), first.weight, first.bias, *self._affine())
+            return dict(zip(self.names, tensors))
         flat = self.flat_weights().to(self.options.out_dtype)
         return {name: t.view(shape) for name, t, shape in zip(self.names, flat.split(self.sizes), self.shapes)}
 
