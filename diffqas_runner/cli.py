@@ -347,6 +347,7 @@ def main() -> None:
     (and exit status 1 when any, even where the sweeper itself carried on, as Optuna does)."""
     argv = sys.argv[1:]
     hydra_words.reraise_in_process()  # Hydra re-raises instead of printing a stack; reported below
+    hydra_words.compose_once(CONFIG_PACKAGE)  # not once more to read hydra.mode, which only an override sets
     code = 0
     stderr = sys.stderr
     if not hydra_words.user_wants_tracebacks():

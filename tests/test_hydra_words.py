@@ -87,3 +87,76 @@ def test_nothing_else_in_the_package_reads_hydras_wording():
         text = path.read_text()
         for phrase in ("Error executing job", "Could not find '", "Error merging override", "Config search path"):
             assert phrase not in text, f"{path.name} reads Hydra's {phrase!r}: do it in hydra_words.py"
+
+
+def _hydra(user_folder: Path | None = None):
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import create_config_search_path
+
+    from diffqas_runner.cli import CONFIG_PACKAGE
+
+    GlobalHydra.instance().clear()
+    search_path = create_config_search_path(f"pkg://{CONFIG_PACKAGE}")
+    if user_folder is not None:
+        search_path.append("command-line", f"file://{user_folder}")
+    return Hydra.create_main_hydra2(task_name="t", config_search_path=search_path)
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (Path(CONFIG_DIR) / group).glob("*.yaml"))
+
+
+MODE_CASES = [
+    [],
+    ["task=bessel", "seed=0,1"],
+    ["hydra.mode=MULTIRUN"],
+    ["hydra.mode=RUN", "task=bessel"],
+    ["hydra.mode=MULTIRUN", "hydra.mode=RUN"],
+    ["+hydra.mode=MULTIRUN"],
+    *[[f"experiment={name}"] for name in _options("experiment")],
+    *[[f"hparams_search={name}"] for name in _options("hparams_search")],
+]
+
+
+@pytest.mark.parametrize("overrides", MODE_CASES, ids=lambda o: " ".join(o) or "none")
+def test_hydra_mode_read_from_the_overrides_is_what_hydras_composition_reads(monkeypatch, overrides):
+    """`compose_once` answers Hydra's get_mode without composing: the same answer as Hydra's own
+    composition for every packaged experiment and sweep, and for hydra.mode overrides."""
+    from hydra._internal.hydra import Hydra
+
+    from diffqas_runner.cli import CONFIG_PACKAGE
+
+    composing = Hydra.get_mode
+    monkeypatch.setattr(Hydra, "get_mode", composing)  # restored after the test
+    hydra_obj = _hydra()
+    expected = composing(hydra_obj, "config", list(overrides))
+    hydra_words.compose_once(CONFIG_PACKAGE)
+    assert Hydra.get_mode is not composing
+    calls = []
+    monkeypatch.setattr(Hydra, "compose_config", lambda *a, **k: calls.append(a) or pytest.fail("composed"))
+    assert Hydra.get_mode(hydra_obj, "config", list(overrides)) == expected
+    assert not calls
+
+
+@pytest.mark.parametrize("case", ["user folder", "searchpath", "other config", "unreadable value"])
+def test_hydra_mode_is_left_to_hydra_where_a_config_of_the_users_may_set_it(monkeypatch, tmp_path, case):
+    from hydra._internal.hydra import Hydra
+    from hydra.types import RunMode
+
+    from diffqas_runner.cli import CONFIG_PACKAGE
+
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "mine.yaml").write_text("# @package _global_\nhydra:\n  mode: MULTIRUN\n")
+    seen = []
+    monkeypatch.setattr(Hydra, "get_mode", lambda self, name, overrides: seen.append(name) or RunMode.MULTIRUN)
+    hydra_words.compose_once(CONFIG_PACKAGE)
+    hydra_obj = _hydra(tmp_path if case == "user folder" else None)
+    overrides = {
+        "user folder": ["experiment=mine"],
+        "searchpath": [f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"],
+        "other config": [],
+        "unreadable value": ["hydra.mode=${oc.env:MODE}"],
+    }[case]
+    name = "other" if case == "other config" else "config"
+    assert Hydra.get_mode(hydra_obj, name, overrides) == RunMode.MULTIRUN
+    assert seen == [name]  # Hydra's own composition answered
