@@ -11,9 +11,14 @@ The steps are written once, here (`postprocess`, `standardize`, `scale_tensors`)
 ways. `Generator.flat_weights` records them with autograd (any mapping, hidden layers too).
 `mapped_weights` runs them under one `torch.autograd.Function` for the paper's mapping (no hidden
 layer): its forward is the same code, so the generated weights are bitwise the recorded chain's,
-and its backward is the chain's gradient written out by hand in a few vector operations. The two
-gradients agree within rounding (tests/test_fused.py, with torch's gradcheck on finite
-differences): a change of arithmetic under CONTRACT's reproducibility policy.
+and its backward is the chain's gradient written out by hand in a few vector operations.
+
+Where the circuit is simulated on the C++ kernel (`simulator.kernel: cpp` in the summary) and the
+target has at most KERNEL_MAX_WEIGHTS weights, the node's front half (post-processing, input
+norm, mapping, centring) is one call of kernel.cpp each way (`qtmap_forward`, `qtmap_backward`:
+float64 sums, one thread, deterministic); the per-tensor scaling stays in torch. Both paths agree
+with the recorded chain within rounding and with finite differences (tests/test_fused.py): a
+change of arithmetic under CONTRACT's reproducibility policy.
 """
 
 from __future__ import annotations
@@ -22,7 +27,14 @@ from dataclasses import dataclass
 
 import torch
 
+from ..quantum import kernel
+
 TINY = 1e-12  # the toolkit's clamp before the power
+# kernel.cpp runs the front half for up to this many weights, where torch's dispatch costs more
+# than the arithmetic (2**11 weights: about 0.5 ms a step less); above, torch's vectorised tanh
+# and pow beat the kernel's scalar loop (post-processing alone at 2**14 weights: 4.3 ms on the
+# kernel, 4.7 recorded; at 2**17, 15-23 against 9-18 ms: docs/benchmarks.md)
+KERNEL_MAX_WEIGHTS = 2**13
 
 
 @dataclass(frozen=True)
@@ -37,6 +49,7 @@ class MapSpec:
     center: bool  # qt.center_output
     tensor_scale: str  # standardize | init | fan_in | none
     affine: bool  # qt.tensor_affine
+    bits_pm1: bool  # qt.mapping_bits=pm1: the mapping reads a basis state's bits as -1/+1 (else 0/1)
     sizes: tuple[int, ...]
     shapes: tuple[torch.Size, ...]
     out_dtype: torch.dtype
@@ -44,6 +57,17 @@ class MapSpec:
     @property
     def n_params(self) -> int:
         return sum(self.sizes)
+
+    @property
+    def flags(self) -> int:
+        """kernel.cpp's qtmap flags for the front half (post-processing to centring)."""
+        return (
+            kernel.MAP_POST[self.postprocess]
+            | (kernel.MAP_ODD if self.odd else 0)
+            | (kernel.MAP_STD if self.standardize_input else 0)
+            | (kernel.MAP_CENTER if self.center else 0)
+            | (kernel.MAP_PM1 if self.bits_pm1 else 0)
+        )
 
 
 # --- the steps ------------------------------------------------------------------------------
@@ -142,20 +166,27 @@ class _MappedWeights(torch.autograd.Function):
     """P, the mapping's weight and bias, the affine gain and shift -> the target's tensors."""
 
     @staticmethod
-    def forward(ctx, spec: MapSpec, consts: dict, probs, weight, bias, gain, shift):
-        x, a, t = postprocess(probs[: spec.n_params], spec)
-        moms = None
-        if spec.standardize_input:
-            mean, divisor, spread = moms = moments(x)
-            z = (x - mean) / divisor
+    def forward(ctx, spec: MapSpec, consts: dict, native: bool, probs, weight, bias, gain, shift):
+        ctx.native = native and _kernel_takes(probs, spec)
+        if ctx.native:  # the front half in one call of kernel.cpp
+            z, a, kappa, stats = kernel.map_forward(
+                probs, weight, float(bias), spec.n_params, spec.n_qubits, spec.flags, spec.toolkit
+            )
+            ctx.moments, t = stats, None
         else:
-            z = x
-        kappa = linear_map(z, consts["bits"], weight, bias).squeeze(1)
-        if spec.center:
-            kappa = kappa - kappa.mean()
+            x, a, t = postprocess(probs[: spec.n_params], spec)
+            moms = None
+            if spec.standardize_input:
+                mean, divisor, spread = moms = moments(x)
+                z = (x - mean) / divisor
+            else:
+                z = x
+            kappa = linear_map(z, consts["bits"], weight, bias).squeeze(1)
+            if spec.center:
+                kappa = kappa - kappa.mean()
+            ctx.moments = moms and moms[1:]
         flat, q, stats = scale_tensors(kappa, spec, consts, gain, shift)
-        ctx.spec, ctx.consts, ctx.length = spec, consts, probs.shape[0]
-        ctx.moments, ctx.stats = moms and moms[1:], stats
+        ctx.spec, ctx.consts, ctx.length, ctx.stats = spec, consts, probs.shape[0], stats
         ctx.save_for_backward(z, q, weight, gain, a, t)
         flat = flat.to(spec.out_dtype)
         return tuple(piece.view(shape) for piece, shape in zip(flat.split(spec.sizes), spec.shapes))
@@ -171,9 +202,9 @@ class _MappedWeights(torch.autograd.Function):
         d_gain = d_shift = None
         if spec.affine:
             count = len(spec.sizes)
-            if ctx.needs_input_grad[5]:
-                d_gain = torch.zeros(count, dtype=z.dtype, device=z.device).index_add_(0, index, g * q * consts["scale"])
             if ctx.needs_input_grad[6]:
+                d_gain = torch.zeros(count, dtype=z.dtype, device=z.device).index_add_(0, index, g * q * consts["scale"])
+            if ctx.needs_input_grad[7]:
                 d_shift = torch.zeros(count, dtype=z.dtype, device=z.device).index_add_(0, index, g)
             g = g * consts["scale"] * gain[index]
         elif spec.tensor_scale != "none":
@@ -183,21 +214,41 @@ class _MappedWeights(torch.autograd.Function):
             g = torch.cat([standardize_backward(dq, qs, *stats) for dq, qs, stats in pieces])
         elif spec.tensor_scale == "init":
             g = g / consts["init_std"][index]
-        if spec.center:
-            g = g - g.mean()
-        d_weight = torch.cat([g @ consts["bits"], (g @ z)[None]])[None] if ctx.needs_input_grad[3] else None
-        d_bias = g.sum()[None] if ctx.needs_input_grad[4] else None
+        if ctx.native:
+            du, dw = kernel.map_backward(g, z, a, weight, ctx.moments, spec.n_qubits, spec.flags, spec.toolkit)
+            d_weight = dw[:-1].to(weight.dtype)[None] if ctx.needs_input_grad[4] else None
+            d_bias = dw[-1:].to(weight.dtype) if ctx.needs_input_grad[5] else None
+        else:
+            if spec.center:
+                g = g - g.mean()
+            d_weight = torch.cat([g @ consts["bits"], (g @ z)[None]])[None] if ctx.needs_input_grad[4] else None
+            d_bias = g.sum()[None] if ctx.needs_input_grad[5] else None
+            du = None
+            if ctx.needs_input_grad[3]:
+                dx = g * weight[0, -1]
+                if ctx.moments is not None:
+                    dx = standardize_backward(dx, z, *ctx.moments)
+                du = postprocess_backward(dx, spec, a, t)
         d_probs = None
-        if ctx.needs_input_grad[2]:
-            dx = g * weight[0, -1]
-            if ctx.moments is not None:
-                dx = standardize_backward(dx, z, *ctx.moments)
-            du = postprocess_backward(dx, spec, a, t)
+        if ctx.needs_input_grad[3]:
             d_probs = torch.nn.functional.pad(du, (0, ctx.length - du.shape[0]))
-        return None, None, d_probs, d_weight, d_bias, d_gain, d_shift
+        return None, None, None, d_probs, d_weight, d_bias, d_gain, d_shift
 
 
-def mapped_weights(spec: MapSpec, consts: dict, probs, weight, bias, gain=None, shift=None) -> tuple[torch.Tensor, ...]:
+def _kernel_takes(probs: torch.Tensor, spec: MapSpec) -> bool:
+    """Whether kernel.cpp can run the front half: loaded in this process, CPU float32/float64."""
+    return (
+        kernel.loaded() is not None
+        and probs.device.type == "cpu"
+        and probs.dtype in (torch.float32, torch.float64)
+        and 1 < spec.n_params <= KERNEL_MAX_WEIGHTS
+    )
+
+
+def mapped_weights(
+    spec: MapSpec, consts: dict, probs, weight, bias, gain=None, shift=None, native: bool = False
+) -> tuple[torch.Tensor, ...]:
     """The target's tensors (spec.shapes, in spec.out_dtype) from the probabilities, as one autograd
-    node; consts: the generator's bits, tensor_index and scale (init_mean, init_std for init)."""
-    return _MappedWeights.apply(spec, consts, probs, weight, bias, gain, shift)
+    node; consts: the generator's bits, tensor_index and scale (init_mean, init_std for init).
+    native: run the front half in kernel.cpp where it can (a circuit simulated on the kernel)."""
+    return _MappedWeights.apply(spec, consts, native, probs, weight, bias, gain, shift)

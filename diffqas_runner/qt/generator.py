@@ -199,7 +199,7 @@ class Generator(_Evaluating, nn.Module):
             n_qubits=self.n_qubits, postprocess=opts.postprocess, toolkit=tuple(opts.toolkit),
             odd=opts.toolkit_negative == "odd", standardize_input=opts.input_norm == "standardize",
             center=opts.center_output, tensor_scale=opts.tensor_scale, affine=opts.tensor_affine,
-            sizes=tuple(self.sizes), shapes=tuple(self.shapes), out_dtype=opts.out_dtype,
+            bits_pm1=opts.mapping_bits == "pm1", sizes=tuple(self.sizes), shapes=tuple(self.shapes), out_dtype=opts.out_dtype,
         )  # fmt: skip
         # the paper's mapping (no hidden layer) runs as one autograd node (qt/fused.py); a mapping
         # with hidden layers is recorded op by op (`flat_weights`)
@@ -518,7 +518,9 @@ class Generator(_Evaluating, nn.Module):
         """The generated weights as {name: tensor}, in the target's named_parameters() order."""
         if self.fused:
             first = self.mapping[0]
-            tensors = mapped_weights(self.spec, self._consts(), self.probabilities(), first.weight, first.bias, *self._affine())
+            native = self.control is None and self.options.backend == "native"  # as `simulator.kernel` records it
+            probs = self.probabilities()
+            tensors = mapped_weights(self.spec, self._consts(), probs, first.weight, first.bias, *self._affine(), native=native)
             return dict(zip(self.names, tensors))
         flat = self.flat_weights().to(self.options.out_dtype)
         return {name: t.view(shape) for name, t, shape in zip(self.names, flat.split(self.sizes), self.shapes)}

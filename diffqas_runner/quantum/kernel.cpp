@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <type_traits>
 #include <vector>
 
@@ -923,11 +924,128 @@ void wht_rows(T* x, int64_t rows, int64_t n, int threads) {
   }
 }
 
+// --- the generator's classical part, front half (qt/fused.py) ------------------------------------
+// u = P[:p] -> post-processing -> input norm -> kappa = b + bits . w[:n] + z w[n] -> centring, and
+// its gradient. flags: bits 0-1 the post-processing (0 none, 1 scale, 2 toolkit), 4 odd negatives,
+// 8 standardised input, 16 centred output, 32 bits read as -1/+1 (else 0/1). params: gamma, beta,
+// alpha, bias. Sums are taken in double, in index order: one thread, deterministic.
+constexpr double MAP_TINY = 1e-12;
+enum : int64_t { MAP_POST = 3, MAP_ODD = 4, MAP_STD = 8, MAP_CENTER = 16, MAP_PM1 = 32 };
+
+inline double map_bit(int64_t i, int64_t k, int64_t n, bool pm1) {
+  const double b = double((i >> (n - 1 - k)) & 1);
+  return pm1 ? 2 * b - 1 : b;
+}
+
+template <typename T>
+double mean_of(const T* x, int64_t p) {
+  double s = 0;
+  for (int64_t i = 0; i < p; ++i) s += double(x[i]);
+  return s / double(p);
+}
+
+// z (p), a (p: tanh of the scaled u, toolkit only), kappa (p); stats: the input norm's divisor and
+// whether it was the std (1) or held at 1 (0).
+template <typename T>
+void qtmap_forward(const T* u, T* z, T* a, T* kappa, const double* w, double* stats, int64_t p, int64_t n,
+                   int64_t flags, const double* params) {
+  const int64_t post = flags & MAP_POST;
+  const double gamma = params[0], beta = params[1], alpha = params[2], bias = params[3];
+  const double s = gamma * std::ldexp(1.0, int(n - 1));
+  std::vector<double> x(p);
+  for (int64_t i = 0; i < p; ++i) {
+    const double ui = double(u[i]);
+    if (post == 0) {
+      x[i] = ui;
+    } else if (post == 1) {
+      x[i] = ui * std::ldexp(1.0, int(n));
+    } else {
+      const double ai = std::tanh(s * ui), t = beta * ai;
+      a[i] = T(ai);
+      const double m = (flags & MAP_ODD) ? std::fabs(t) : t;
+      const double y = std::pow(std::max(m, MAP_TINY), alpha);
+      x[i] = ((flags & MAP_ODD) && t < 0) ? -y : y;
+    }
+  }
+  if (post == 2) {
+    const double mx = mean_of(x.data(), p);
+    for (auto& v : x) v -= mx;
+  }
+  double divisor = 1, spread = 0, shift = 0;
+  if ((flags & MAP_STD) && p > 1) {
+    shift = mean_of(x.data(), p);
+    double ss = 0, top = 0;
+    for (int64_t i = 0; i < p; ++i) {
+      ss += (x[i] - shift) * (x[i] - shift);
+      top = std::max(top, std::fabs(x[i]));
+    }
+    const double sd = std::sqrt(ss / double(p - 1));
+    if (sd > 1e-6 * std::max(top, double(std::numeric_limits<T>::min()))) divisor = sd, spread = 1;
+  }
+  stats[0] = divisor;
+  stats[1] = spread;
+  const bool pm1 = flags & MAP_PM1;
+  double total = 0;
+  for (int64_t i = 0; i < p; ++i) {
+    const double zi = (x[i] - shift) / divisor;
+    z[i] = T(zi);
+    double k = bias + zi * w[n];
+    for (int64_t q = 0; q < n; ++q) k += map_bit(i, q, n, pm1) * w[q];
+    x[i] = k;  // kappa, before centring
+    total += k;
+  }
+  const double centre = (flags & MAP_CENTER) ? total / double(p) : 0;
+  for (int64_t i = 0; i < p; ++i) kappa[i] = T(x[i] - centre);
+}
+
+// g (p): the gradient at kappa; du (p): at u; dw (n + 2): at w[:n], w[n] and the bias.
+template <typename T>
+void qtmap_backward(const T* g, const T* z, const T* a, const double* w, const double* stats, T* du, double* dw,
+                    int64_t p, int64_t n, int64_t flags, const double* params) {
+  const int64_t post = flags & MAP_POST;
+  const double gamma = params[0], beta = params[1], alpha = params[2];
+  const double s = gamma * std::ldexp(1.0, int(n - 1));
+  const double gm = (flags & MAP_CENTER) ? mean_of(g, p) : 0;
+  const bool pm1 = flags & MAP_PM1;
+  std::vector<double> d(p);
+  std::fill(dw, dw + n + 2, 0.0);
+  double dz_mean = 0, dz_z = 0;
+  for (int64_t i = 0; i < p; ++i) {
+    const double gi = double(g[i]) - gm;
+    for (int64_t q = 0; q < n; ++q) dw[q] += gi * map_bit(i, q, n, pm1);
+    dw[n] += gi * double(z[i]);
+    dw[n + 1] += gi;
+    d[i] = gi * w[n];  // at z
+    dz_mean += d[i];
+    dz_z += d[i] * double(z[i]);
+  }
+  if ((flags & MAP_STD) && p > 1) {
+    dz_mean /= double(p);
+    const double cov = stats[1] != 0 ? dz_z / double(p - 1) : 0.0;
+    for (int64_t i = 0; i < p; ++i) d[i] = (d[i] - dz_mean - double(z[i]) * cov) / stats[0];
+  }
+  if (post == 0) {
+    for (int64_t i = 0; i < p; ++i) du[i] = T(d[i]);
+    return;
+  }
+  if (post == 1) {
+    for (int64_t i = 0; i < p; ++i) du[i] = T(d[i] * std::ldexp(1.0, int(n)));
+    return;
+  }
+  const double dm = mean_of(d.data(), p);
+  for (int64_t i = 0; i < p; ++i) {
+    const double ai = double(a[i]), t = beta * ai;
+    const double m = (flags & MAP_ODD) ? std::fabs(t) : t;
+    const double dt = m >= MAP_TINY ? (d[i] - dm) * alpha * std::pow(std::max(m, MAP_TINY), alpha - 1) : 0.0;
+    du[i] = T(dt * beta * (1 - ai * ai) * s);
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int diffqas_abi_version() { return 6; }
+int diffqas_abi_version() { return 7; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -1000,6 +1118,27 @@ void ctrl_backward_f64(double* psi, double* lam, double* part, double* du, const
 void ctrl_backward_f32(float* psi, float* lam, double* part, double* du, const double* u, const int32_t* pairs,
                        int64_t npairs, int64_t rows, int64_t n, int threads) {
   ctrl_backward<float>(psi, lam, part, du, u, pairs, npairs, rows, n, threads);
+}
+
+int qtmap_forward_f64(const double* u, double* z, double* a, double* kappa, const double* w, double* stats, int64_t p,
+                      int64_t n, int64_t flags, const double* params, int) {
+  qtmap_forward<double>(u, z, a, kappa, w, stats, p, n, flags, params);
+  return 0;
+}
+int qtmap_forward_f32(const float* u, float* z, float* a, float* kappa, const double* w, double* stats, int64_t p,
+                      int64_t n, int64_t flags, const double* params, int) {
+  qtmap_forward<float>(u, z, a, kappa, w, stats, p, n, flags, params);
+  return 0;
+}
+int qtmap_backward_f64(const double* g, const double* z, const double* a, const double* w, const double* stats,
+                       double* du, double* dw, int64_t p, int64_t n, int64_t flags, const double* params, int) {
+  qtmap_backward<double>(g, z, a, w, stats, du, dw, p, n, flags, params);
+  return 0;
+}
+int qtmap_backward_f32(const float* g, const float* z, const float* a, const double* w, const double* stats, float* du,
+                       double* dw, int64_t p, int64_t n, int64_t flags, const double* params, int) {
+  qtmap_backward<float>(g, z, a, w, stats, du, dw, p, n, flags, params);
+  return 0;
 }
 
 int wht_f64(double* x, int64_t rows, int64_t n, int threads) {

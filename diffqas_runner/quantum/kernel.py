@@ -34,6 +34,8 @@ one diagonal phase), any 2x2 matrix u[l, q] on complex rows (`ComplexLayers`: Rz
   commuting with every Ry gives dL/dtheta[l, q] = <g, J_q psi> / 2, read off during the
   un-rotation; for a general u, dL/du = sum g_out conj(z_in)^T (torch's convention for complex
   tensors), and torch's autograd takes it on to the angles.
+- `map_forward`, `map_backward`: not a circuit, the QT generator's classical front half
+  (post-processing, input norm, Linear mapping, centring) and its gradient, for qt/fused.py.
 - `WHT`: the unnormalised Walsh-Hadamard transform of rows (the IQP closed form's two
   transforms), butterflies in the same two passes; its backward is the same transform (H is
   symmetric).
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 6  # diffqas_abi_version() of kernel.cpp
+ABI = 7  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")  # where the CPU is known and OpenMP works
 NATIVE = "-march=native"  # only where this CPU is identified (the cache key names it): else a portable build
@@ -288,6 +290,8 @@ def _open(path: Path):
         "ctrl_forward": [p, p, p, i64, i64, i64, i32],  # x, u, pairs, npairs, rows, n, threads
         "ctrl_backward": [p, p, p, p, p, p, i64, i64, i64, i32],
         "wht": [p, i64, i64, i32],  # x, rows, n, threads
+        "qtmap_forward": [p, p, p, p, p, p, i64, i64, i64, p, i32],  # u, z, a, kappa, w, stats, p, n, flags, params
+        "qtmap_backward": [p, p, p, p, p, p, p, i64, i64, i64, p, i32],  # g, z, a, w, stats, du, dw, p, n, flags, params
     }
     for name, argtypes in signatures.items():
         for suffix in ("f64", "f32"):
@@ -347,6 +351,13 @@ def in_use() -> str | None:
         return None
     built = variant(library_path())
     return "cpp" if built == VARIANTS[0][0] else f"cpp ({built})"
+
+
+def loaded():
+    """The library this process loaded, or None (also under DIFFQAS_NATIVE_KERNEL=torch): asks
+    nothing, builds nothing (the simulator's first call decides, `load`); qt/fused.py runs the
+    generator's classical part on it only then."""
+    return None if mode() == "torch" else _module
 
 
 def _failed_build() -> bool:
@@ -415,6 +426,33 @@ class RyLayers(torch.autograd.Function):
         args = (psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n, ctx.group)
         which = _call("ry_backward", final.dtype, *args)
         return (g2 if which else g), dtheta.to(theta.dtype), None, None, None
+
+
+MAP_POST = {"none": 0, "scale": 1, "toolkit": 2}  # kernel.cpp's qtmap flags
+MAP_ODD, MAP_STD, MAP_CENTER, MAP_PM1 = 4, 8, 16, 32
+
+
+def map_forward(u: torch.Tensor, weight: torch.Tensor, bias: float, p: int, n: int, flags: int, toolkit) -> tuple:
+    """kernel.cpp's qtmap_forward on the first p entries of u (CPU, float32 or float64): (z, a,
+    kappa, stats), see qt/fused.py; the mapping's weight (1, n+1) and bias are read in float64."""
+    u = u.detach().contiguous()
+    z, a, kappa = (torch.empty(p, dtype=u.dtype) for _ in range(3))
+    stats = torch.empty(2, dtype=torch.float64)
+    w = weight.detach().reshape(-1).to(torch.float64).contiguous()
+    params = torch.tensor([*toolkit, bias], dtype=torch.float64)
+    _call("qtmap_forward", u.dtype, u, z, a, kappa, w, stats, p, n, flags, params)
+    return z, a, kappa, stats
+
+
+def map_backward(g, z, a, weight, stats, n: int, flags: int, toolkit) -> tuple[torch.Tensor, torch.Tensor]:
+    """kernel.cpp's qtmap_backward: (du (p,), dw (n + 2,) float64: the weight's n + 1 entries, then the bias)."""
+    g = g.to(z.dtype).contiguous()
+    du = torch.empty_like(z)
+    dw = torch.empty(n + 2, dtype=torch.float64)
+    w = weight.detach().reshape(-1).to(torch.float64).contiguous()
+    params = torch.tensor([*toolkit, 0.0], dtype=torch.float64)
+    _call("qtmap_backward", z.dtype, g, z, a, w, stats, du, dw, z.shape[0], n, flags, params)
+    return du, dw
 
 
 class WHT(torch.autograd.Function):
