@@ -23,6 +23,7 @@ def fresh(monkeypatch, tmp_path):
     monkeypatch.setattr(kernel, "_tried", False)
     monkeypatch.setattr(kernel, "_module", None)
     monkeypatch.setattr(kernel, "_error", None)
+    monkeypatch.setattr(kernel, "_ready", None)
     return tmp_path / "cache"
 
 
@@ -104,6 +105,28 @@ def test_cpp_mode_builds_now_and_the_library_name_tracks_the_compiler(fresh, mon
     assert kernel.library_path().is_file()
     monkeypatch.setenv("CXX", "g++" if kernel.compiler() != "g++" else "c++")
     assert not kernel.library_path().exists()  # another compiler: another file, never a stale one
+
+
+def test_a_loaded_kernel_still_follows_the_mode_on_every_call(monkeypatch):
+    """`load` answers a step's many calls from a fast path once the library is loaded; a changed
+    DIFFQAS_NATIVE_KERNEL still takes effect on the next call (torch: none; a bad value: the error)."""
+    monkeypatch.delenv(kernel.ENV, raising=False)
+    lib = kernel.load()
+    if lib is None:
+        from helpers import kernel_required
+
+        assert not kernel_required()
+        pytest.skip("no C++ kernel in this process")
+    assert kernel.load() is lib and kernel.loaded() is lib
+    monkeypatch.setenv(kernel.ENV, "torch")
+    assert kernel.load() is None and kernel.loaded() is None
+    monkeypatch.setenv(kernel.ENV, "fast")
+    with pytest.raises(ValueError, match=f"{kernel.ENV}='fast' is not allowed"):
+        kernel.load()
+    monkeypatch.setenv(kernel.ENV, "cpp")
+    assert kernel.load() is lib and kernel.loaded() is lib
+    monkeypatch.setenv(kernel.ENV, "torch")
+    assert kernel.loaded() is None
 
 
 def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):

@@ -93,6 +93,9 @@ _lock = threading.Lock()
 _module = None
 _tried = False
 _error: Exception | None = None  # why this process has no kernel (a failed build, or none yet)
+# (the DIFFQAS_NATIVE_KERNEL value,) under which `load` last returned _module: a training step calls
+# `load` a dozen times, and re-reading the mode and taking the lock each time was 2% of a step
+_ready: tuple[str | None] | None = None
 
 
 def check_environment() -> str | None:
@@ -304,7 +307,9 @@ def load():
     """The loaded library, or None (this process runs on pure torch). Decided once per process:
     see the module docstring for the modes. With DIFFQAS_NATIVE_KERNEL=cpp a failed build
     raises, on this call and every later one."""
-    global _module, _tried, _error
+    global _module, _tried, _error, _ready
+    if _module is not None and _ready == (os.environ.get(ENV),):
+        return _module
     current = mode()
     if current == "torch":
         return None
@@ -341,6 +346,7 @@ def load():
                 _module, _error = None, err
     if _module is None and current == "cpp":
         raise RuntimeError(f"{ENV}=cpp but the C++ kernel did not build: {_error!r}") from _error
+    _ready = (os.environ.get(ENV),) if _module is not None else None
     return _module
 
 
@@ -357,6 +363,8 @@ def loaded():
     """The library this process loaded, or None (also under DIFFQAS_NATIVE_KERNEL=torch): asks
     nothing, builds nothing (the simulator's first call decides, `load`); qt/fused.py runs the
     generator's classical part on it only then."""
+    if _module is not None and _ready == (os.environ.get(ENV),):
+        return _module
     return None if mode() == "torch" else _module
 
 
