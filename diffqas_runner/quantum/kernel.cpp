@@ -932,9 +932,49 @@ void wht_rows(T* x, int64_t rows, int64_t n, int threads) {
 constexpr double MAP_TINY = 1e-12;
 enum : int64_t { MAP_POST = 3, MAP_ODD = 4, MAP_STD = 8, MAP_CENTER = 16, MAP_PM1 = 32 };
 
-inline double map_bit(int64_t i, int64_t k, int64_t n, bool pm1) {
-  const double b = double((i >> (n - 1 - k)) & 1);
-  return pm1 ? 2 * b - 1 : b;
+// The mapping's bits term, sum_q bit_q(i) w[q] (wire q is bit n-1-q of i; a bit reads 0/1, or
+// -1/+1 under pm1), for every i: two tables, over the low and the high half of the bits, added.
+struct BitSums {
+  int64_t half;
+  std::vector<double> lo, hi;
+  BitSums(const double* w, int64_t n, bool pm1) : half(n / 2), lo(int64_t(1) << (n / 2)), hi(int64_t(1) << (n - n / 2)) {
+    auto fill = [&](std::vector<double>& t, int64_t first, int64_t count) {
+      for (int64_t x = 0; x < int64_t(t.size()); ++x) {
+        double s = 0;
+        for (int64_t k = 0; k < count; ++k) {
+          const double b = double((x >> k) & 1);
+          s += (pm1 ? 2 * b - 1 : b) * w[n - 1 - (first + k)];
+        }
+        t[x] = s;
+      }
+    };
+    fill(lo, 0, half);
+    fill(hi, half, n - half);
+  }
+  double at(int64_t i) const { return lo[i & (int64_t(lo.size()) - 1)] + hi[i >> half]; }
+};
+
+// out[q] = sum_{i < p} v[i] bit_q(i) for every wire q (bits as in BitSums), in about 2 * 2**m
+// additions (2**m >= p): fold the high bits away one at a time, the upper half's sum being the
+// bit's. v is copied, not changed.
+inline void bit_sums_of(const double* v, int64_t p, int64_t n, bool pm1, double* out) {
+  int m = 0;
+  while ((int64_t(1) << m) < p) ++m;
+  std::vector<double> f(int64_t(1) << m, 0.0);
+  std::copy(v, v + p, f.begin());
+  double total = 0;
+  for (int64_t i = 0; i < p; ++i) total += v[i];
+  for (int64_t b = n - 1; b >= 0; --b) {
+    double ones = 0;
+    if (b < m) {
+      const int64_t h = int64_t(1) << b;
+      for (int64_t j = 0; j < h; ++j) {
+        ones += f[j + h];
+        f[j] += f[j + h];
+      }
+    }
+    out[n - 1 - b] = pm1 ? 2 * ones - total : ones;
+  }
 }
 
 template <typename T>
@@ -984,13 +1024,12 @@ void qtmap_forward(const T* u, T* z, T* a, T* kappa, const double* w, double* st
   }
   stats[0] = divisor;
   stats[1] = spread;
-  const bool pm1 = flags & MAP_PM1;
+  const BitSums bits(w, n, flags & MAP_PM1);
   double total = 0;
   for (int64_t i = 0; i < p; ++i) {
     const double zi = (x[i] - shift) / divisor;
     z[i] = T(zi);
-    double k = bias + zi * w[n];
-    for (int64_t q = 0; q < n; ++q) k += map_bit(i, q, n, pm1) * w[q];
+    const double k = bias + zi * w[n] + bits.at(i);
     x[i] = k;  // kappa, before centring
     total += k;
   }
@@ -1006,16 +1045,18 @@ void qtmap_backward(const T* g, const T* z, const T* a, const double* w, const d
   const double gamma = params[0], beta = params[1], alpha = params[2];
   const double s = gamma * std::ldexp(1.0, int(n - 1));
   const double gm = (flags & MAP_CENTER) ? mean_of(g, p) : 0;
-  const bool pm1 = flags & MAP_PM1;
   std::vector<double> d(p);
   std::fill(dw, dw + n + 2, 0.0);
   double dz_mean = 0, dz_z = 0;
   for (int64_t i = 0; i < p; ++i) {
     const double gi = double(g[i]) - gm;
-    for (int64_t q = 0; q < n; ++q) dw[q] += gi * map_bit(i, q, n, pm1);
     dw[n] += gi * double(z[i]);
     dw[n + 1] += gi;
-    d[i] = gi * w[n];  // at z
+    d[i] = gi;
+  }
+  bit_sums_of(d.data(), p, n, flags & MAP_PM1, dw);  // dw[q] = sum_i g_i bit_q(i)
+  for (int64_t i = 0; i < p; ++i) {
+    d[i] = (double(g[i]) - gm) * w[n];  // at z
     dz_mean += d[i];
     dz_z += d[i] * double(z[i]);
   }
