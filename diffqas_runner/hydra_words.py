@@ -86,13 +86,13 @@ def without_search_path(text: str) -> str:
 def mode_from_overrides(overrides: list[str]):
     """hydra.mode as the command line sets it: RunMode.RUN or MULTIRUN from the last `hydra.mode=`
     override, None when none sets it; `_UNREAD` for what only a composition can tell (a search path,
-    a deletion, a value other than RUN or MULTIRUN)."""
+    the whole hydra node as a dict, a deletion, a value other than RUN or MULTIRUN)."""
     from hydra.types import RunMode
 
     mode = None
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
-        if key.strip() == "hydra.searchpath":
+        if key.strip() == "hydra" or key.strip().startswith("hydra.searchpath"):  # hydra={mode: ...} too
             return _UNREAD
         if key.strip() == "hydra.mode":
             if override.startswith("~") or value.strip() not in RunMode.__members__:

@@ -138,7 +138,7 @@ def test_hydra_mode_read_from_the_overrides_is_what_hydras_composition_reads(mon
     assert not calls
 
 
-@pytest.mark.parametrize("case", ["user folder", "searchpath", "other config", "unreadable value"])
+@pytest.mark.parametrize("case", ["user folder", "searchpath", "other config", "unreadable value", "hydra as a dict"])
 def test_hydra_mode_is_left_to_hydra_where_a_config_of_the_users_may_set_it(monkeypatch, tmp_path, case):
     from hydra._internal.hydra import Hydra
     from hydra.types import RunMode
@@ -156,7 +156,21 @@ def test_hydra_mode_is_left_to_hydra_where_a_config_of_the_users_may_set_it(monk
         "searchpath": [f"hydra.searchpath=[file://{tmp_path}]", "experiment=mine"],
         "other config": [],
         "unreadable value": ["hydra.mode=${oc.env:MODE}"],
+        "hydra as a dict": ["hydra={mode:MULTIRUN}"],
     }[case]
     name = "other" if case == "other config" else "config"
     assert Hydra.get_mode(hydra_obj, name, overrides) == RunMode.MULTIRUN
     assert seen == [name]  # Hydra's own composition answered
+
+
+def test_only_the_groups_compared_above_set_hydra_mode():
+    """`compose_once` reads hydra.mode from the overrides alone, so a packaged config that set it
+    would be missed unless its group is among MODE_CASES' (experiment, hparams_search)."""
+    from omegaconf import OmegaConf
+
+    setting = []
+    for path in Path(CONFIG_DIR).rglob("*.yaml"):
+        hydra_node = OmegaConf.load(path).get("hydra")
+        if hydra_node is not None and "mode" in hydra_node:
+            setting.append(path.relative_to(CONFIG_DIR).parts[0])
+    assert set(setting) <= {"experiment", "hparams_search"}, setting
