@@ -129,6 +129,32 @@ def test_a_loaded_kernel_still_follows_the_mode_on_every_call(monkeypatch):
     assert kernel.loaded() is None
 
 
+def test_the_fast_path_records_the_value_a_load_decided_under(monkeypatch):
+    """A DIFFQAS_NATIVE_KERNEL changed while a `load` is under way does not become the value its
+    fast path answers for (found by review: a reading taken at the end served torch the library)."""
+    import threading
+
+    monkeypatch.delenv(kernel.ENV, raising=False)
+    lib = kernel.load()
+    if lib is None:
+        from helpers import kernel_required
+
+        assert not kernel_required()
+        pytest.skip("no C++ kernel in this process")
+    monkeypatch.setattr(kernel, "_ready", None)  # the next load takes the slow path
+    decided, seen = threading.Event(), []
+    mode = kernel.mode
+    monkeypatch.setattr(kernel, "mode", lambda *value: (decided.set(), mode(*value))[1])
+    with kernel._lock:  # the load below decides its mode, then waits here
+        worker = threading.Thread(target=lambda: seen.append(kernel.load()))
+        worker.start()
+        assert decided.wait(DEADLINE)
+        monkeypatch.setenv(kernel.ENV, "torch")
+    worker.join(DEADLINE)
+    assert seen == [lib]  # decided under "auto"
+    assert kernel.load() is None and kernel.loaded() is None
+
+
 def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):
     """Raw pointers: a perm of another dtype or layout, or a sign of another dtype, is an error, not
     a read past a buffer; a non-contiguous state is copied, not misread."""

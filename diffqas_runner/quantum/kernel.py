@@ -98,20 +98,23 @@ _error: Exception | None = None  # why this process has no kernel (a failed buil
 _ready: tuple[str | None] | None = None
 
 
-def check_environment() -> str | None:
-    """None if $DIFFQAS_NATIVE_KERNEL is unset or allowed, else a one-line message naming the
-    variable, its value and what is allowed (a run calls this before any work)."""
-    value = os.environ.get(ENV)
+def check_environment(value: str | None = None) -> str | None:
+    """None if $DIFFQAS_NATIVE_KERNEL (or `value`, a reading of it) is unset or allowed, else a
+    one-line message naming the variable, its value and what is allowed (a run calls this before
+    any work)."""
+    value = os.environ.get(ENV) if value is None else value
     if value is None or value.strip().lower() in ("", *MODES):
         return None
     return f"{ENV}={value!r} is not allowed; allowed: {', '.join(MODES)} (or unset: auto)"
 
 
-def mode() -> str:
-    message = check_environment()
+def mode(value: str | None = None) -> str:
+    """The kernel mode $DIFFQAS_NATIVE_KERNEL asks for (or `value`, one reading of it)."""
+    value = os.environ.get(ENV) if value is None else value
+    message = check_environment(value)
     if message:
         raise ValueError(message)
-    return os.environ.get(ENV, "auto").strip().lower() or "auto"
+    return (value or "auto").strip().lower() or "auto"
 
 
 def compiler() -> str:
@@ -308,9 +311,10 @@ def load():
     see the module docstring for the modes. With DIFFQAS_NATIVE_KERNEL=cpp a failed build
     raises, on this call and every later one."""
     global _module, _tried, _error, _ready
-    if _module is not None and _ready == (os.environ.get(ENV),):
+    raw = os.environ.get(ENV)  # read once: the fast path below records the value this call decided under
+    if _module is not None and _ready == (raw,):
         return _module
-    current = mode()
+    current = mode(raw)
     if current == "torch":
         return None
     with _lock:
@@ -346,7 +350,7 @@ def load():
                 _module, _error = None, err
     if _module is None and current == "cpp":
         raise RuntimeError(f"{ENV}=cpp but the C++ kernel did not build: {_error!r}") from _error
-    _ready = (os.environ.get(ENV),) if _module is not None else None
+    _ready = (raw,) if _module is not None else None
     return _module
 
 
@@ -363,9 +367,10 @@ def loaded():
     """The library this process loaded, or None (also under DIFFQAS_NATIVE_KERNEL=torch): asks
     nothing, builds nothing (the simulator's first call decides, `load`); qt/fused.py runs the
     generator's classical part on it only then."""
-    if _module is not None and _ready == (os.environ.get(ENV),):
+    raw = os.environ.get(ENV)
+    if _module is not None and _ready == (raw,):
         return _module
-    return None if mode() == "torch" else _module
+    return None if mode(raw) == "torch" else _module
 
 
 def _failed_build() -> bool:
