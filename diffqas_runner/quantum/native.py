@@ -569,22 +569,14 @@ def _simulate_controlled(theta: torch.Tensor, phi: torch.Tensor, cands: tuple[Ca
         gates = controlled_matrices(gate, phi[:, : len(pairs), :m])  # (L, pairs, 2, 2), the same for every row
     if theta.device.type == "cpu" and kernel.load() is not None:
         # split planes (rows, 2, 2**n) on the C++ kernel: each controlled layer in one call, each
-        # rotation layer with an identity permutation as the YZ rows' path (Ry, RyRz, RzRy, Rot)
-        # or else the complex rows' path
+        # rotation layer as the complex rows' path with an identity permutation
         start = _start_vector(head, n, theta.dtype).to(theta.device)
         state = torch.stack([start, torch.zeros_like(start)]).expand(rows, 2, -1).contiguous()
         identity, pair_index = _kernel_indices(rows, n, tuple(pairs))
-        axes = head.rotation.axes
         for layer in range(n_layers):
             if pairs and (layer > 0 or not skip_first):
                 state = kernel.ControlledLayer.apply(state, gates[layer], pair_index)
-            if axes in YZ_AXES or axes == ("Y",):  # real Ry on both planes between Z phases: about half the flops
-                one = theta[layer : layer + 1]
-                pre = one[..., 0] if axes[0] == "Z" else None
-                post = one[..., len(axes) - 1] if axes[-1] == "Z" else None
-                state = kernel.YZLayers.apply(state, one[..., axes.index("Y")], pre, post, identity, None)
-            else:
-                state = kernel.ComplexLayers.apply(state, mats[layer : layer + 1], identity, None)
+            state = kernel.ComplexLayers.apply(state, mats[layer : layer + 1], identity, None)
         return state.square().sum(1)
     state = _start_vector(head, n, theta.dtype).to(device=theta.device, dtype=cdtype).expand(rows, -1)
     width = BLOCK if n >= 2 * BLOCK else max(1, n // 2)
