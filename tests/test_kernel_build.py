@@ -143,8 +143,8 @@ def test_the_fast_path_records_the_value_a_load_decided_under(monkeypatch):
         pytest.skip("no C++ kernel in this process")
     monkeypatch.setattr(kernel, "_ready", None)  # the next load takes the slow path
     decided, seen = threading.Event(), []
-    mode = kernel.mode
-    monkeypatch.setattr(kernel, "mode", lambda *value: (decided.set(), mode(*value))[1])
+    mode_of = kernel._mode_of
+    monkeypatch.setattr(kernel, "_mode_of", lambda value: (decided.set(), mode_of(value))[1])
     with kernel._lock:  # the load below decides its mode, then waits here
         worker = threading.Thread(target=lambda: seen.append(kernel.load()))
         worker.start()

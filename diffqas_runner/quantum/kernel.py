@@ -98,23 +98,29 @@ _error: Exception | None = None  # why this process has no kernel (a failed buil
 _ready: tuple[str | None] | None = None
 
 
-def check_environment(value: str | None = None) -> str | None:
-    """None if $DIFFQAS_NATIVE_KERNEL (or `value`, a reading of it) is unset or allowed, else a
-    one-line message naming the variable, its value and what is allowed (a run calls this before
-    any work)."""
-    value = os.environ.get(ENV) if value is None else value
+def _refusal(value: str | None) -> str | None:
+    """None if `value`, a reading of $DIFFQAS_NATIVE_KERNEL, is unset or allowed, else a one-line
+    message naming the variable, its value and what is allowed."""
     if value is None or value.strip().lower() in ("", *MODES):
         return None
     return f"{ENV}={value!r} is not allowed; allowed: {', '.join(MODES)} (or unset: auto)"
 
 
-def mode(value: str | None = None) -> str:
-    """The kernel mode $DIFFQAS_NATIVE_KERNEL asks for (or `value`, one reading of it)."""
-    value = os.environ.get(ENV) if value is None else value
-    message = check_environment(value)
+def check_environment() -> str | None:
+    """`_refusal` of $DIFFQAS_NATIVE_KERNEL now (a run calls this before any work)."""
+    return _refusal(os.environ.get(ENV))
+
+
+def _mode_of(value: str | None) -> str:
+    """The kernel mode one reading of $DIFFQAS_NATIVE_KERNEL asks for (None: unset)."""
+    message = _refusal(value)
     if message:
         raise ValueError(message)
     return (value or "auto").strip().lower() or "auto"
+
+
+def mode() -> str:
+    return _mode_of(os.environ.get(ENV))
 
 
 def compiler() -> str:
@@ -314,7 +320,7 @@ def load():
     raw = os.environ.get(ENV)  # read once: the fast path below records the value this call decided under
     if _module is not None and _ready == (raw,):
         return _module
-    current = mode(raw)
+    current = _mode_of(raw)
     if current == "torch":
         return None
     with _lock:
@@ -370,7 +376,7 @@ def loaded():
     raw = os.environ.get(ENV)
     if _module is not None and _ready == (raw,):
         return _module
-    return None if mode(raw) == "torch" else _module
+    return None if _mode_of(raw) == "torch" else _module
 
 
 def _failed_build() -> bool:
