@@ -20,7 +20,9 @@ Figures:
 - sweep: the Table II Bessel sweep (`-m experiment=table2_bessel hydra/launcher=joblib
   hydra.launcher.n_jobs=2 figures=false logger=none`), one pair (minutes per side).
 Peak RSS (MB) is printed for every process-level figure. The first line says the machine, torch's
-threads and the 1-minute load before and after: quote the ratios with it.
+threads and the 1-minute load before and after: quote the ratios with it. Before the last line,
+the targets that compare two figures of this tree (float32 against float64, wide32 against
+paper12, the smoke run against `import torch`) are printed as ratios of this invocation's medians.
 """
 
 from __future__ import annotations
@@ -127,8 +129,9 @@ def _process(cmd: list[str], env: dict, cwd: Path) -> tuple[float, float, str]:
         return wall, usage.ru_maxrss / 1024, out.read()
 
 
-def _pairs(label: str, make_cmd, trees: dict, pairs: int, env_kernel: str, measure=None) -> None:
-    """Alternate this tree and the reference `pairs` times; print medians, the ratio and peaks."""
+def _pairs(label: str, make_cmd, trees: dict, pairs: int, env_kernel: str, measure=None) -> float:
+    """Alternate this tree and the reference `pairs` times; print medians, the ratio and peaks;
+    return this tree's median."""
     values: dict[str, list[float]] = {k: [] for k in trees}
     peaks: dict[str, float] = {k: 0.0 for k in trees}
     for _ in range(pairs):
@@ -146,6 +149,22 @@ def _pairs(label: str, make_cmd, trees: dict, pairs: int, env_kernel: str, measu
     if measure is None:
         line += f"  peak RSS this {peaks['this']:.0f} MB" + (f", ref {peaks['ref']:.0f} MB" if ref else "")
     print(line, flush=True)
+    return statistics.median(this)
+
+
+# issue 36's targets that compare two figures of this tree: (numerator, denominator, target)
+WITHIN = (
+    ("paper12 (17, 15) float32 generator step", "paper12 (17, 15) float64 generator step", "<= 0.6x"),
+    ("wide32 (17, 15) float64 generator step", "paper12 (17, 15) float64 generator step", "<= 3.5x"),
+    ("smoke run", "import torch", "<= 1.5x"),
+)
+
+
+def _print_within(medians: dict[str, float]) -> None:
+    """This tree's ratios between its own figures (medians of this invocation), with the targets."""
+    for top, bottom, target in WITHIN:
+        if top in medians and bottom in medians:
+            print(f"# this tree: {top} / {bottom} = {medians[top] / medians[bottom]:.2f}x (target {target})")
 
 
 def main() -> None:
@@ -183,11 +202,12 @@ def main() -> None:
         flush=True,
     )
     script = str(Path(__file__).resolve())
+    medians: dict[str, float] = {}
     if "steps" in only:
         for label, (kind, rest) in STEPS.items():
             repeats = args.repeats if kind == "train" else 5
             extra = ["--threads", str(args.threads)] if args.threads else []
-            _pairs(
+            medians[label] = _pairs(
                 f"{label} ({'1 thread' if kind == 'train' else threads})",
                 lambda tmp, kind=kind, rest=rest, repeats=repeats, extra=extra: [
                     sys.executable, script, "--repeats", str(repeats), *extra, "--one", kind, *rest,
@@ -196,15 +216,18 @@ def main() -> None:
             )  # fmt: skip
     run = [sys.executable, "-m", "diffqas_runner"]
     if "runs" in only:
-        _pairs("import torch (process)", lambda tmp: [sys.executable, "-c", "import torch"], trees, args.pairs, args.kernel)
+        importing = lambda tmp: [sys.executable, "-c", "import torch"]  # noqa: E731
+        medians["import torch"] = _pairs("import torch (process)", importing, trees, args.pairs, args.kernel)
         smoke = ["debug=smoke", "logger=none", "figures=false", f"data_dir={args.data_dir}"]
-        _pairs("smoke run (process)", lambda tmp: [*run, *smoke, f"hydra.run.dir={tmp}/r"], trees, args.pairs, args.kernel)
+        smoke_run = lambda tmp: [*run, *smoke, f"hydra.run.dir={tmp}/r"]  # noqa: E731
+        medians["smoke run"] = _pairs("smoke run (process)", smoke_run, trees, args.pairs, args.kernel)
         bessel = lambda tmp: [*run, *BESSEL, f"hydra.run.dir={tmp}/r"]  # noqa: E731
         _pairs("Bessel DiffQAS run (process)", bessel, trees, args.pairs, args.kernel)
     if "sweep" in only:
         sweep = ["-m", "experiment=table2_bessel", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]
         sweep += ["figures=false", "logger=none"]
         _pairs("Table II Bessel sweep (process)", lambda tmp: [*run, *sweep, f"hydra.sweep.dir={tmp}/s"], trees, 1, args.kernel)
+    _print_within(medians)
     print(f"# 1-minute load at the end {os.getloadavg()[0]:.2f}")
 
 
