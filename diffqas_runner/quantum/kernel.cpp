@@ -954,16 +954,14 @@ struct BitSums {
   double at(int64_t i) const { return lo[i & (int64_t(lo.size()) - 1)] + hi[i >> half]; }
 };
 
-// out[q] = sum_{i < p} v[i] bit_q(i) for every wire q (bits as in BitSums), in about 2 * 2**m
-// additions (2**m >= p): fold the high bits away one at a time, the upper half's sum being the
-// bit's. v is copied, not changed.
-inline void bit_sums_of(const double* v, int64_t p, int64_t n, bool pm1, double* out) {
+// out[q] = sum_{i < p} v[i] bit_q(i) for every wire q (bits as in BitSums; total = sum_i v[i]), in
+// about 2 * 2**m additions (2**m >= p): fold the high bits away one at a time, the upper half's
+// sum being the bit's. v is copied, not changed.
+inline void bit_sums_of(const double* v, int64_t p, int64_t n, bool pm1, double total, double* out) {
   int m = 0;
   while ((int64_t(1) << m) < p) ++m;
   std::vector<double> f(int64_t(1) << m, 0.0);
   std::copy(v, v + p, f.begin());
-  double total = 0;
-  for (int64_t i = 0; i < p; ++i) total += v[i];
   for (int64_t b = n - 1; b >= 0; --b) {
     double ones = 0;
     if (b < m) {
@@ -1054,9 +1052,9 @@ void qtmap_backward(const T* g, const T* z, const T* a, const double* w, const d
     dw[n + 1] += gi;
     d[i] = gi;
   }
-  bit_sums_of(d.data(), p, n, flags & MAP_PM1, dw);  // dw[q] = sum_i g_i bit_q(i)
+  bit_sums_of(d.data(), p, n, flags & MAP_PM1, dw[n + 1], dw);  // dw[q] = sum_i g_i bit_q(i)
   for (int64_t i = 0; i < p; ++i) {
-    d[i] = (double(g[i]) - gm) * w[n];  // at z
+    d[i] *= w[n];  // at z
     dz_mean += d[i];
     dz_z += d[i] * double(z[i]);
   }

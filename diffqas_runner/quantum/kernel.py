@@ -317,8 +317,8 @@ def load():
     see the module docstring for the modes. With DIFFQAS_NATIVE_KERNEL=cpp a failed build
     raises, on this call and every later one."""
     global _module, _tried, _error, _ready
-    raw = os.environ.get(ENV)  # read once: the fast path below records the value this call decided under
-    if _module is not None and _ready == (raw,):
+    raw = os.environ.get(ENV)  # read once: the fast path records the value this call decided under
+    if _settled(raw):
         return _module
     current = _mode_of(raw)
     if current == "torch":
@@ -374,9 +374,12 @@ def loaded():
     nothing, builds nothing (the simulator's first call decides, `load`); qt/fused.py runs the
     generator's classical part on it only then."""
     raw = os.environ.get(ENV)
-    if _module is not None and _ready == (raw,):
-        return _module
-    return None if _mode_of(raw) == "torch" else _module
+    return _module if _settled(raw) else (None if _mode_of(raw) == "torch" else _module)
+
+
+def _settled(raw: str | None) -> bool:
+    """Whether `load` already returned the library under this reading of the variable (the fast path)."""
+    return _module is not None and _ready == (raw,)
 
 
 def _failed_build() -> bool:
