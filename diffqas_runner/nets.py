@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .quantum import kernel
+
 
 def mlp(widths: list[int], dtype: torch.dtype | None = None) -> nn.Sequential:
     """Linear layers with ReLU between them: MLP 784-128-64-2 is mlp([784, 128, 64, 2])."""
@@ -42,11 +44,16 @@ class LSTMRegressor(nn.Module):
     Gate order is torch.nn.LSTM's (input, forget, cell, output), so `weight_ih`/`weight_hh`/`bias`
     load into nn.LSTM as weight_ih_l0/weight_hh_l0/bias_ih_l0 with bias_hh_l0 = 0.
     Its own parameters (not nn.LSTM's flattened ones), so `torch.func.functional_call` runs it on generated weights.
+
+    `native` (set by run.build for runs on the native backend): run forward and backward as one call
+    of the simulator's C++ kernel each way (kernel.lstm_regression, float64 sums) where the library is
+    loaded, instead of torch's LSTM, whose dispatch is most of its cost at this size.
     """
 
     def __init__(self, input_size: int = 1, hidden: int = 20):
         super().__init__()
         self.hidden = hidden
+        self.native = False
         self.weight_ih = nn.Parameter(torch.empty(4 * hidden, input_size))
         self.weight_hh = nn.Parameter(torch.empty(4 * hidden, hidden))
         self.bias = nn.Parameter(torch.empty(4 * hidden))
@@ -59,6 +66,9 @@ class LSTMRegressor(nn.Module):
         """x (batch, time, input_size) -> prediction (batch, 1), through torch's fused LSTM
         (`torch.lstm`, nn.LSTM's own function: about half the time of the cell written out in
         tensor operations, which it replaced in 0.2) with bias_hh = 0."""
+        tensors = (x, self.weight_ih, self.weight_hh, self.bias, self.head.weight, self.head.bias)
+        if self.native and kernel.lstm_takes(*tensors):
+            return kernel.lstm_regression(*tensors)
         h0 = x.new_zeros(1, x.shape[0], self.hidden)
         weights = [self.weight_ih, self.weight_hh, self.bias, torch.zeros_like(self.bias)]
         out = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]

@@ -23,6 +23,7 @@ from . import tasks, threads
 from .config import (
     ADDED_KEYS,
     BOOKKEEPING_KEYS,
+    BackendName,
     ConfigError,
     SearchMode,
     TaskKind,
@@ -34,6 +35,7 @@ from .config import (
 from .device import place, run_device
 from .qt import GeneratorSet
 from .qt.generator import GeneratorOptions
+from .quantum import kernel
 from .quantum.candidates import space_digest
 from .record import Recorder
 from .record import figures as plots
@@ -151,6 +153,10 @@ def build(cfg) -> Experiment:
     generator = GeneratorSet(groups, cfg.depth, GeneratorOptions.from_config(cfg))
     device = run_device(cfg.backend)
     place(device, task, model, generator)
+    if hasattr(model, "native"):  # a target with a kernel.cpp path (nets.LSTMRegressor): with the simulator's
+        model.native = choice(cfg.backend.name) == BackendName.native.value and device.type == "cpu"
+        if model.native:  # decided now, not at the first simulation: a control's run takes the same path
+            kernel.load()
     optimizer = build_optimizer(generator.parameters(), cfg.train)
     scheduler = None
     if choice(cfg.task.kind) != TaskKind.rl.value:
@@ -316,12 +322,12 @@ def _generator_summary(g) -> dict:
     }
 
 
-def simulator_record(cfg, generator) -> dict:
+def simulator_record(cfg, generator, model: torch.nn.Module | None = None) -> dict:
     """How the probabilities were computed (CONTRACT "Reproducibility"): results are bitwise
     reproducible for one version, platform, thread count, kernel path and dtype, and equal within
-    tolerance across them, so every summary says which it had."""
+    tolerance across them, so every summary says which it had. `target`: where the target network
+    ran, "cpp" for the LSTM on kernel.cpp (nets.LSTMRegressor.native), else "torch"."""
     from . import __version__
-    from .quantum import kernel
 
     backend = cfg.backend.name.value
     if generator.control is not None:
@@ -339,6 +345,7 @@ def simulator_record(cfg, generator) -> dict:
         "version": __version__,  # of the code that ran, installed or not
         "torch": torch.__version__,
         "platform": f"{platform.system()} {platform.machine()}",
+        "target": "cpp" if getattr(model, "native", False) and kernel.loaded() is not None else "torch",
     }
 
 
@@ -374,7 +381,7 @@ def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_st
         "eval_shots": generator.first.eval_shots,
         "qt_source": generator.first.options.source,
         "source": generator.first.describe_source(),
-        "simulator": simulator_record(cfg, generator.first),
+        "simulator": simulator_record(cfg, generator.first, exp.model),
     }
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from helpers import cli, first_by_default
+from helpers import cli, compose, first_by_default, load_kernel_or_skip
 from scipy.integrate import odeint
 from scipy.special import jv
 from torch.func import functional_call
@@ -14,6 +14,7 @@ from diffqas_runner.config import ConfigError
 from diffqas_runner.nets import LSTMRegressor
 from diffqas_runner.qt import Generator
 from diffqas_runner.qt.generator import GeneratorOptions
+from diffqas_runner.quantum import kernel
 from diffqas_runner.tasks.timeseries import SERIES, TimeSeriesTask, min_max, narma
 
 
@@ -190,6 +191,82 @@ def test_lstm_gradients_match_the_textbook_reference():
     want = torch.autograd.grad((ref - y).square().sum(), list(params.values()))
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+KEYS = ("weight_ih", "weight_hh", "bias", "head.weight", "head.bias")
+
+
+@pytest.mark.parametrize("batch,steps,inputs,hidden", [(10, 4, 1, 20), (1, 1, 1, 1), (3, 7, 2, 5), (0, 4, 1, 20)])
+def test_lstm_on_the_kernel_matches_the_textbook_reference(monkeypatch, batch, steps, inputs, hidden):
+    """The target on kernel.cpp (nets.LSTMRegressor.native): predictions and every gradient (the
+    input's too) equal the textbook cell's, in float64; odd sizes and an empty batch included."""
+    load_kernel_or_skip(monkeypatch)
+    torch.manual_seed(2)
+    model = LSTMRegressor(inputs, hidden).double()
+    model.native = True
+    params = {k: torch.randn_like(v, requires_grad=True) for k, v in model.named_parameters()}
+    x = torch.randn(batch, steps, inputs, dtype=torch.float64, requires_grad=True)
+    y = torch.randn(batch, 1, dtype=torch.float64)
+    assert kernel.lstm_takes(x, *params.values())
+    got_out = functional_call(model, params, (x,))
+    assert got_out.grad_fn is not None and "LSTMRegression" in type(got_out.grad_fn).__name__  # the kernel ran
+    got = torch.autograd.grad((got_out - y).square().sum(), [x, *params.values()], allow_unused=True)
+    ref_out = _reference_lstm(x, *(params[k] for k in KEYS)) if batch else torch.zeros(0, 1, dtype=torch.float64)
+    torch.testing.assert_close(got_out, ref_out, rtol=1e-12, atol=1e-12)
+    if not batch:
+        assert all(g is None or not g.abs().sum() for g in got)
+        return
+    want = torch.autograd.grad((ref_out - y).square().sum(), [x, *params.values()])
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_lstm_on_the_kernel_passes_gradcheck_and_matches_torch_in_float32(monkeypatch):
+    """Finite differences (torch's gradcheck) on the hand-written backward; in float32 the kernel
+    (float64 sums) and torch's LSTM agree to float32 rounding; under no_grad nothing is kept."""
+    load_kernel_or_skip(monkeypatch)
+    torch.manual_seed(3)
+    shapes = [(3, 5, 2), (12, 2), (12, 3), (12,), (1, 3), (1,)]
+    args = [torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in shapes]
+    assert torch.autograd.gradcheck(kernel.lstm_regression, args)
+    model = LSTMRegressor(1, 20)
+    params = {k: (v.detach() * 3).requires_grad_() for k, v in model.named_parameters()}
+    x = torch.randn(10, 4, 1)
+    model.native = False
+    want = functional_call(model, params, (x,))
+    model.native = True
+    got = functional_call(model, params, (x,))
+    assert "LSTMRegression" in type(got.grad_fn).__name__
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():
+        again = functional_call(model, params, (x,))
+    assert torch.equal(again, got.detach())  # deterministic: the same call, the same bits
+
+
+def test_lstm_kernel_refuses_shapes_it_would_misread(monkeypatch):
+    load_kernel_or_skip(monkeypatch)
+    x = torch.randn(2, 3, 1)
+    good = [torch.randn(8, 1), torch.randn(8, 2), torch.randn(8), torch.randn(1, 2), torch.randn(1)]
+    kernel.lstm_regression(x, *good)
+    for i, bad in enumerate([torch.randn(8, 2), torch.randn(8, 3), torch.randn(4), torch.randn(2), torch.randn(2)]):
+        args = list(good)
+        args[i] = bad
+        with pytest.raises(ValueError, match="the LSTM's shapes must be"):
+            kernel.lstm_regression(x, *args)
+
+
+@pytest.mark.parametrize("backend,native", [("native", True), ("pennylane", False)])
+def test_the_target_runs_on_the_kernel_exactly_with_the_native_simulator(monkeypatch, backend, native):
+    """run.build sets the LSTM target's path with the simulator's; summary.json records it."""
+    from diffqas_runner.config import validate
+    from diffqas_runner.run import build, simulator_record
+
+    load_kernel_or_skip(monkeypatch)
+    cfg = compose(["task=bessel", "logger=none", f"backend={backend}", "search=fixed", "search.arch=8"])
+    validate(cfg)
+    exp = build(cfg)
+    assert exp.model.native is native
+    assert simulator_record(cfg, exp.generator.first, exp.model)["target"] == ("cpp" if native else "torch")
 
 
 def test_lstm_on_generated_weights_matches_reference_and_nn_lstm():

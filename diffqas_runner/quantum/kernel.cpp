@@ -1080,11 +1080,132 @@ void qtmap_backward(const T* g, const T* z, const T* a, const double* w, const d
   }
 }
 
+
+// The time-series target (nets.LSTMRegressor): one LSTM layer (gate order input, forget, cell,
+// output; one bias per gate), then Linear(hidden -> 1) on the last hidden state. x (B, T, I);
+// wih (4H, I), whh (4H, H), bias (4H), hw (H), hb (1); pred (B). Sums in double, one thread: at
+// the paper's size (B 10, T 4, H 20) torch's LSTM is almost all dispatch, this is a few thousand
+// multiply-adds. acts (T, B, 4H): the gates after their activations; cs, hs (T + 1, B, H): the
+// cell and hidden states from the zero state on (kept for the backward; null: not kept).
+inline double sigmoid(double v) { return 1.0 / (1.0 + std::exp(-v)); }
+// tanh through one exp (std::tanh costs about 2.5 of them here); within 2e-16 of it, absolutely
+inline double tanh_of(double v) { return v > 20 ? 1.0 : v < -20 ? -1.0 : 1.0 - 2.0 / (std::exp(2 * v) + 1.0); }
+
+template <typename T>
+void lstm_forward(const T* x, const T* wih, const T* whh, const T* bias, const T* hw, const T* hb, T* pred, T* acts,
+                  T* cs, T* hs, int64_t B, int64_t Tn, int64_t I, int64_t H) {
+  const int64_t G = 4 * H;
+  // the weights as (input, gate) columns, so each step's gate sums run over the gates (vectorised)
+  // instead of one serial dot product per gate
+  std::vector<double> wt((I + H) * G), gate(G), h(H), c(H);
+  for (int64_t r = 0; r < G; ++r) {
+    for (int64_t k = 0; k < I; ++k) wt[k * G + r] = double(wih[r * I + k]);
+    for (int64_t k = 0; k < H; ++k) wt[(I + k) * G + r] = double(whh[r * H + k]);
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    std::fill(h.begin(), h.end(), 0.0);
+    std::fill(c.begin(), c.end(), 0.0);
+    if (cs) {
+      std::fill(cs + b * H, cs + (b + 1) * H, T(0));
+      std::fill(hs + b * H, hs + (b + 1) * H, T(0));
+    }
+    for (int64_t t = 0; t < Tn; ++t) {
+      const T* xt = x + (b * Tn + t) * I;
+      for (int64_t r = 0; r < G; ++r) gate[r] = double(bias[r]);
+      for (int64_t k = 0; k < I + H; ++k) {
+        const double v = k < I ? double(xt[k]) : h[k - I];
+        const double* col = wt.data() + k * G;
+        for (int64_t r = 0; r < G; ++r) gate[r] += col[r] * v;
+      }
+      T* at = acts ? acts + (t * B + b) * G : nullptr;
+      for (int64_t k = 0; k < H; ++k) {
+        // rounded to T as torch stores them, so the backward differentiates what the forward used
+        const double in = double(T(sigmoid(gate[k]))), fg = double(T(sigmoid(gate[H + k])));
+        const double cell = double(T(tanh_of(gate[2 * H + k]))), out = double(T(sigmoid(gate[3 * H + k])));
+        c[k] = double(T(fg * c[k] + in * cell));
+        h[k] = double(T(out * tanh_of(c[k])));
+        if (at) at[k] = T(in), at[H + k] = T(fg), at[2 * H + k] = T(cell), at[3 * H + k] = T(out);
+      }
+      if (cs) {
+        for (int64_t k = 0; k < H; ++k) cs[((t + 1) * B + b) * H + k] = T(c[k]), hs[((t + 1) * B + b) * H + k] = T(h[k]);
+      }
+    }
+    double s = double(hb[0]);
+    for (int64_t k = 0; k < H; ++k) s += double(hw[k]) * h[k];
+    pred[b] = T(s);
+  }
+}
+
+// gp (B): the gradient at pred. Writes dx (B, T, I; null: not wanted), dwih, dwhh, dbias, dhw, dhb
+// (all overwritten); the sums over the batch and the steps run in double.
+template <typename T>
+void lstm_backward(const T* gp, const T* x, const T* wih, const T* whh, const T* hw, const T* acts, const T* cs,
+                   const T* hs, T* dx, T* dwih, T* dwhh, T* dbias, T* dhw, T* dhb, int64_t B, int64_t Tn, int64_t I,
+                   int64_t H) {
+  const int64_t G = 4 * H;
+  std::vector<double> w((I + H) * G), gw((I + H) * G, 0.0), gb(G, 0.0), ghw(H, 0.0), dh(H), dc(H), dg(G), v(I + H), dxv(I);
+  for (int64_t r = 0; r < G; ++r) {  // rows of [wih | whh]: each gate's inputs, then its hidden weights
+    for (int64_t k = 0; k < I; ++k) w[r * (I + H) + k] = double(wih[r * I + k]);
+    for (int64_t k = 0; k < H; ++k) w[r * (I + H) + I + k] = double(whh[r * H + k]);
+  }
+  double ghb = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const double d = double(gp[b]);
+    ghb += d;
+    const T* hT = hs + (Tn * B + b) * H;
+    for (int64_t k = 0; k < H; ++k) ghw[k] += d * double(hT[k]), dh[k] = d * double(hw[k]), dc[k] = 0;
+    for (int64_t t = Tn - 1; t >= 0; --t) {
+      const T* at = acts + (t * B + b) * G;
+      const T* cprev = cs + (t * B + b) * H;
+      const T* cnow = cs + ((t + 1) * B + b) * H;
+      const T* hprev = hs + (t * B + b) * H;
+      for (int64_t k = 0; k < H; ++k) {
+        const double in = at[k], fg = at[H + k], cell = at[2 * H + k], out = at[3 * H + k];
+        const double tc = tanh_of(double(cnow[k]));
+        const double dct = dc[k] + dh[k] * out * (1 - tc * tc);
+        dg[k] = dct * cell * in * (1 - in);
+        dg[H + k] = dct * double(cprev[k]) * fg * (1 - fg);
+        dg[2 * H + k] = dct * in * (1 - cell * cell);
+        dg[3 * H + k] = dh[k] * tc * out * (1 - out);
+        dc[k] = dct * fg;
+      }
+      const T* xt = x + (b * Tn + t) * I;
+      for (int64_t k = 0; k < I; ++k) v[k] = double(xt[k]);
+      for (int64_t k = 0; k < H; ++k) v[I + k] = double(hprev[k]);
+      double* dv = dh.data();  // the gradient at [x_t | h_(t-1)]: dx_t, then the next dh
+      std::fill(dxv.begin(), dxv.end(), 0.0);
+      std::fill(dh.begin(), dh.end(), 0.0);
+      const double* __restrict vk = v.data();
+      double* __restrict dvk = dv;
+      double* __restrict dxk = dxv.data();
+      for (int64_t r = 0; r < G; ++r) {
+        const double e = dg[r];
+        gb[r] += e;
+        double* __restrict gr = gw.data() + r * (I + H);
+        const double* __restrict wr = w.data() + r * (I + H);
+        for (int64_t k = 0; k < I + H; ++k) gr[k] += e * vk[k];
+        for (int64_t k = 0; k < I; ++k) dxk[k] += wr[k] * e;
+        for (int64_t k = 0; k < H; ++k) dvk[k] += wr[I + k] * e;
+      }
+      if (dx) {
+        for (int64_t k = 0; k < I; ++k) dx[(b * Tn + t) * I + k] = T(dxv[k]);
+      }
+    }
+  }
+  for (int64_t r = 0; r < G; ++r) {
+    for (int64_t k = 0; k < I; ++k) dwih[r * I + k] = T(gw[r * (I + H) + k]);
+    for (int64_t k = 0; k < H; ++k) dwhh[r * H + k] = T(gw[r * (I + H) + I + k]);
+    dbias[r] = T(gb[r]);
+  }
+  for (int64_t i = 0; i < H; ++i) dhw[i] = T(ghw[i]);
+  dhb[0] = T(ghb);
+}
+
 }  // namespace
 
 extern "C" {
 
-int diffqas_abi_version() { return 7; }
+int diffqas_abi_version() { return 8; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -1186,6 +1307,30 @@ int wht_f64(double* x, int64_t rows, int64_t n, int threads) {
 }
 int wht_f32(float* x, int64_t rows, int64_t n, int threads) {
   wht_rows<float>(x, rows, n, threads);
+  return 0;
+}
+
+int lstm_forward_f64(const double* x, const double* wih, const double* whh, const double* bias, const double* hw, const double* hb,
+                     double* pred, double* acts, double* cs, double* hs, int64_t B, int64_t steps, int64_t I, int64_t H, int) {
+  lstm_forward<double>(x, wih, whh, bias, hw, hb, pred, acts, cs, hs, B, steps, I, H);
+  return 0;
+}
+int lstm_backward_f64(const double* gp, const double* x, const double* wih, const double* whh, const double* hw, const double* acts,
+                      const double* cs, const double* hs, double* dx, double* dwih, double* dwhh, double* dbias, double* dhw, double* dhb,
+                      int64_t B, int64_t steps, int64_t I, int64_t H, int) {
+  lstm_backward<double>(gp, x, wih, whh, hw, acts, cs, hs, dx, dwih, dwhh, dbias, dhw, dhb, B, steps, I, H);
+  return 0;
+}
+
+int lstm_forward_f32(const float* x, const float* wih, const float* whh, const float* bias, const float* hw, const float* hb,
+                     float* pred, float* acts, float* cs, float* hs, int64_t B, int64_t steps, int64_t I, int64_t H, int) {
+  lstm_forward<float>(x, wih, whh, bias, hw, hb, pred, acts, cs, hs, B, steps, I, H);
+  return 0;
+}
+int lstm_backward_f32(const float* gp, const float* x, const float* wih, const float* whh, const float* hw, const float* acts,
+                      const float* cs, const float* hs, float* dx, float* dwih, float* dwhh, float* dbias, float* dhw, float* dhb,
+                      int64_t B, int64_t steps, int64_t I, int64_t H, int) {
+  lstm_backward<float>(gp, x, wih, whh, hw, acts, cs, hs, dx, dwih, dwhh, dbias, dhw, dhb, B, steps, I, H);
   return 0;
 }
 

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 7  # diffqas_abi_version() of kernel.cpp
+ABI = 8  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")  # where the CPU is known and OpenMP works
 NATIVE = "-march=native"  # only where this CPU is identified (the cache key names it): else a portable build
@@ -304,6 +304,8 @@ def _open(path: Path):
         "wht": [p, i64, i64, i32],  # x, rows, n, threads
         "qtmap_forward": [p, p, p, p, p, p, i64, i64, i64, p, i32],  # u, z, a, kappa, w, stats, p, n, flags, params
         "qtmap_backward": [p, p, p, p, p, p, p, i64, i64, i64, p, i32],  # g, z, a, w, stats, du, dw, p, n, flags, params
+        "lstm_forward": [p] * 10 + [i64] * 4 + [i32],  # x, wih, whh, bias, hw, hb, pred, acts, cs, hs, B, T, I, H
+        "lstm_backward": [p] * 14 + [i64] * 4 + [i32],  # gp, x, wih, whh, hw, acts, cs, hs, dx, dwih, ..., dhb, B, T, I, H
     }
     for name, argtypes in signatures.items():
         for suffix in ("f64", "f32"):
@@ -475,6 +477,59 @@ def map_backward(g, z, a, weight, stats, n: int, flags: int, toolkit) -> tuple[t
     params = torch.tensor([*toolkit, 0.0], dtype=torch.float64)
     _call("qtmap_backward", z.dtype, g, z, a, w, stats, du, dw, z.shape[0], n, flags, params)
     return du, dw
+
+
+class LSTMRegression(torch.autograd.Function):
+    """nets.LSTMRegressor's forward in one call of kernel.cpp each way: x (B, T, I), the LSTM's
+    weight_ih (4H, I), weight_hh (4H, H) and bias (4H) (torch's gate order, no second bias), the
+    head's weight (1, H) and bias (1) -> predictions (B, 1). All of one dtype (float32 or float64),
+    on the CPU; the sums run in float64, on one thread."""
+
+    @staticmethod
+    def forward(ctx, keep, x, wih, whh, bias, hw, hb):
+        """keep: whether a backward may follow (grad mode on and some input requiring grad)."""
+        batch, steps, inputs = x.shape
+        hidden = whh.shape[1]
+        x, wih, whh, bias, hw, hb = (t.detach().contiguous() for t in (x, wih, whh, bias, hw, hb))
+        pred = torch.empty(batch, 1, dtype=x.dtype)
+        acts = torch.empty(steps, batch, 4 * hidden, dtype=x.dtype) if keep else None
+        cs, hs = (torch.empty(steps + 1, batch, hidden, dtype=x.dtype) for _ in range(2)) if keep else (None, None)
+        _call("lstm_forward", x.dtype, x, wih, whh, bias, hw, hb, pred, acts, cs, hs, batch, steps, inputs, hidden)
+        if keep:
+            ctx.save_for_backward(x, wih, whh, hw, acts, cs, hs)
+        return pred
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, wih, whh, hw, acts, cs, hs = ctx.saved_tensors
+        batch, steps, inputs = x.shape
+        hidden = whh.shape[1]
+        dx = torch.empty_like(x) if ctx.needs_input_grad[1] else None
+        dwih, dwhh, dhw = torch.empty_like(wih), torch.empty_like(whh), torch.empty_like(hw)
+        dbias, dhb = torch.empty(4 * hidden, dtype=x.dtype), torch.empty(1, dtype=x.dtype)
+        gp = grad.to(x.dtype).contiguous()
+        args = (gp, x, wih, whh, hw, acts, cs, hs, dx, dwih, dwhh, dbias, dhw, dhb, batch, steps, inputs, hidden)
+        _call("lstm_backward", x.dtype, *args)
+        return None, dx, dwih, dwhh, dbias, dhw, dhb
+
+
+def lstm_regression(x, wih, whh, bias, hw, hb) -> torch.Tensor:
+    """`LSTMRegression` (its arguments), keeping the states for a backward only where one can follow."""
+    tensors = (x, wih, whh, bias, hw, hb)
+    hidden = whh.shape[-1]
+    shapes = [tuple(t.shape) for t in tensors]
+    if x.dim() != 3 or shapes[1:] != [(4 * hidden, x.shape[2]), (4 * hidden, hidden), (4 * hidden,), (1, hidden), (1,)]:
+        raise ValueError(f"the LSTM's shapes must be x (B, T, I), (4H, I), (4H, H), (4H,), (1, H), (1,); got {shapes}")
+    keep = torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+    return LSTMRegression.apply(keep, *tensors)
+
+
+def lstm_takes(*tensors: torch.Tensor) -> bool:
+    """Whether `LSTMRegression` can run these: the library loaded in this process, every tensor
+    on the CPU in one dtype the kernel has."""
+    dtype = tensors[0].dtype
+    return loaded() is not None and dtype in _DTYPES and all(t.device.type == "cpu" and t.dtype == dtype for t in tensors)
 
 
 class WHT(torch.autograd.Function):
