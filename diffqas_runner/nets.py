@@ -5,8 +5,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .quantum import kernel
-
 
 def mlp(widths: list[int], dtype: torch.dtype | None = None) -> nn.Sequential:
     """Linear layers with ReLU between them: MLP 784-128-64-2 is mlp([784, 128, 64, 2])."""
@@ -66,9 +64,12 @@ class LSTMRegressor(nn.Module):
         """x (batch, time, input_size) -> prediction (batch, 1), through torch's fused LSTM
         (`torch.lstm`, nn.LSTM's own function: about half the time of the cell written out in
         tensor operations, which it replaced in 0.2) with bias_hh = 0."""
-        tensors = (x, self.weight_ih, self.weight_hh, self.bias, self.head.weight, self.head.bias)
-        if self.native and kernel.lstm_takes(*tensors):
-            return kernel.lstm_regression(*tensors)
+        if self.native:  # imported here: a saved model evaluates without the quantum package
+            from .quantum import kernel
+
+            tensors = (x, self.weight_ih, self.weight_hh, self.bias, self.head.weight, self.head.bias)
+            if kernel.lstm_takes(*tensors):
+                return kernel.lstm_regression(*tensors)
         h0 = x.new_zeros(1, x.shape[0], self.hidden)
         weights = [self.weight_ih, self.weight_hh, self.bias, torch.zeros_like(self.bias)]
         out = torch.lstm(x, (h0, h0), weights, True, 1, 0.0, self.training, False, True)[0]

@@ -243,7 +243,8 @@ def test_lstm_on_the_kernel_passes_gradcheck_and_matches_torch_in_float32(monkey
     assert torch.equal(again, got.detach())  # deterministic: the same call, the same bits
 
 
-def test_lstm_kernel_refuses_shapes_it_would_misread(monkeypatch):
+def test_lstm_kernel_refuses_what_it_would_misread(monkeypatch):
+    """Wrong shapes, mixed or unsupported dtypes and other devices raise before any pointer is read."""
     load_kernel_or_skip(monkeypatch)
     x = torch.randn(2, 3, 1)
     good = [torch.randn(8, 1), torch.randn(8, 2), torch.randn(8), torch.randn(1, 2), torch.randn(1)]
@@ -253,6 +254,31 @@ def test_lstm_kernel_refuses_shapes_it_would_misread(monkeypatch):
         args[i] = bad
         with pytest.raises(ValueError, match="the LSTM's shapes must be"):
             kernel.lstm_regression(x, *args)
+    for i, bad in enumerate([good[0].double(), good[1].half(), good[2].to("meta"), good[3].long()]):
+        args = [x, *good]
+        args[i + 1] = bad
+        with pytest.raises(ValueError, match="the C\\+\\+ LSTM takes CPU float32 or float64 tensors of one dtype"):
+            kernel.lstm_regression(*args)
+    with pytest.raises(ValueError, match="of one dtype"):
+        kernel.lstm_regression(x.double(), *good)
+
+
+def test_lstm_kernel_keeps_relative_precision_at_tiny_activations(monkeypatch):
+    """Near 0 tanh is std::tanh's, not the exp formula's (which would cancel): weights of 1e-12
+    still give predictions and gradients to float64 relative precision."""
+    load_kernel_or_skip(monkeypatch)
+    torch.manual_seed(5)
+    model = LSTMRegressor(1, 8).double()
+    model.native = True
+    params = {k: (torch.randn_like(v) * 1e-12).requires_grad_() for k, v in model.named_parameters()}
+    x = torch.randn(4, 5, 1, dtype=torch.float64)
+    got = functional_call(model, params, (x,))
+    want = _reference_lstm(x, *(params[k] for k in KEYS))
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+    for a, b in zip(
+        torch.autograd.grad(got.sum(), list(params.values())), torch.autograd.grad(want.sum(), list(params.values()))
+    ):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-30)
 
 
 @pytest.mark.parametrize("backend,native", [("native", True), ("pennylane", False)])

@@ -396,7 +396,7 @@ def _call(name: str, dtype: torch.dtype, *args) -> int:
     """Call kernel.cpp's `name` for dtype with tensors passed as data pointers (None: a null one)
     and torch's thread count last."""
     fn = getattr(load(), f"{name}_{_DTYPES[dtype]}")
-    ptrs = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor) else a for a in args]
+    ptrs = [a.data_ptr() if isinstance(a, torch.Tensor) else a for a in args]  # ints: ctypes makes the void*
     return fn(*ptrs, torch.get_num_threads())
 
 
@@ -517,6 +517,9 @@ class LSTMRegression(torch.autograd.Function):
 def lstm_regression(x, wih, whh, bias, hw, hb) -> torch.Tensor:
     """`LSTMRegression` (its arguments), keeping the states for a backward only where one can follow."""
     tensors = (x, wih, whh, bias, hw, hb)
+    if not lstm_takes(*tensors):  # the kernel reads every pointer as x's dtype, on the CPU
+        kinds = sorted({f"{t.dtype} on {t.device}" for t in tensors})
+        raise ValueError(f"the C++ LSTM takes CPU float32 or float64 tensors of one dtype, with the kernel loaded; got {kinds}")
     hidden = whh.shape[-1]
     shapes = [tuple(t.shape) for t in tensors]
     if x.dim() != 3 or shapes[1:] != [(4 * hidden, x.shape[2]), (4 * hidden, hidden), (4 * hidden,), (1, hidden), (1,)]:
