@@ -44,7 +44,7 @@ from .record.failures import FAILURE, clear_failure, write_failure
 from .record.lock import DirectoryInUse, lock_directory, unlock_directory
 from .record.progress import Progress
 from .selection import select
-from .train import checkpoint, optim
+from .train import checkpoint, fused_step, optim
 from .train.checkpoint import (
     CHECKPOINT,
     Checkpointer,
@@ -322,11 +322,12 @@ def _generator_summary(g) -> dict:
     }
 
 
-def simulator_record(cfg, generator, model: torch.nn.Module | None = None) -> dict:
+def simulator_record(cfg, generator, model: torch.nn.Module | None = None, step: str = "autograd") -> dict:
     """How the probabilities were computed (CONTRACT "Reproducibility"): results are bitwise
     reproducible for one version, platform, thread count, kernel path and dtype, and equal within
     tolerance across them, so every summary says which it had. `target`: where the target network
-    ran, "cpp" for the LSTM on kernel.cpp (nets.LSTMRegressor.native), else "torch"."""
+    ran, "cpp" for the LSTM on kernel.cpp (nets.LSTMRegressor.native), else "torch"; `step`: "fused"
+    when a training step was one kernel call (train/fused_step.py), else "autograd"."""
     from . import __version__
 
     backend = cfg.backend.name.value
@@ -346,7 +347,12 @@ def simulator_record(cfg, generator, model: torch.nn.Module | None = None) -> di
         "torch": torch.__version__,
         "platform": f"{platform.system()} {platform.machine()}",
         "target": "cpp" if getattr(model, "native", False) and kernel.loaded() is not None else "torch",
+        "step": step,
     }
+
+
+def _step_path(exp: Experiment) -> str:
+    return "fused" if fused_step.applies(exp.task, exp.model, exp.generator) else "autograd"
 
 
 def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_step) -> dict:
@@ -381,7 +387,7 @@ def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_st
         "eval_shots": generator.first.eval_shots,
         "qt_source": generator.first.options.source,
         "source": generator.first.describe_source(),
-        "simulator": simulator_record(cfg, generator.first, exp.model),
+        "simulator": simulator_record(cfg, generator.first, exp.model, _step_path(exp)),
     }
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}

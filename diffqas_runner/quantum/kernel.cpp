@@ -1208,11 +1208,71 @@ void lstm_backward(const T* gp, const T* x, const T* wih, const T* whh, const T*
   dhb[0] = T(ghb);
 }
 
+
+// ------------------------------------------------------------------------------------------
+// One training step of a time-series run whose generator is one fixed candidate: the circuit
+// (one Ry row on the kernel from `start`, or the constant probabilities `fixed` of an
+// angle-independent candidate), the mapping's front half (qtmap), the cast of the p weights to
+// float, the LSTM target on the batch (x (B, steps, I) float, y (B) float), the MSE loss, and the
+// backward of all of it, in one call. The same functions as the autograd path, in its order, with
+// the same roundings where it rounds (P and kappa in T, the weights and their gradients in float).
+// Writes pred (B) (the loss is the caller's), dtheta (layers, n) (untouched without a circuit) and
+// dw (n + 2): the mapping's weight and bias gradients.
+template <typename T>
+void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t layers, const int32_t* perm,
+                  const T* sign, int64_t n, const double* w, const double* params, int64_t p, int64_t flags,
+                  const float* x, const float* y, int64_t B, int64_t Tn, int64_t I, int64_t H, float* pred,
+                  double* dtheta, double* dw, int threads) {
+  const int64_t dim = int64_t(1) << n, G = 4 * H;
+  std::vector<T> a, b, probs;
+  const T* psi = nullptr;
+  if (fixed == nullptr) {
+    a.assign(start, start + dim);
+    b.resize(dim);
+    psi = ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads) ? b.data() : a.data();
+    probs.resize(p);
+    for (int64_t i = 0; i < p; ++i) probs[i] = psi[i] * psi[i];
+  }
+  const T* u = fixed == nullptr ? probs.data() : fixed;
+  std::vector<T> z(p), act(p), kappa(p);
+  double stats[2];
+  qtmap_forward<T>(u, z.data(), act.data(), kappa.data(), w, stats, p, n, flags, params);
+  std::vector<float> kf(p), gf(p);
+  for (int64_t i = 0; i < p; ++i) kf[i] = float(kappa[i]);
+  const float* wih = kf.data();
+  const float* whh = wih + G * I;
+  const float* bias = whh + G * H;
+  const float* hw = bias + G;
+  const float* hb = hw + H;
+  std::vector<float> acts(Tn * B * G), cs((Tn + 1) * B * H), hs((Tn + 1) * B * H), gp(B);
+  lstm_forward<float>(x, wih, whh, bias, hw, hb, pred, acts.data(), cs.data(), hs.data(), B, Tn, I, H);
+  const float norm = float(2.0 / double(B));  // the MSE's gradient at pred, as torch's mse_loss_backward
+  for (int64_t i = 0; i < B; ++i) gp[i] = norm * (pred[i] - y[i]);
+  float* dwih = gf.data();
+  float* dwhh = dwih + G * I;
+  float* dbias = dwhh + G * H;
+  float* dhw = dbias + G;
+  float* dhb = dhw + H;
+  lstm_backward<float>(gp.data(), x, wih, whh, hw, acts.data(), cs.data(), hs.data(), nullptr, dwih, dwhh, dbias, dhw,
+                       dhb, B, Tn, I, H);
+  std::vector<T> g(p), du(p);
+  for (int64_t i = 0; i < p; ++i) g[i] = T(gf[i]);
+  qtmap_backward<T>(g.data(), z.data(), act.data(), w, stats, du.data(), dw, p, n, flags, params);
+  if (fixed != nullptr) return;
+  std::vector<T> x2(psi, psi + dim), g1(dim, T(0)), x3(dim), g2(dim);
+  for (int64_t i = 0; i < p; ++i) g1[i] = du[i] * (T(2) * psi[i]);
+  const Shape sh = shape_of(1, n);
+  std::vector<double> part(std::max(sh.chunks, sh.tiles) * n, 0.0);
+  std::fill(dtheta, dtheta + layers * n, 0.0);
+  ry_backward<T>(x2.data(), g1.data(), x3.data(), g2.data(), part.data(), dtheta, theta, layers, perm, sign, 1, n, 1,
+                 threads);
+}
+
 }  // namespace
 
 extern "C" {
 
-int diffqas_abi_version() { return 8; }
+int diffqas_abi_version() { return 9; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -1338,6 +1398,24 @@ int lstm_backward_f32(const float* gp, const float* x, const float* wih, const f
                       const float* cs, const float* hs, float* dx, float* dwih, float* dwhh, float* dbias, float* dhw, float* dhb,
                       int64_t B, int64_t steps, int64_t I, int64_t H, int) {
   lstm_backward<float>(gp, x, wih, whh, hw, acts, cs, hs, dx, dwih, dwhh, dbias, dhw, dhb, B, steps, I, H);
+  return 0;
+}
+
+int qt_lstm_step_f64(const double* start, const double* fixed, const double* theta, int64_t layers, const int32_t* perm,
+                     const double* sign, int64_t n, const double* w, const double* params, int64_t p, int64_t flags,
+                     const float* x, const float* y, int64_t B, int64_t steps, int64_t I, int64_t H, float* pred,
+                     double* dtheta, double* dw, int threads) {
+  qt_lstm_step<double>(start, fixed, theta, layers, perm, sign, n, w, params, p, flags, x, y, B, steps, I, H, pred, dtheta, dw,
+                   threads);
+  return 0;
+}
+
+int qt_lstm_step_f32(const float* start, const float* fixed, const double* theta, int64_t layers, const int32_t* perm,
+                     const float* sign, int64_t n, const double* w, const double* params, int64_t p, int64_t flags,
+                     const float* x, const float* y, int64_t B, int64_t steps, int64_t I, int64_t H, float* pred,
+                     double* dtheta, double* dw, int threads) {
+  qt_lstm_step<float>(start, fixed, theta, layers, perm, sign, n, w, params, p, flags, x, y, B, steps, I, H, pred, dtheta, dw,
+                   threads);
   return 0;
 }
 

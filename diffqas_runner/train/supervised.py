@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch.func import functional_call
 
+from . import fused_step
 from .checkpoint import StopRequested
 
 
@@ -94,18 +95,24 @@ def total_steps(n_train: int, train_cfg) -> int:
     return min(steps, train_cfg.max_steps or steps)
 
 
-def _forward_backward(task, model, generator, optimizer, s: LoopState, x, y, checkpointer) -> torch.Tensor:
-    """One step's forward and backward on a batch; the loss, or NonFiniteLoss before anything changed."""
+def _forward_backward(task, model, generator, optimizer, s: LoopState, x, y, checkpointer, fused=None) -> torch.Tensor:
+    """One step's forward and backward on a batch; the loss, or NonFiniteLoss before anything changed.
+    fused: the step as one kernel call (train/fused_step.py), which writes the gradients itself."""
     generator.at_step(s.step)  # finite shots: this step's sample, also when a resumed run redoes it
-    loss = task.loss(functional_call(model, generator(), (x,)), y)
+    if fused is not None:  # gradients written with the loss (the parameters stay as they are)
+        optimizer.zero_grad(set_to_none=True)
+        loss = fused(x, y)
+    else:
+        loss = task.loss(functional_call(model, generator(), (x,)), y)
     if not torch.isfinite(loss):
         where = f", the last checkpoint is {checkpointer.path}" if checkpointer and checkpointer.path.exists() else ""
         raise NonFiniteLoss(
             f"loss became {loss.item()} at step {s.step + 1} (epoch {s.epoch}); parameters left at step {s.step}{where}",
             step=s.step + 1,
         )
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if fused is None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
     check_gradients(generator, f"step {s.step + 1} (epoch {s.epoch})")
     return loss
 
@@ -136,6 +143,7 @@ def train_supervised(
     total = total_steps(n, train_cfg)
     eval_every = train_cfg.eval_every
     s = state or LoopState()
+    fused = fused_step.build(task, model, generator)  # the step as one kernel call, where its structure allows
     order = torch.Generator().manual_seed(seed)
     if s.order is not None:
         order.set_state(s.order)
@@ -158,7 +166,7 @@ def train_supervised(
         try:
             with checkpointer.signals.immediate() if checkpointer is not None else nullcontext():
                 # forward and backward: a signal here abandons the step at once (nothing has changed yet)
-                loss = _forward_backward(task, model, generator, optimizer, s, x_train[idx], y_train[idx], checkpointer)
+                loss = _forward_backward(task, model, generator, optimizer, s, x_train[idx], y_train[idx], checkpointer, fused)
         except StopRequested as stop:
             raise checkpointer.stopped(stop, s.step, snapshot) from None
         optimizer.step()
