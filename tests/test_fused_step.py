@@ -103,3 +103,14 @@ def test_a_run_with_the_fused_step_is_the_autograd_runs_bit_for_bit(monkeypatch,
         ]
 
     assert rows(tmp_path / "fused") == rows(tmp_path / "autograd")
+
+
+def test_the_fused_step_refuses_batches_it_would_misread(monkeypatch):
+    load_kernel_or_skip(monkeypatch)
+    _, exp = _experiment("search.arch=8")
+    step = fused_step.build(exp.task, exp.model, exp.generator)
+    x, y = exp.task.train.x[:4], exp.task.train.y[:4]
+    step(x, y)
+    for bad_x, bad_y in [(x.double(), y), (x[..., None], y), (torch.cat([x, x], 2), y), (x, y[:3]), (x, y.double())]:
+        with pytest.raises(ValueError, match="the fused step takes"):
+            step(bad_x, bad_y)

@@ -55,7 +55,13 @@ class FusedStep:
         theta = gen.theta.detach().to(torch.float64).contiguous()
         w = first.weight.detach().reshape(-1).to(torch.float64).contiguous()
         params = torch.tensor([*self.toolkit, float(first.bias)], dtype=torch.float64)
+        if x.dim() != 3 or x.shape[2] != self.inputs or x.dtype != torch.float32 or y.dtype != torch.float32:
+            raise ValueError(
+                f"the fused step takes float32 x (B, T, {self.inputs}) and y; got {x.dtype} {tuple(x.shape)}, {y.dtype}"
+            )
         batch, steps, inputs = x.shape
+        if y.numel() != batch:
+            raise ValueError(f"the fused step takes one target per window: y {tuple(y.shape)} for {batch} windows")
         pred = torch.empty(batch, 1, dtype=torch.float32)
         dtheta = torch.zeros(theta.shape, dtype=torch.float64)
         dw = torch.empty(n + 2, dtype=torch.float64)
