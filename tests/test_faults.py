@@ -255,6 +255,9 @@ def test_the_fused_finiteness_check_names_the_first_bad_tensor():
     ok = [("a", big), ("b", torch.ones(2, 2, dtype=torch.float32))]
     assert _first_non_finite(ok) is None and _first_non_finite([]) is None
     for bad in (float("nan"), float("inf"), -float("inf")):
-        c = torch.zeros(4, dtype=torch.float32)
-        c[2] = bad
-        assert _first_non_finite([*ok, ("c", c), ("d", c.clone())]) == "c"
+        for dtype in (torch.float32, torch.float64, torch.bfloat16):  # numpy's path, and torch's for bfloat16
+            c = torch.zeros(4, dtype=dtype, requires_grad=True)
+            with torch.no_grad():
+                c[2] = bad
+            assert _first_non_finite([*ok, ("c", c), ("d", c.detach().clone())]) == "c"
+            assert _first_non_finite([("d", c.detach()[:2])]) is None  # a view that holds only finite entries
