@@ -27,16 +27,17 @@ def _grads(generator) -> dict[str, torch.Tensor | None]:
     return {k: None if p.grad is None else p.grad.clone() for k, p in generator.named_parameters()}
 
 
-@pytest.mark.parametrize("precision", ["float64", "float32"])
-def test_fused_step_gives_the_autograd_paths_gradients_bit_for_bit(monkeypatch, precision):
+@pytest.mark.parametrize("precision,extra", [("float64", []), ("float32", []), ("float64", ["qt.center_output=false"])])
+def test_fused_step_gives_the_autograd_paths_gradients_bit_for_bit(monkeypatch, precision, extra):
     """Every candidate of the paper's space whose probabilities are one Ry row on the kernel or
     constant (10 of 12; the two closed forms keep autograd): the loss and every parameter's
-    gradient equal the autograd path's exactly, over a few optimiser steps (so theta moves)."""
+    gradient equal the autograd path's exactly, over a few optimiser steps (so theta moves); with
+    qt.center_output=false the mapping's bias trains too."""
     load_kernel_or_skip(monkeypatch)
     torch.set_num_threads(1)
     taken = []
     for arch in range(1, 13):
-        _, exp = _experiment(f"search.arch={arch}", f"backend.precision={precision}")
+        _, exp = _experiment(f"search.arch={arch}", f"backend.precision={precision}", *extra)
         task, model, gen, opt = exp.task, exp.model, exp.generator, exp.optimizer
         step = fused_step.build(task, model, gen)
         mode = native._mode(gen.first.candidates[0], gen.first.n_qubits, gen.first.depth)
@@ -111,6 +112,7 @@ def test_the_fused_step_refuses_batches_it_would_misread(monkeypatch):
     step = fused_step.build(exp.task, exp.model, exp.generator)
     x, y = exp.task.train.x[:4], exp.task.train.y[:4]
     step(x, y)
-    for bad_x, bad_y in [(x.double(), y), (x[..., None], y), (torch.cat([x, x], 2), y), (x, y[:3]), (x, y.double())]:
+    bad = [(x.double(), y), (x[..., None], y), (torch.cat([x, x], 2), y), (x, y[:3]), (x, y.double()), (x, y.reshape(-1))]
+    for bad_x, bad_y in bad:
         with pytest.raises(ValueError, match="the fused step takes"):
             step(bad_x, bad_y)

@@ -54,14 +54,14 @@ class FusedStep:
         first = gen.mapping[0]
         theta = gen.theta.detach().to(torch.float64).contiguous()
         w = first.weight.detach().reshape(-1).to(torch.float64).contiguous()
-        params = torch.tensor([*self.toolkit, float(first.bias)], dtype=torch.float64)
+        params = torch.tensor([*self.toolkit, float(first.bias.detach())], dtype=torch.float64)
         if x.dim() != 3 or x.shape[2] != self.inputs or x.dtype != torch.float32 or y.dtype != torch.float32:
             raise ValueError(
                 f"the fused step takes float32 x (B, T, {self.inputs}) and y; got {x.dtype} {tuple(x.shape)}, {y.dtype}"
             )
         batch, steps, inputs = x.shape
-        if y.numel() != batch:
-            raise ValueError(f"the fused step takes one target per window: y {tuple(y.shape)} for {batch} windows")
+        if tuple(y.shape) != (batch, 1):  # as the task's (N, 1): another shape would broadcast in the loss
+            raise ValueError(f"the fused step takes y of shape ({batch}, 1), one target per window; got {tuple(y.shape)}")
         pred = torch.empty(batch, 1, dtype=torch.float32)
         dtheta = torch.zeros(theta.shape, dtype=torch.float64)
         dw = torch.empty(n + 2, dtype=torch.float64)

@@ -38,7 +38,7 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     small parameters: about 3 us each, where torch's dispatch costs some 60 us for the lot), else
     one fused torch check."""
     if all(t.device.type == "cpu" and t.dtype in _NUMPY_DTYPES for t in tensors):
-        return all(bool(np.isfinite(t.detach().numpy()).all()) for t in tensors)
+        return all(bool(np.isfinite(t.detach().resolve_neg().numpy()).all()) for t in tensors)
     return bool(torch.isfinite(torch.cat([t.detach().reshape(-1) for t in tensors])).all())
 
 
