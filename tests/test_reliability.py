@@ -10,7 +10,7 @@ import time
 
 import pytest
 import torch
-from helpers import env, metrics_rows, wait_for, wait_until
+from helpers import env, load_kernel_or_skip, metrics_rows, wait_for, wait_until
 
 from diffqas_runner.qt import Generator
 from diffqas_runner.record import Recorder
@@ -53,13 +53,23 @@ def _env() -> dict:
 _wait_for = wait_for
 
 
-@pytest.mark.parametrize("kind", ["timeseries", pytest.param("classification", marks=pytest.mark.slow)])
-def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, kind, data_dir):
-    overrides = TIMESERIES if kind == "timeseries" else _classification(data_dir)
+@pytest.mark.parametrize(
+    "kind",
+    ["timeseries", pytest.param("classification", marks=pytest.mark.slow), pytest.param("fused", marks=pytest.mark.slow)],
+)
+def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, kind, data_dir, monkeypatch):
+    """fused: candidate 8 on the C++ kernel, whose steps are one kernel call (train/fused_step.py)."""
+    overrides = {"timeseries": TIMESERIES, "fused": [*TIMESERIES, "search.arch=8"]}.get(kind) or _classification(data_dir)
+    run_env = _env()
+    if kind == "fused":
+        load_kernel_or_skip(monkeypatch)  # built (or skipped) here, so both processes load the same library
+        run_env = env(DIFFQAS_NATIVE_KERNEL="cpp")
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    subprocess.run(_command(overrides, whole), env=_env(), check=True, capture_output=True, timeout=300)
+    subprocess.run(_command(overrides, whole), env=run_env, check=True, capture_output=True, timeout=300)
+    if kind == "fused":
+        assert json.loads((whole / "summary.json").read_text())["simulator"]["step"] == "fused"
 
-    proc = subprocess.Popen(_command(overrides, killed), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(_command(overrides, killed), env=run_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _wait_for(killed / "checkpoint.pt", proc)
     # somewhere after the first checkpoint, in the first quarter of the logged rows: a state, not a time
     # seeded and printed (shown when the test fails): DIFFQAS_KILL_SEED=N replays a kill point
@@ -73,7 +83,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_result(tmp_path, kind, data_
     assert not (killed / "summary.json").exists()
     step = torch.load(killed / "checkpoint.pt", weights_only=True)["loop"]["step"]
 
-    again = subprocess.run(_command(overrides, killed), env=_env(), capture_output=True, text=True, timeout=300)
+    again = subprocess.run(_command(overrides, killed), env=run_env, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     summary = json.loads((killed / "summary.json").read_text())
     assert summary["resumed_from_step"] == step > 0
