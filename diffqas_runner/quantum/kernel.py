@@ -458,14 +458,19 @@ MAP_POST = {"none": 0, "scale": 1, "toolkit": 2}  # kernel.cpp's qtmap flags
 MAP_ODD, MAP_STD, MAP_CENTER, MAP_PM1 = 4, 8, 16, 32
 
 
+def map_args(weight: torch.Tensor, toolkit, bias: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """What qtmap_* read of the mapping: its weight (1, n+1) flat in float64, and the params
+    (gamma, beta, alpha, bias) in float64."""
+    return weight.detach().reshape(-1).to(torch.float64).contiguous(), torch.tensor([*toolkit, bias], dtype=torch.float64)
+
+
 def map_forward(u: torch.Tensor, weight: torch.Tensor, bias: float, p: int, n: int, flags: int, toolkit) -> tuple:
     """kernel.cpp's qtmap_forward on the first p entries of u (CPU, float32 or float64): (z, a,
     kappa, stats), see qt/fused.py; the mapping's weight (1, n+1) and bias are read in float64."""
     u = u.detach().contiguous()
     z, a, kappa = (torch.empty(p, dtype=u.dtype) for _ in range(3))
     stats = torch.empty(2, dtype=torch.float64)
-    w = weight.detach().reshape(-1).to(torch.float64).contiguous()
-    params = torch.tensor([*toolkit, bias], dtype=torch.float64)
+    w, params = map_args(weight, toolkit, bias)
     _call("qtmap_forward", u.dtype, u, z, a, kappa, w, stats, p, n, flags, params)
     return z, a, kappa, stats
 
@@ -475,8 +480,7 @@ def map_backward(g, z, a, weight, stats, n: int, flags: int, toolkit) -> tuple[t
     g = g.to(z.dtype).contiguous()
     du = torch.empty_like(z)
     dw = torch.empty(n + 2, dtype=torch.float64)
-    w = weight.detach().reshape(-1).to(torch.float64).contiguous()
-    params = torch.tensor([*toolkit, 0.0], dtype=torch.float64)
+    w, params = map_args(weight, toolkit, 0.0)
     _call("qtmap_backward", z.dtype, g, z, a, w, stats, du, dw, z.shape[0], n, flags, params)
     return du, dw
 

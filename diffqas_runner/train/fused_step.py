@@ -35,9 +35,8 @@ class FusedStep:
         n, dtype = gen.n_qubits, gen.options.dtype
         self.gen, self.n, self.dtype = gen, n, dtype
         self.hidden, self.inputs = model.hidden, model.weight_ih.shape[1]
-        self.static = native._mode(cand, n, gen.depth) == "static"
         cands = (cand,)
-        if self.static:
+        if native._mode(cand, n, gen.depth) == "static":  # a constant P: no circuit to run
             self.fixed = native._static_probabilities(cand, n, gen.depth, dtype, "cpu").contiguous()
             self.start = self.perm = self.sign = None
         else:
@@ -53,8 +52,7 @@ class FusedStep:
         gen, n = self.gen, self.n
         first = gen.mapping[0]
         theta = gen.theta.detach().to(torch.float64).contiguous()
-        w = first.weight.detach().reshape(-1).to(torch.float64).contiguous()
-        params = torch.tensor([*self.toolkit, float(first.bias.detach())], dtype=torch.float64)
+        w, params = kernel.map_args(first.weight, self.toolkit, float(first.bias.detach()))
         if x.dim() != 3 or x.shape[2] != self.inputs or x.dtype != torch.float32 or y.dtype != torch.float32:
             raise ValueError(
                 f"the fused step takes float32 x (B, T, {self.inputs}) and y; got {x.dtype} {tuple(x.shape)}, {y.dtype}"
@@ -70,7 +68,7 @@ class FusedStep:
             "qt_lstm_step", self.dtype, self.start, self.fixed, theta, theta.shape[0], self.perm, self.sign, n, w, params,
             self.p, self.flags, x, y.reshape(-1), batch, steps, inputs, self.hidden, pred, dtheta, dw,
         )  # fmt: skip
-        if not self.static and gen.theta.requires_grad:
+        if self.fixed is None and gen.theta.requires_grad:
             gen.theta.grad = dtheta.to(gen.theta.dtype)
         if first.weight.requires_grad:
             first.weight.grad = dw[:-1].to(first.weight.dtype)[None]
