@@ -1,16 +1,20 @@
 """The time-series step as one kernel call (train/fused_step.py) against the autograd path it
-replaces: the same gradients bit for bit, for every candidate it takes, and the same run."""
+replaces: for a fixed Ry or constant candidate the same gradients bit for bit and the same run;
+for DiffQAS's mixture and the closed forms the same within rounding, and against the textbook
+simulator (tests/reference.py) and finite differences."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
+import reference
 import torch
 from helpers import compose, load_kernel_or_skip
 from torch.func import functional_call
 
 from diffqas_runner.config import validate
+from diffqas_runner.qt.fused import mapped_weights
 from diffqas_runner.quantum import native
 from diffqas_runner.run import build, run, seed_everything
 from diffqas_runner.train import fused_step
@@ -41,8 +45,9 @@ def test_fused_step_gives_the_autograd_paths_gradients_bit_for_bit(monkeypatch, 
         task, model, gen, opt = exp.task, exp.model, exp.generator, exp.optimizer
         step = fused_step.build(task, model, gen)
         mode = native._mode(gen.first.candidates[0], gen.first.n_qubits, gen.first.depth)
-        assert (step is not None) == (mode in ("ry", "static")), (arch, mode)
-        if step is None:
+        assert isinstance(step, fused_step.FusedStep) == (mode in ("ry", "static")), (arch, mode)
+        if not isinstance(step, fused_step.FusedStep):
+            assert isinstance(step, fused_step.MixtureStep) and mode == "closed_form", (arch, mode)
             continue
         taken.append(arch)
         for i in range(3):
@@ -67,8 +72,10 @@ def test_fused_step_gives_the_autograd_paths_gradients_bit_for_bit(monkeypatch, 
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["search=auto"],  # DiffQAS: a mixture of blocks
-        ["search.arch=7"],  # a closed form
+        ["search=auto", "search.strategy=gumbel"],  # one sampled group a step
+        ["search=auto", "search.angles=per_candidate"],
+        ["search=auto", "search_space=toolkit_u3"],  # complex rows
+        ["search=auto", "backend=pennylane"],
         ["search.arch=8", "backend=pennylane"],
         ["search.arch=8", "qt.tensor_scale=standardize"],
         ["search.arch=8", "qt.shots=1000"],
@@ -116,3 +123,131 @@ def test_the_fused_step_refuses_batches_it_would_misread(monkeypatch):
     for bad_x, bad_y in bad:
         with pytest.raises(ValueError, match="the fused step takes"):
             step(bad_x, bad_y)
+
+
+def _step_pair(task, model, gen, step, opt, x, y):
+    """(loss, grads) of the autograd path, then of the fused step, at the same parameters."""
+    opt.zero_grad(set_to_none=True)
+    want_loss = task.loss(functional_call(model, gen(), (x,)), y)
+    want_loss.backward()
+    want = _grads(gen)
+    opt.zero_grad(set_to_none=True)
+    got_loss = step(x, y)
+    return (want_loss.detach(), want), (got_loss, _grads(gen))
+
+
+@pytest.mark.parametrize(
+    "overrides,rtol",
+    [
+        (["search=auto"], 1e-10),  # DiffQAS, raw structural weights (the default)
+        (["search=auto", "search.structural=softmax"], 1e-10),
+        (["search=auto", "search.structural=softmax", "qt.center_output=false", "seed=3"], 1e-10),
+        (["search=auto", "backend.precision=float32"], 1e-4),
+        (["search=auto", "search.structural=softmax", "backend.precision=float32", "depth=3"], 1e-4),
+        (["search.arch=7"], 1e-10),  # the closed forms: a mixture of one
+        (["search.arch=10", "backend.precision=float32"], 1e-4),
+        (["task=damped_shm", "search=auto", "qt.toolkit_negative=clamp"], 1e-10),
+    ],
+)
+def test_the_mixture_step_agrees_with_the_autograd_path_within_rounding(monkeypatch, overrides, rtol):
+    """DiffQAS's mixture (constant, Ry and closed-form rows) and the closed-form candidates: the
+    loss and every gradient within rounding of the autograd path's over a few optimiser steps (its
+    sums run in another order, so not bit for bit), float64 to 1e-10 relative (CONTRACT's policy)."""
+    load_kernel_or_skip(monkeypatch)
+    torch.set_num_threads(1)
+    _, exp = _experiment(*overrides)
+    task, model, gen, opt = exp.task, exp.model, exp.generator, exp.optimizer
+    step = fused_step.build(task, model, gen)
+    assert isinstance(step, fused_step.MixtureStep)
+    for i in range(3):
+        x, y = task.train.x[10 * i : 10 * i + 10], task.train.y[10 * i : 10 * i + 10]
+        (want_loss, want), (got_loss, got) = _step_pair(task, model, gen, step, opt, x, y)
+        assert torch.allclose(got_loss, want_loss, rtol=1e-6, atol=0), (i, got_loss, want_loss)
+        assert want.keys() == got.keys()
+        for name in want:
+            assert (want[name] is None) == (got[name] is None), (i, name)
+            if want[name] is not None:
+                scale = want[name].abs().max()
+                assert scale > 0, name
+                err = float((got[name] - want[name]).abs().max() / scale)
+                assert err <= rtol, (i, name, err)
+        opt.step()
+    live = {k.rsplit(".", 1)[-1] if "mapping" not in k else "mapping" for k, v in got.items() if v is not None}
+    assert {"theta", "mapping"} <= live
+    assert ("structural" in live) == (gen.first.structural is not None)
+
+
+def test_the_mixture_step_against_the_textbook_simulator(monkeypatch):
+    """The mixture's probabilities and its backward checked against code they share nothing with:
+    P from the dense textbook simulator (tests/reference.py), mixed by torch's softmax, through the
+    torch mapping; the loss to float32 rounding, the structural weights' and the mapping's
+    gradients by autograd there, the angles' gradient along random directions by finite
+    differences of the reference's P (fourth order)."""
+    load_kernel_or_skip(monkeypatch)
+    torch.set_num_threads(1)
+    _, exp = _experiment("search=auto", "search.structural=softmax", "seed=5")
+    task, model, gen, opt = exp.task, exp.model, exp.generator.first, exp.optimizer
+    step = fused_step.build(task, model, exp.generator)
+    x, y = task.train.x[:10], task.train.y[:10]
+    with torch.no_grad():  # move the parameters off their symmetric start
+        gen.structural.add_(0.05 * torch.randn(gen.structural.shape, dtype=gen.structural.dtype))
+    opt.zero_grad(set_to_none=True)
+    loss = step(x, y)
+    dtheta, dstruct, dweight = gen.theta.grad.clone(), gen.structural.grad.clone(), gen.mapping[0].weight.grad.clone()
+
+    theta = gen.theta.detach()
+    rows = reference.probabilities(theta[..., None], gen.candidates)  # (12, 2**11)
+    logits = gen.structural.detach().clone().requires_grad_(True)
+    weight = gen.mapping[0].weight.detach().clone().requires_grad_(True)
+    mixed = torch.softmax(logits, 0) @ rows
+    probs = mixed.detach().requires_grad_(True)
+    tensors = mapped_weights(gen.spec, gen._consts(), probs, weight, gen.mapping[0].bias.detach(), native=False)
+    ref_loss = task.loss(functional_call(model, dict(zip(gen.names, tensors)), (x,)), y)
+    ref_loss.backward()
+    assert torch.allclose(loss, ref_loss.detach(), rtol=1e-6, atol=0), (loss, ref_loss)
+    assert torch.allclose(dweight, weight.grad, rtol=1e-8, atol=1e-12 * float(weight.grad.abs().max()))
+    dp = probs.grad  # the loss's gradient at the mixture's P
+    (mixed * dp).sum().backward()
+    assert torch.allclose(dstruct, logits.grad, rtol=1e-8, atol=1e-12 * float(logits.grad.abs().max()))
+    coeffs = torch.softmax(gen.structural.detach(), 0)[:, None] * dp[None, :]
+    gen_dirs = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        direction = torch.randn(theta.shape, generator=gen_dirs, dtype=theta.dtype)
+        want = reference.directional_derivative(theta[..., None], gen.candidates, coeffs, direction[..., None])
+        got = float((dtheta * direction).sum())
+        assert abs(got - want) <= 1e-9 * abs(want), (got, want)
+
+
+def test_the_mixture_step_is_deterministic_and_thread_independent(monkeypatch):
+    """The same parameters and batch give the same loss and gradients bit for bit, on one
+    thread or two (every sum in a fixed order)."""
+    load_kernel_or_skip(monkeypatch)
+    _, exp = _experiment("search=auto", "search.structural=softmax")
+    step = fused_step.build(exp.task, exp.model, exp.generator)
+    x, y = exp.task.train.x[:10], exp.task.train.y[:10]
+    results = []
+    for threads in (1, 2, 1):
+        torch.set_num_threads(threads)
+        exp.optimizer.zero_grad(set_to_none=True)
+        results.append((step(x, y), _grads(exp.generator.first)))
+    torch.set_num_threads(1)
+    (loss0, grads0), *rest = results
+    for loss, grads in rest:
+        assert torch.equal(loss, loss0)
+        assert all((grads0[k] is None and grads[k] is None) or torch.equal(grads0[k], grads[k]) for k in grads0)
+
+
+def test_a_diffqas_run_with_the_mixture_step_matches_the_autograd_run(monkeypatch, tmp_path):
+    """A short Bessel DiffQAS run with and without the mixture step: summary.json says which ran;
+    metrics and the structural weights agree within rounding's drift over 60 steps."""
+    load_kernel_or_skip(monkeypatch)
+    cfg = compose(["task=bessel", "logger=none", "search=auto", "train.max_steps=60", "figures=false"])
+    fused = run(cfg, tmp_path / "fused", interactive=False)
+    monkeypatch.setattr(fused_step, "applies", lambda *args: False)
+    monkeypatch.setattr(fused_step, "build", lambda *args: None)
+    plain = run(cfg, tmp_path / "autograd", interactive=False)
+    assert (fused["simulator"]["step"], plain["simulator"]["step"]) == ("fused", "autograd")
+    assert fused["steps"] == plain["steps"] == 60
+    for key, value in plain["metrics"].items():
+        assert fused["metrics"][key] == pytest.approx(value, rel=1e-6), key
+    assert fused["structural_weights"] == pytest.approx(plain["structural_weights"], rel=1e-8)

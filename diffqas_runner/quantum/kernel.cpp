@@ -18,6 +18,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <numbers>
 #include <type_traits>
 #include <vector>
 
@@ -1218,22 +1219,14 @@ void lstm_backward(const T* gp, const T* x, const T* wih, const T* whh, const T*
 // the same roundings where it rounds (P and kappa in T, the weights and their gradients in float).
 // Writes pred (B) (the loss is the caller's), dtheta (layers, n) (untouched without a circuit) and
 // dw (n + 2): the mapping's weight and bias gradients.
+// From u = P[:p] to the loss's gradient at u: the mapping's front half, the float32 cast, the LSTM,
+// the MSE's gradient (2 (pred - y) / B, as torch's mse_loss_backward) and every backward back to u
+// (du) and to the mapping's weights and bias (dw, n + 2 entries). The same functions and roundings
+// as the autograd path's nodes.
 template <typename T>
-void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t layers, const int32_t* perm,
-                  const T* sign, int64_t n, const double* w, const double* params, int64_t p, int64_t flags,
-                  const float* x, const float* y, int64_t B, int64_t Tn, int64_t I, int64_t H, float* pred,
-                  double* dtheta, double* dw, int threads) {
-  const int64_t dim = int64_t(1) << n, G = 4 * H;
-  std::vector<T> a, b, probs;
-  const T* psi = nullptr;
-  if (fixed == nullptr) {
-    a.assign(start, start + dim);
-    b.resize(dim);
-    psi = ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads) ? b.data() : a.data();
-    probs.resize(p);
-    for (int64_t i = 0; i < p; ++i) probs[i] = psi[i] * psi[i];
-  }
-  const T* u = fixed == nullptr ? probs.data() : fixed;
+void lstm_tail(const T* u, const double* w, const double* params, int64_t p, int64_t n, int64_t flags, const float* x,
+               const float* y, int64_t B, int64_t Tn, int64_t I, int64_t H, float* pred, T* du, double* dw) {
+  const int64_t G = 4 * H;
   std::vector<T> z(p), act(p), kappa(p);
   double stats[2];
   qtmap_forward<T>(u, z.data(), act.data(), kappa.data(), w, stats, p, n, flags, params);
@@ -1255,9 +1248,30 @@ void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t l
   float* dhb = dhw + H;
   lstm_backward<float>(gp.data(), x, wih, whh, hw, acts.data(), cs.data(), hs.data(), nullptr, dwih, dwhh, dbias, dhw,
                        dhb, B, Tn, I, H);
-  std::vector<T> g(p), du(p);
+  std::vector<T> g(p);
   for (int64_t i = 0; i < p; ++i) g[i] = T(gf[i]);
-  qtmap_backward<T>(g.data(), z.data(), act.data(), w, stats, du.data(), dw, p, n, flags, params);
+  qtmap_backward<T>(g.data(), z.data(), act.data(), w, stats, du, dw, p, n, flags, params);
+}
+
+// A fixed candidate's time-series step (train/fused_step.py): its one Ry row from `start` (or the
+// constant P `fixed`), then `lstm_tail`, then the row's backward into dtheta (layers, n).
+template <typename T>
+void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t layers, const int32_t* perm,
+                  const T* sign, int64_t n, const double* w, const double* params, int64_t p, int64_t flags,
+                  const float* x, const float* y, int64_t B, int64_t Tn, int64_t I, int64_t H, float* pred,
+                  double* dtheta, double* dw, int threads) {
+  const int64_t dim = int64_t(1) << n;
+  std::vector<T> a, b, probs;
+  const T* psi = nullptr;
+  if (fixed == nullptr) {
+    a.assign(start, start + dim);
+    b.resize(dim);
+    psi = ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads) ? b.data() : a.data();
+    probs.resize(p);
+    for (int64_t i = 0; i < p; ++i) probs[i] = psi[i] * psi[i];
+  }
+  std::vector<T> du(p);
+  lstm_tail<T>(fixed == nullptr ? probs.data() : fixed, w, params, p, n, flags, x, y, B, Tn, I, H, pred, du.data(), dw);
   if (fixed != nullptr) return;
   std::vector<T> x2(psi, psi + dim), g1(dim, T(0)), x3(dim), g2(dim);
   for (int64_t i = 0; i < p; ++i) g1[i] = du[i] * (T(2) * psi[i]);
@@ -1268,11 +1282,133 @@ void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t l
                  threads);
 }
 
+// torch.remainder's floating-point rule: fmod, moved into [0, m) for a positive modulus m.
+inline double remainder_of(double v, double m) {
+  double r = std::fmod(v, m);
+  if (r != 0 && ((m < 0) != (r < 0))) r += m;
+  return r;
+}
+
+// DiffQAS's time-series step (train/fused_step.py): the ensemble P = sum_j w_j P_j of three kinds of
+// candidate rows, then `lstm_tail`, then every backward:
+// - S constant rows `fixed` (S, 2**n), candidates fixed_at[s] (angle-independent: no circuit);
+// - R Ry rows from `start` (R, 2**n) through `perm`/`sign` (R, 2**n; sign null: none), candidates
+//   ry_at[r], simulated together (rows are independent: each is the single-row simulation's);
+// - C closed-form rows (quantum/closed_form.py), candidates cf_at[c]: a = the angles scattered to
+//   the slots index[c] (layers * n), A = WHT(a) in float64, h = remainder(A, 4 pi) in T / 2,
+//   P = (WHT(cos h)^2 + WHT(sin h)^2) / 4**n.
+// w_j = softmax(structural)_j (softmax != 0) or structural_j, over the N candidates. Outputs: pred
+// (B), dtheta (layers, n), dstruct (N) and dw (n + 2), float64. Sums run in a fixed order whatever
+// the thread count; they are not the autograd path's order (its matrix products are BLAS's), so
+// the two paths agree within rounding, not bit for bit.
+template <typename T>
+void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const T* start, const int32_t* perm,
+                      const T* sign, const int64_t* ry_at, int64_t R, const int64_t* index, const int64_t* cf_at,
+                      int64_t C, const double* theta, int64_t layers, int64_t n, const T* structural, int64_t N,
+                      int64_t softmax, const double* w, const double* params, int64_t p, int64_t flags, const float* x,
+                      const float* y, int64_t B, int64_t Tn, int64_t I, int64_t H, float* pred, double* dtheta,
+                      double* dstruct, double* dw, int threads) {
+  const int64_t dim = int64_t(1) << n, slots = layers * n;
+  const double scale = std::ldexp(1.0, int(-2 * n)), turn = 4 * std::numbers::pi;
+  // the structural weights, as the autograd path rounds them (softmax in T)
+  std::vector<T> wt(N);
+  if (softmax != 0) {
+    T top = structural[0];
+    for (int64_t j = 1; j < N; ++j) top = std::max(top, structural[j]);
+    T total = 0;
+    for (int64_t j = 0; j < N; ++j) total += (wt[j] = T(std::exp(structural[j] - top)));
+    for (int64_t j = 0; j < N; ++j) wt[j] /= total;
+  } else {
+    std::copy(structural, structural + N, wt.data());
+  }
+  // every row's P (only its first p entries reach the mapping)
+  std::vector<T> a(R * dim), b(R * dim);
+  std::copy(start, start + R * dim, a.data());
+  const T* psi = R == 0 ? a.data() : (ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, R, n, 1, threads)
+                                           ? b.data() : a.data());  // fmt: skip
+  std::vector<T> half(C * dim), re(C * dim), im(C * dim);
+  for (int64_t c = 0; c < C; ++c) {
+    std::vector<double> phase(dim, 0.0);
+    for (int64_t k = 0; k < slots; ++k) phase[index[c * slots + k]] += theta[k];
+    wht_rows<double>(phase.data(), 1, n, threads);
+    for (int64_t i = 0; i < dim; ++i) {
+      const T h = T(remainder_of(phase[i], turn)) / T(2);
+      half[c * dim + i] = h;
+      re[c * dim + i] = std::cos(h);
+      im[c * dim + i] = std::sin(h);
+    }
+  }
+  wht_rows<T>(re.data(), C, n, threads);
+  wht_rows<T>(im.data(), C, n, threads);
+  auto row_p = [&](int64_t kind, int64_t r, int64_t i) -> T {
+    if (kind == 0) return fixed[r * dim + i];
+    if (kind == 1) return psi[r * dim + i] * psi[r * dim + i];
+    return (re[r * dim + i] * re[r * dim + i] + im[r * dim + i] * im[r * dim + i]) * T(scale);
+  };
+  const int64_t counts[3] = {S, R, C};
+  const int64_t* at[3] = {fixed_at, ry_at, cf_at};
+  std::vector<T> u(p, T(0));
+  for (int64_t kind = 0; kind < 3; ++kind)
+    for (int64_t r = 0; r < counts[kind]; ++r) {
+      const T wj = wt[at[kind][r]];
+      for (int64_t i = 0; i < p; ++i) u[i] += wj * row_p(kind, r, i);
+    }
+  std::vector<T> du(p);
+  lstm_tail<T>(u.data(), w, params, p, n, flags, x, y, B, Tn, I, H, pred, du.data(), dw);
+  // the structural weights' gradient: sum_i du_i P_j[i], then through the softmax
+  std::vector<double> dwt(N, 0.0);
+  for (int64_t kind = 0; kind < 3; ++kind)
+    for (int64_t r = 0; r < counts[kind]; ++r) {
+      double s = 0;
+      for (int64_t i = 0; i < p; ++i) s += double(du[i]) * double(row_p(kind, r, i));
+      dwt[at[kind][r]] = s;
+    }
+  if (softmax != 0) {
+    double dot = 0;
+    for (int64_t j = 0; j < N; ++j) dot += double(wt[j]) * dwt[j];
+    for (int64_t j = 0; j < N; ++j) dstruct[j] = double(wt[j]) * (dwt[j] - dot);
+  } else {
+    std::copy(dwt.begin(), dwt.end(), dstruct);
+  }
+  std::fill(dtheta, dtheta + slots, 0.0);
+  // the Ry rows' backward, all rows in one call (their angle sums added)
+  if (R > 0) {
+    std::vector<T> x2(psi, psi + R * dim), g1(R * dim, T(0)), x3(R * dim), g2(R * dim);
+    for (int64_t r = 0; r < R; ++r) {
+      const T wj = wt[ry_at[r]];
+      for (int64_t i = 0; i < p; ++i) g1[r * dim + i] = (wj * du[i]) * (T(2) * psi[r * dim + i]);
+    }
+    const Shape sh = shape_of(R, n);
+    std::vector<double> part(std::max(sh.chunks, sh.tiles) * R * n, 0.0);
+    ry_backward<T>(x2.data(), g1.data(), x3.data(), g2.data(), part.data(), dtheta, theta, layers, perm, sign, R, n, 1,
+                   threads);
+  }
+  // the closed-form rows' backward: P's gradient to the two transforms, to h, to A, to a, to theta
+  for (int64_t c = 0; c < C; ++c) {
+    const T wj = wt[cf_at[c]];
+    std::vector<T> dre(dim, T(0)), dim_(dim, T(0));
+    for (int64_t i = 0; i < p; ++i) {
+      const T gp = (wj * du[i]) * T(scale);
+      dre[i] = gp * (T(2) * re[c * dim + i]);
+      dim_[i] = gp * (T(2) * im[c * dim + i]);
+    }
+    wht_rows<T>(dre.data(), 1, n, threads);  // the transform is its own transpose
+    wht_rows<T>(dim_.data(), 1, n, threads);
+    std::vector<double> dphase(dim);
+    for (int64_t i = 0; i < dim; ++i) {
+      const T h = half[c * dim + i];
+      dphase[i] = double((std::cos(h) * dim_[i] - std::sin(h) * dre[i]) / T(2));
+    }
+    wht_rows<double>(dphase.data(), 1, n, threads);
+    for (int64_t k = 0; k < slots; ++k) dtheta[k] += dphase[index[c * slots + k]];
+  }
+}
+
 }  // namespace
 
 extern "C" {
 
-int diffqas_abi_version() { return 9; }
+int diffqas_abi_version() { return 10; }
 
 int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
@@ -1416,6 +1552,30 @@ int qt_lstm_step_f32(const float* start, const float* fixed, const double* theta
                      double* dtheta, double* dw, int threads) {
   qt_lstm_step<float>(start, fixed, theta, layers, perm, sign, n, w, params, p, flags, x, y, B, steps, I, H, pred, dtheta, dw,
                    threads);
+  return 0;
+}
+
+int qt_mix_lstm_step_f64(const double* fixed, const int64_t* fixed_at, int64_t S, const double* start,
+                         const int32_t* perm, const double* sign, const int64_t* ry_at, int64_t R, const int64_t* index,
+                         const int64_t* cf_at, int64_t C, const double* theta, int64_t layers, int64_t n,
+                         const double* structural, int64_t N, int64_t softmax, const double* w, const double* params,
+                         int64_t p, int64_t flags, const float* x, const float* y, int64_t B, int64_t steps, int64_t I,
+                         int64_t H, float* pred, double* dtheta, double* dstruct, double* dw, int threads) {
+  qt_mix_lstm_step<double>(fixed, fixed_at, S, start, perm, sign, ry_at, R, index, cf_at, C, theta, layers, n,
+                           structural, N, softmax, w, params, p, flags, x, y, B, steps, I, H, pred, dtheta, dstruct, dw,
+                           threads);
+  return 0;
+}
+
+int qt_mix_lstm_step_f32(const float* fixed, const int64_t* fixed_at, int64_t S, const float* start,
+                         const int32_t* perm, const float* sign, const int64_t* ry_at, int64_t R, const int64_t* index,
+                         const int64_t* cf_at, int64_t C, const double* theta, int64_t layers, int64_t n,
+                         const float* structural, int64_t N, int64_t softmax, const double* w, const double* params,
+                         int64_t p, int64_t flags, const float* x, const float* y, int64_t B, int64_t steps, int64_t I,
+                         int64_t H, float* pred, double* dtheta, double* dstruct, double* dw, int threads) {
+  qt_mix_lstm_step<float>(fixed, fixed_at, S, start, perm, sign, ry_at, R, index, cf_at, C, theta, layers, n,
+                          structural, N, softmax, w, params, p, flags, x, y, B, steps, I, H, pred, dtheta, dstruct, dw,
+                          threads);
   return 0;
 }
 

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 9  # diffqas_abi_version() of kernel.cpp
+ABI = 10  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")  # where the CPU is known and OpenMP works
 NATIVE = "-march=native"  # only where this CPU is identified (the cache key names it): else a portable build
@@ -308,6 +308,10 @@ def _open(path: Path):
         "lstm_backward": [p] * 14 + [i64] * 4 + [i32],  # gp, x, wih, whh, hw, acts, cs, hs, dx, dwih, ..., dhb, B, T, I, H
         # start, fixed, theta, layers, perm, sign, n, w, params, p, flags, x, y, B, T, I, H, pred, dtheta, dw
         "qt_lstm_step": [p, p, p, i64, p, p, i64, p, p, i64, i64, p, p, i64, i64, i64, i64, p, p, p, i32],
+        # fixed, fixed_at, S, start, perm, sign, ry_at, R, index, cf_at, C, theta, layers, n, structural, N, softmax,
+        # w, params, p, flags, x, y, B, T, I, H, pred, dtheta, dstruct, dw
+        "qt_mix_lstm_step": [p, p, i64, p, p, p, p, i64, p, p, i64, p, i64, i64, p, i64, i64, p, p, i64, i64, p, p]
+        + [i64, i64, i64, i64, p, p, p, p, i32],
     }
     for name, argtypes in signatures.items():
         for suffix in ("f64", "f32"):
