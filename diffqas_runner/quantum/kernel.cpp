@@ -1211,14 +1211,8 @@ void lstm_backward(const T* gp, const T* x, const T* wih, const T* whh, const T*
 
 
 // ------------------------------------------------------------------------------------------
-// One training step of a time-series run whose generator is one fixed candidate: the circuit
-// (one Ry row on the kernel from `start`, or the constant probabilities `fixed` of an
-// angle-independent candidate), the mapping's front half (qtmap), the cast of the p weights to
-// float, the LSTM target on the batch (x (B, steps, I) float, y (B) float), the MSE loss, and the
-// backward of all of it, in one call. The same functions as the autograd path, in its order, with
-// the same roundings where it rounds (P and kappa in T, the weights and their gradients in float).
-// Writes pred (B) (the loss is the caller's), dtheta (layers, n) (untouched without a circuit) and
-// dw (n + 2): the mapping's weight and bias gradients.
+// The time-series training steps of train/fused_step.py, each one call.
+//
 // From u = P[:p] to the loss's gradient at u: the mapping's front half, the float32 cast, the LSTM,
 // the MSE's gradient (2 (pred - y) / B, as torch's mse_loss_backward) and every backward back to u
 // (du) and to the mapping's weights and bias (dw, n + 2 entries). The same functions and roundings
@@ -1253,8 +1247,12 @@ void lstm_tail(const T* u, const double* w, const double* params, int64_t p, int
   qtmap_backward<T>(g.data(), z.data(), act.data(), w, stats, du, dw, p, n, flags, params);
 }
 
-// A fixed candidate's time-series step (train/fused_step.py): its one Ry row from `start` (or the
-// constant P `fixed`), then `lstm_tail`, then the row's backward into dtheta (layers, n).
+// One training step of a time-series run whose generator is one fixed candidate: the circuit
+// (one Ry row on the kernel from `start`, or the constant probabilities `fixed` of an
+// angle-independent candidate), then `lstm_tail`, then the row's backward into dtheta (layers, n)
+// (untouched without a circuit). The same functions as the autograd path, in its order, with the
+// same roundings where it rounds (P and kappa in T, the weights and their gradients in float).
+// Writes pred (B) (the loss is the caller's), dtheta and dw (n + 2).
 template <typename T>
 void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t layers, const int32_t* perm,
                   const T* sign, int64_t n, const double* w, const double* params, int64_t p, int64_t flags,
