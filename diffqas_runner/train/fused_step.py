@@ -21,9 +21,9 @@ Two steps, chosen by structure (`build` returns None otherwise; `summary.json`'s
   real Ry row or the IQP closed form (quantum/closed_form.py): the paper's space at its sizes;
   and a fixed closed-form candidate (candidates 7 and 10), as the mixture of one at weight 1.
   `qt_mix_lstm_step` sums the mixture and the transforms' gradients in its own fixed order, not
-  BLAS's, so it agrees with the autograd path within rounding (tests: 1e-12 relative on P's
-  gradients in float64) and is bitwise reproducible on its own: a different path under CONTRACT's
-  reproducibility policy.
+  BLAS's, so it agrees with the autograd path within rounding (tests: the loss and every
+  gradient to 1e-10 relative in float64) and is bitwise reproducible on its own, whatever the
+  thread count: a different path under CONTRACT's reproducibility policy.
 Both need: exact probabilities, the paper's mapping with tensor_scale none and no affine, float64
 or float32 simulation, float32 weights; the target `nets.LSTMRegressor` on the kernel; the MSE
 loss; the kernel loaded.
