@@ -344,7 +344,7 @@ def simulator_record(cfg, generator, model: torch.nn.Module | None = None, step:
         "dtype": str(generator.options.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "version": __version__,  # of the code that ran, installed or not
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str (torch.__version__ is a str subclass a weights-only load refuses)
         "platform": f"{platform.system()} {platform.machine()}",
         "target": "cpp" if getattr(model, "native", False) and kernel.loaded() is not None else "torch",
         "step": step,
@@ -355,7 +355,7 @@ def _step_path(exp: Experiment) -> str:
     return "fused" if fused_step.applies(exp.task, exp.model, exp.generator) else "autograd"
 
 
-def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_step) -> dict:
+def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_step, earlier: list | None = None) -> dict:
     """summary.json's content for a trained run (the selection stage adds its own keys)."""
     generator, loop = exp.generator, trained.loop
     arch = cfg.search.arch if cfg.search.mode == SearchMode.fixed else None
@@ -387,7 +387,7 @@ def summarize(cfg, exp: Experiment, trained: Trained, seconds: float, resumed_st
         "eval_shots": generator.first.eval_shots,
         "qt_source": generator.first.options.source,
         "source": generator.first.describe_source(),
-        "simulator": simulator_record(cfg, generator.first, exp.model, _step_path(exp)),
+        "simulator": {**simulator_record(cfg, generator.first, exp.model, _step_path(exp)), "earlier": earlier or []},
     }
     if len(exp.groups) > 1:  # RL: the first group (actor) is reported above; every group here
         summary["generators"] = {k: _generator_summary(g) for k, g in generator.parts.items()}
@@ -584,11 +584,25 @@ class _RunGuard:
         self.started = time.perf_counter()
         self.resumed_step: int | None = None  # where a resumed run continues (its loop state moves on)
         self.prior_seconds = 0.0  # the training time of the pieces before it
+        self.earlier: list[dict | None] = []  # the simulator records of earlier pieces that ran otherwise
 
     def resume_at(self, exp: Experiment, resumed) -> None:
         """Note where a resumed run starts, before training advances the loop state in place."""
         self.resumed_step = (resumed.update if exp.rl else resumed.step) if resumed else None
         self.prior_seconds = resumed.seconds if resumed else 0.0
+
+    def record_paths(self, cfg, exp: Experiment, ckpt: dict | None, meta: dict) -> None:
+        """The simulator record of every piece of the run (CONTRACT "Reproducibility"): the
+        checkpoint keeps the list (`meta["simulators"]`, one entry per change of path), so a run
+        resumed on another kernel path, step path, thread count or version says so in summary.json
+        (`simulator.earlier`: the earlier pieces' records, oldest first; null for a piece whose
+        checkpoint predates this record)."""
+        current = simulator_record(cfg, exp.generator.first, exp.model, _step_path(exp))
+        history = [] if ckpt is None else list(ckpt["meta"].get("simulators", [None]))
+        if not history or history[-1] != current:
+            history.append(current)
+        meta["simulators"] = history  # the checkpointer stores meta as given: every later save has it
+        self.earlier = history[:-1]
 
     def seconds(self) -> float:
         """The run's wall time so far, with the resumed pieces' before it."""
@@ -673,7 +687,7 @@ class Outcome:
 def search_and_select(cfg, exp, run_dir, recorder, checkpointer, resumed, interactive, guard) -> Outcome:
     """The search run (DiffQAS or a fixed candidate) trained, then the selection stage if any."""
     trained = train(cfg, exp, recorder, checkpointer, resumed, interactive)
-    summary = summarize(cfg, exp, trained, guard.seconds(), guard.resumed_step)
+    summary = summarize(cfg, exp, trained, guard.seconds(), guard.resumed_step, guard.earlier)
     summary.update(select_stage(cfg, exp, run_dir, summary))  # child runs, each resumable
     return Outcome(trained, summary)
 
@@ -683,7 +697,7 @@ def race_alone(cfg, exp, run_dir, recorder, checkpointer, resumed, interactive, 
     the circuit, and the run's result is its pick's (`pick_as_result`)."""
     trained = Trained(LoopState(), {})
     checkpointer.save(trained.loop.to_dict(), finished=True)  # a rerun: "nothing to do"
-    summary = summarize(cfg, exp, trained, guard.seconds(), guard.resumed_step)
+    summary = summarize(cfg, exp, trained, guard.seconds(), guard.resumed_step, guard.earlier)
     summary.update(select_stage(cfg, exp, run_dir, summary))
     summary.update(pick_as_result(run_dir, summary))
     return Outcome(trained, summary, torch.load(run_dir / "selected_model.pt", weights_only=True))
@@ -707,6 +721,7 @@ def run(
         exp = make(cfg, guard)
         checkpointer, resumed = restore(cfg, exp, run_dir, ckpt, meta, guard.signals)
         guard.resume_at(exp, resumed)
+        guard.record_paths(cfg, exp, ckpt, meta)
         recorder = open_recorder(cfg, run_dir, guard, meta, guard.resumed_step, group, name)
         stage = search_and_select if cfg.search.supernet else race_alone
         out = stage(cfg, exp, run_dir, recorder, checkpointer, resumed, interactive, guard)

@@ -6,6 +6,7 @@ simulator (tests/reference.py) and finite differences."""
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 import reference
@@ -251,3 +252,84 @@ def test_a_diffqas_run_with_the_mixture_step_matches_the_autograd_run(monkeypatc
     for key, value in plain["metrics"].items():
         assert fused["metrics"][key] == pytest.approx(value, rel=1e-6), key
     assert fused["structural_weights"] == pytest.approx(plain["structural_weights"], rel=1e-8)
+
+
+def test_a_run_resumed_on_another_step_path_says_so(monkeypatch, tmp_path):
+    """A run stopped on the autograd step and resumed on the fused one reports the fused path and,
+    in `simulator.earlier`, the autograd piece before it; a run resumed on its own path, or never
+    stopped, has no earlier piece (CONTRACT "Reproducibility": results are compared knowingly)."""
+    from diffqas_runner.train import supervised
+    from diffqas_runner.train.checkpoint import Interrupted, StopRequested
+
+    load_kernel_or_skip(monkeypatch)
+    cfg = compose(["task=bessel", "logger=none", "search=auto", "train.max_steps=6", "figures=false"])
+    whole = run(cfg, tmp_path / "whole", interactive=False)
+    assert whole["simulator"]["step"] == "fused" and whole["simulator"]["earlier"] == []
+
+    real, calls = supervised.functional_call, []
+
+    def stop_in_step_three(model, params, args):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 3:
+                raise StopRequested(signal.SIGINT)
+        return real(model, params, args)
+
+    for directory, second_fused in (("switched", True), ("same", False)):
+        calls.clear()
+        monkeypatch.setattr(fused_step, "applies", lambda *args: False)
+        monkeypatch.setattr(fused_step, "build", lambda *args: None)
+        monkeypatch.setattr(supervised, "functional_call", stop_in_step_three)
+        with pytest.raises(Interrupted):
+            run(cfg, tmp_path / directory, interactive=False)
+        monkeypatch.undo()
+        load_kernel_or_skip(monkeypatch)
+        if not second_fused:
+            monkeypatch.setattr(fused_step, "applies", lambda *args: False)
+            monkeypatch.setattr(fused_step, "build", lambda *args: None)
+        resumed = run(cfg, tmp_path / directory, interactive=False)
+        assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 6
+        if second_fused:
+            assert resumed["simulator"]["step"] == "fused"
+            (earlier,) = resumed["simulator"]["earlier"]
+            assert earlier["step"] == "autograd"
+            assert {k: v for k, v in earlier.items() if k != "step"} == {
+                k: v for k, v in resumed["simulator"].items() if k not in ("step", "earlier")
+            }
+        else:
+            assert resumed["simulator"]["step"] == "autograd" and resumed["simulator"]["earlier"] == []
+        monkeypatch.undo()
+
+
+def test_a_run_resumed_from_a_checkpoint_without_the_record_says_it_is_unknown(monkeypatch, tmp_path):
+    """A checkpoint written before the pieces' records existed: the earlier piece is null (not
+    known), never silently the resumed piece's path."""
+    from diffqas_runner.train import checkpoint, supervised
+    from diffqas_runner.train.checkpoint import Interrupted, StopRequested
+
+    load_kernel_or_skip(monkeypatch)
+    cfg = compose(["task=bessel", "logger=none", "search=fixed", "search.arch=8", "train.max_steps=5", "figures=false"])
+    real, calls = supervised.functional_call, []
+
+    def stop_in_step_three(model, params, args):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == 3:
+                raise StopRequested(signal.SIGINT)
+        return real(model, params, args)
+
+    monkeypatch.setattr(fused_step, "applies", lambda *args: False)
+    monkeypatch.setattr(fused_step, "build", lambda *args: None)
+    monkeypatch.setattr(supervised, "functional_call", stop_in_step_three)
+    with pytest.raises(Interrupted):
+        run(cfg, tmp_path / "old", interactive=False)
+    monkeypatch.undo()
+    load_kernel_or_skip(monkeypatch)
+    path = tmp_path / "old" / "checkpoint.pt"
+    saved = torch.load(path, weights_only=False)
+    assert saved["meta"]["simulators"][-1]["step"] == "autograd"
+    del saved["meta"]["simulators"]
+    checkpoint.save_atomic(saved, path)
+    resumed = run(cfg, tmp_path / "old", interactive=False)
+    assert resumed["resumed_from_step"] == 2 and resumed["simulator"]["earlier"] == [None]
+    assert torch.load(path, weights_only=True)["meta"]["simulators"][0] is None  # carried on to later pieces
