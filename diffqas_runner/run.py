@@ -598,7 +598,8 @@ class _RunGuard:
         (`simulator.earlier`: the earlier pieces' records, oldest first; null for a piece whose
         checkpoint predates this record)."""
         current = simulator_record(cfg, exp.generator.first, exp.model, _step_path(exp))
-        history = [] if ckpt is None else list(ckpt["meta"].get("simulators", [None]))
+        stored = None if ckpt is None else ckpt["meta"].get("simulators")
+        history = [] if ckpt is None else list(stored) if isinstance(stored, list) else [None]
         if not history or history[-1] != current:
             history.append(current)
         meta["simulators"] = history  # the checkpointer stores meta as given: every later save has it
