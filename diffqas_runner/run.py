@@ -595,8 +595,8 @@ class _RunGuard:
         """The simulator record of every piece of the run (CONTRACT "Reproducibility"): the
         checkpoint keeps the list (`meta["simulators"]`, one entry per change of path), so a run
         resumed on another kernel path, step path, thread count or version says so in summary.json
-        (`simulator.earlier`: the earlier pieces' records, oldest first; null for a piece whose
-        checkpoint predates this record)."""
+        (`simulator.earlier`: the records before the last piece's, one per change of path, oldest
+        first; null for a piece whose checkpoint predates this record)."""
         current = simulator_record(cfg, exp.generator.first, exp.model, _step_path(exp))
         stored = None if ckpt is None else ckpt["meta"].get("simulators")
         history = [] if ckpt is None else list(stored) if isinstance(stored, list) else [None]
