@@ -1322,8 +1322,8 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
   // every row's P (only its first p entries reach the mapping)
   std::vector<T> a(R * dim), b(R * dim);
   std::copy(start, start + R * dim, a.data());
-  const T* psi = R == 0 ? a.data() : (ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, R, n, 1, threads)
-                                           ? b.data() : a.data());  // fmt: skip
+  const T* psi = a.data();
+  if (R > 0 && ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, R, n, 1, threads)) psi = b.data();
   std::vector<T> half(C * dim), re(C * dim), im(C * dim);
   for (int64_t c = 0; c < C; ++c) {
     std::vector<double> phase(dim, 0.0);
