@@ -78,6 +78,35 @@ def load_kernel_or_skip(monkeypatch):
         pytest.skip(f"the C++ kernel could not be built here: {err}")
 
 
+def autograd_step_only(monkeypatch):
+    """Training takes the autograd step: no fused step is built (train/fused_step.py), and the
+    summary's `simulator.step` says `autograd`."""
+    from diffqas_runner.train import fused_step
+
+    monkeypatch.setattr(fused_step, "applies", lambda *args: False)
+    monkeypatch.setattr(fused_step, "build", lambda *args: None)
+
+
+def stop_in_training_step(monkeypatch, step: int):
+    """A Ctrl-C inside the autograd step's target forward of training step `step` (1-based): the
+    run checkpoints the steps before it and raises Interrupted (the fused step never calls it)."""
+    import signal
+
+    from diffqas_runner.train import supervised
+    from diffqas_runner.train.checkpoint import StopRequested
+
+    real, calls = supervised.functional_call, []
+
+    def stopping(model, params, args):
+        if torch.is_grad_enabled():
+            calls.append(1)
+            if len(calls) == step:
+                raise StopRequested(signal.SIGINT)
+        return real(model, params, args)
+
+    monkeypatch.setattr(supervised, "functional_call", stopping)
+
+
 def compose(overrides):
     """The run config `diffqas-run *overrides` would make (Hydra's compose API, in-process)."""
     from hydra import compose as hydra_compose

@@ -6,12 +6,11 @@ simulator (tests/reference.py) and finite differences."""
 from __future__ import annotations
 
 import json
-import signal
 
 import pytest
 import reference
 import torch
-from helpers import compose, load_kernel_or_skip
+from helpers import autograd_step_only, compose, load_kernel_or_skip, stop_in_training_step
 from torch.func import functional_call
 
 from diffqas_runner.config import validate
@@ -99,7 +98,7 @@ def test_a_run_with_the_fused_step_is_the_autograd_runs_bit_for_bit(monkeypatch,
     load_kernel_or_skip(monkeypatch)
     cfg = compose(["task=bessel", "logger=none", "search=fixed", "search.arch=8", "train.max_steps=60", "figures=false"])
     fused = run(cfg, tmp_path / "fused", interactive=False)
-    monkeypatch.setattr(fused_step, "applies", lambda *args: False)
+    autograd_step_only(monkeypatch)
     plain = run(cfg, tmp_path / "autograd", interactive=False)
     assert (fused["simulator"]["step"], plain["simulator"]["step"]) == ("fused", "autograd")
     assert fused["steps"] == plain["steps"] == 60
@@ -244,8 +243,7 @@ def test_a_diffqas_run_with_the_mixture_step_matches_the_autograd_run(monkeypatc
     load_kernel_or_skip(monkeypatch)
     cfg = compose(["task=bessel", "logger=none", "search=auto", "train.max_steps=60", "figures=false"])
     fused = run(cfg, tmp_path / "fused", interactive=False)
-    monkeypatch.setattr(fused_step, "applies", lambda *args: False)
-    monkeypatch.setattr(fused_step, "build", lambda *args: None)
+    autograd_step_only(monkeypatch)
     plain = run(cfg, tmp_path / "autograd", interactive=False)
     assert (fused["simulator"]["step"], plain["simulator"]["step"]) == ("fused", "autograd")
     assert fused["steps"] == plain["steps"] == 60
@@ -258,35 +256,22 @@ def test_a_run_resumed_on_another_step_path_says_so(monkeypatch, tmp_path):
     """A run stopped on the autograd step and resumed on the fused one reports the fused path and,
     in `simulator.earlier`, the autograd piece before it; a run resumed on its own path, or never
     stopped, has no earlier piece (CONTRACT "Reproducibility": results are compared knowingly)."""
-    from diffqas_runner.train import supervised
-    from diffqas_runner.train.checkpoint import Interrupted, StopRequested
+    from diffqas_runner.train.checkpoint import Interrupted
 
     load_kernel_or_skip(monkeypatch)
     cfg = compose(["task=bessel", "logger=none", "search=auto", "train.max_steps=6", "figures=false"])
     whole = run(cfg, tmp_path / "whole", interactive=False)
     assert whole["simulator"]["step"] == "fused" and whole["simulator"]["earlier"] == []
 
-    real, calls = supervised.functional_call, []
-
-    def stop_in_step_three(model, params, args):
-        if torch.is_grad_enabled():
-            calls.append(1)
-            if len(calls) == 3:
-                raise StopRequested(signal.SIGINT)
-        return real(model, params, args)
-
     for directory, second_fused in (("switched", True), ("same", False)):
-        calls.clear()
-        monkeypatch.setattr(fused_step, "applies", lambda *args: False)
-        monkeypatch.setattr(fused_step, "build", lambda *args: None)
-        monkeypatch.setattr(supervised, "functional_call", stop_in_step_three)
+        autograd_step_only(monkeypatch)
+        stop_in_training_step(monkeypatch, 3)
         with pytest.raises(Interrupted):
             run(cfg, tmp_path / directory, interactive=False)
         monkeypatch.undo()
         load_kernel_or_skip(monkeypatch)
         if not second_fused:
-            monkeypatch.setattr(fused_step, "applies", lambda *args: False)
-            monkeypatch.setattr(fused_step, "build", lambda *args: None)
+            autograd_step_only(monkeypatch)
         resumed = run(cfg, tmp_path / directory, interactive=False)
         assert resumed["resumed_from_step"] == 2 and resumed["steps"] == 6
         if second_fused:
@@ -304,23 +289,13 @@ def test_a_run_resumed_on_another_step_path_says_so(monkeypatch, tmp_path):
 def test_a_run_resumed_from_a_checkpoint_without_the_record_says_it_is_unknown(monkeypatch, tmp_path):
     """A checkpoint written before the pieces' records existed: the earlier piece is null (not
     known), never silently the resumed piece's path."""
-    from diffqas_runner.train import checkpoint, supervised
-    from diffqas_runner.train.checkpoint import Interrupted, StopRequested
+    from diffqas_runner.train import checkpoint
+    from diffqas_runner.train.checkpoint import Interrupted
 
     load_kernel_or_skip(monkeypatch)
     cfg = compose(["task=bessel", "logger=none", "search=fixed", "search.arch=8", "train.max_steps=5", "figures=false"])
-    real, calls = supervised.functional_call, []
-
-    def stop_in_step_three(model, params, args):
-        if torch.is_grad_enabled():
-            calls.append(1)
-            if len(calls) == 3:
-                raise StopRequested(signal.SIGINT)
-        return real(model, params, args)
-
-    monkeypatch.setattr(fused_step, "applies", lambda *args: False)
-    monkeypatch.setattr(fused_step, "build", lambda *args: None)
-    monkeypatch.setattr(supervised, "functional_call", stop_in_step_three)
+    autograd_step_only(monkeypatch)
+    stop_in_training_step(monkeypatch, 3)
     with pytest.raises(Interrupted):
         run(cfg, tmp_path / "old", interactive=False)
     monkeypatch.undo()

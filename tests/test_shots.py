@@ -5,7 +5,7 @@ import json
 
 import pytest
 import torch
-from helpers import cli, first_by_default
+from helpers import cli, first_by_default, stop_in_training_step
 
 from diffqas_runner.qt import shots
 from diffqas_runner.qt.generator import Generator, GeneratorOptions, GeneratorSet
@@ -153,15 +153,12 @@ def test_model_pt_reproduces_the_reported_metrics_under_finite_shots(tmp_path):
 def test_a_run_stopped_inside_a_step_resumes_to_the_same_samples(tmp_path, monkeypatch):
     """A signal after the step's forward (the counter already advanced) must not shift the samples
     of the resumed run: the loop sets the counter to the step it is computing."""
-    import signal
-
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    import diffqas_runner.train.supervised as supervised
     from diffqas_runner.cli import CONFIG_DIR
     from diffqas_runner.run import run
-    from diffqas_runner.train.checkpoint import Interrupted, StopRequested
+    from diffqas_runner.train.checkpoint import Interrupted
 
     def config():
         GlobalHydra.instance().clear()
@@ -170,19 +167,10 @@ def test_a_run_stopped_inside_a_step_resumes_to_the_same_samples(tmp_path, monke
             return compose(config_name="config", overrides=overrides)
 
     whole = run(config(), tmp_path / "a", interactive=False)
-    real, calls = supervised.functional_call, []
-
-    def stop_in_step_three(model, params, args):
-        if torch.is_grad_enabled():
-            calls.append(1)
-            if len(calls) == 3:
-                raise StopRequested(signal.SIGINT)
-        return real(model, params, args)
-
-    monkeypatch.setattr(supervised, "functional_call", stop_in_step_three)
+    stop_in_training_step(monkeypatch, 3)
     with pytest.raises(Interrupted):
         run(config(), tmp_path / "b", interactive=False)
-    monkeypatch.setattr(supervised, "functional_call", real)
+    monkeypatch.undo()
     saved = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=False)
     assert saved["loop"]["step"] == 2  # the stopped step is redone on resume
     resumed = run(config(), tmp_path / "b", interactive=False)
