@@ -325,7 +325,8 @@ def _generator_summary(g) -> dict:
 def simulator_record(cfg, generator, model: torch.nn.Module | None = None, step: str = "autograd") -> dict:
     """How the probabilities were computed (CONTRACT "Reproducibility"): results are bitwise
     reproducible for one version, platform, thread count, kernel path and dtype, and equal within
-    tolerance across them, so every summary says which it had. `target`: where the target network
+    tolerance across them, so every summary says which it had. `kernel_build`: which build of
+    kernel.cpp (its source, flags, compiler and CPU; None off the C++ kernel); `target`: where the target network
     ran, "cpp" for the LSTM on kernel.cpp (nets.LSTMRegressor.native), else "torch"; `step`: "fused"
     when a training step was one kernel call (train/fused_step.py), else "autograd"."""
     from . import __version__
@@ -340,6 +341,7 @@ def simulator_record(cfg, generator, model: torch.nn.Module | None = None, step:
     return {
         "backend": backend,
         "kernel": path,
+        "kernel_build": kernel.build_id() if path.startswith("cpp") else None,  # which kernel.cpp, flags, compiler
         "device": str(generator.theta.device if generator.theta is not None else generator.mapping[0].weight.device),
         "dtype": str(generator.options.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),

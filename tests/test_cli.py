@@ -287,6 +287,12 @@ def test_timeseries_smoke_run(tmp_path, task):
     assert simulator["version"] == diffqas_runner.__version__ and simulator["kernel"].startswith(
         ("cpp", "torch")
     )  # "cpp (no OpenMP)" too
+    if simulator["kernel"].startswith("cpp"):  # which build of kernel.cpp: the library this machine caches
+        from diffqas_runner.quantum import kernel
+
+        assert kernel.library_path().name == f"diffqas_kernel_{simulator['kernel_build']}.so"
+    else:
+        assert simulator["kernel_build"] is None
     for name in ("prediction.png", "learning_curve.png", "structural_weights.png", "circuit.png"):  # every DiffQAS run's own
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     config = OmegaConf.load(out / ".hydra" / "config.yaml")  # the paper's optimiser came with the task

@@ -318,3 +318,46 @@ def test_the_kernel_tests_pass_under_address_and_undefined_behaviour_sanitizers(
                          env=env, capture_output=True, text=True, timeout=3000)  # fmt: skip
     assert res.returncode == 0, (res.stdout + res.stderr)[-6000:]
     assert list((tmp_path / "cache").glob("*.so"))  # the sanitized library was built and used
+
+
+@pytest.mark.slow
+def test_the_backwards_lane_shuffles_and_the_one_pass_per_bit_build_agree(tmp_path, monkeypatch):
+    """kernel.cpp's bits 0-2 in the backward take four-lane shuffles (clang's and GCC 12's
+    __builtin_shufflevector, or older GCC's __builtin_shuffle) or, where a compiler has neither, one
+    pass per bit. All three builds: the same probabilities bit for bit (the forward does not use
+    them), and the same gradients up to the order of the angles' sums, at sizes with and without
+    the high-bit tiles, float64 and float32."""
+    import torch
+    from helpers import load_kernel_or_skip
+
+    from diffqas_runner.quantum import native
+    from diffqas_runner.quantum.candidates import CANDIDATES
+
+    default = load_kernel_or_skip(monkeypatch)
+    flags = ["-DDIFFQAS_NO_LANES"] + (["-DDIFFQAS_GNU_SHUFFLE"] if "clang" not in kernel.compiler_identity(kernel.compiler()).lower() else [])
+    libs = {"default": default}
+    for flag in flags:
+        out = tmp_path / f"k{flag}.so"
+        res = subprocess.run(kernel._command(kernel.SOURCE, out, (*kernel.OPENMP, flag)), capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-3000:]
+        libs[flag] = kernel._open(out)
+    for n, layers in ((3, 2), (9, 3), (14, 2)):
+        ry = tuple(c for c in CANDIDATES if native._mode(c, n, layers) == "ry")  # the rows on ry_forward/ry_backward
+        assert len(ry) >= 2
+        for dtype in (torch.float64, torch.float32):
+            gen = torch.Generator().manual_seed(n)
+            theta0 = (torch.rand(layers, n, generator=gen, dtype=torch.float64) * 4 * torch.pi - 2 * torch.pi).to(dtype)
+            coeffs = torch.randn(len(ry), 2**n, generator=gen, dtype=dtype)
+            out = {}
+            for name, lib in libs.items():
+                monkeypatch.setattr(kernel, "load", lambda lib=lib: lib)
+                theta = theta0.clone().requires_grad_()
+                probs = native._kernel_group(theta, ry, "ry")
+                (coeffs * probs).sum().backward()
+                out[name] = probs.detach(), theta.grad
+            p, g = out["default"]
+            assert g.abs().max() > 1e-3
+            for name in flags:
+                assert torch.equal(out[name][0], p), (name, n, dtype)
+                tol = 1e-12 if dtype == torch.float64 else 2e-5
+                torch.testing.assert_close(out[name][1], g, rtol=0, atol=tol * g.abs().max().item(), msg=f"{name} {n} {dtype}")

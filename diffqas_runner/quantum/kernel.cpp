@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <numbers>
 #include <type_traits>
@@ -181,9 +182,102 @@ inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) 
   return dot;
 }
 
+// Four lanes of T (GCC's and clang's vector extension: 256 bits in float64, 128 in float32), for
+// the backward's bits 0-2, whose pairs sit next to each other: bits 0 and 1 pair lanes within one
+// vector (a shuffle), bit 2 pairs two vectors. One pass per bit there runs spans of one, two and
+// four pairs, each with its own reduction, and took 2.6-3.1 ns an amplitude for the three bits
+// against 0.8-1.2 here (docs/benchmarks.md, issue 36 seventh part). The shuffle is clang's and
+// GCC 12's __builtin_shufflevector or older GCC's __builtin_shuffle; a compiler with neither (or
+// -DDIFFQAS_NO_LANES) runs one pass per bit. -DDIFFQAS_GNU_SHUFFLE takes GCC's older builtin (a
+// test builds all three).
+#if !defined(DIFFQAS_NO_LANES) && defined(__has_builtin)
+#if __has_builtin(__builtin_shufflevector) && !defined(DIFFQAS_GNU_SHUFFLE)
+#define DIFFQAS_LANES 1
+#define DIFFQAS_SHUFFLE(v, a, b, c, d) __builtin_shufflevector(v, v, a, b, c, d)
+#elif defined(__GNUC__) && !defined(__clang__)
+#define DIFFQAS_LANES 1
+#define DIFFQAS_SHUFFLE(v, a, b, c, d) __builtin_shuffle(v, mask_of<T>{a, b, c, d})
+#endif
+#endif
+
+#ifdef DIFFQAS_LANES
+template <typename T>
+struct Lanes {
+  typedef T type __attribute__((vector_size(4 * sizeof(T))));
+  typedef std::conditional_t<sizeof(T) == 8, int64_t, int32_t> index;
+  typedef index mask __attribute__((vector_size(4 * sizeof(T))));
+};
+template <typename T>
+using lanes = typename Lanes<T>::type;
+template <typename T>
+using mask_of = typename Lanes<T>::mask;
+template <typename T>
+inline lanes<T> load4(const T* p) {
+  lanes<T> v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+template <typename T>
+inline void store4(T* p, lanes<T> v) {
+  std::memcpy(p, &v, sizeof v);
+}
+
+// Bits 0-2 of x and g (a whole number of blocks of 8) un-rotated in one pass, bit 0 first: the same
+// state and gradient values as one pass per bit, bit for bit (each lane computes its pair's
+// expression as unrotate_span writes it); the angles' sums are added per lane in T over 64 blocks
+// at most, then in float64, so they differ from one pass per bit by rounding.
+template <typename T>
+inline void unrotate_low3(T* x, T* g, int64_t size, const T* c, const T* s, double* dots) {
+  // bit 0 pairs lanes (0, 1) and (2, 3); bit 1 pairs (0, 2) and (1, 3): per lane, the partner's
+  // coefficient is +s in the pair's low lane and -s in its high lane, and its share of the angle's
+  // sum, g_hi x_lo - g_lo x_hi, is partner(g) * x in the low lane minus the same in the high lane
+  const lanes<T> c0 = {c[0], c[0], c[0], c[0]}, s0 = {s[0], -s[0], s[0], -s[0]};
+  const lanes<T> c1 = {c[1], c[1], c[1], c[1]}, s1 = {s[1], s[1], -s[1], -s[1]};
+  const T cc = c[2], ss = s[2];
+  constexpr int64_t FLUSH = 64 * 8;  // amplitudes per T-precision partial sum
+  for (int64_t at = 0; at < size; at += FLUSH) {
+    lanes<T> d0 = {}, d1 = {}, d2 = {};
+    for (int64_t k = at; k < std::min(size, at + FLUSH); k += 8) {
+      lanes<T> x0 = load4(x + k), x1 = load4(x + k + 4), g0 = load4(g + k), g1 = load4(g + k + 4);
+      lanes<T> t = DIFFQAS_SHUFFLE(x0, 1, 0, 3, 2), u = DIFFQAS_SHUFFLE(g0, 1, 0, 3, 2);
+      d0 += u * x0;
+      x0 = c0 * x0 + s0 * t;
+      g0 = c0 * g0 + s0 * u;
+      t = DIFFQAS_SHUFFLE(x1, 1, 0, 3, 2), u = DIFFQAS_SHUFFLE(g1, 1, 0, 3, 2);
+      d0 += u * x1;
+      x1 = c0 * x1 + s0 * t;
+      g1 = c0 * g1 + s0 * u;
+      t = DIFFQAS_SHUFFLE(x0, 2, 3, 0, 1), u = DIFFQAS_SHUFFLE(g0, 2, 3, 0, 1);
+      d1 += u * x0;
+      x0 = c1 * x0 + s1 * t;
+      g0 = c1 * g0 + s1 * u;
+      t = DIFFQAS_SHUFFLE(x1, 2, 3, 0, 1), u = DIFFQAS_SHUFFLE(g1, 2, 3, 0, 1);
+      d1 += u * x1;
+      x1 = c1 * x1 + s1 * t;
+      g1 = c1 * g1 + s1 * u;
+      d2 += g1 * x0 - g0 * x1;
+      store4(x + k, cc * x0 + ss * x1);
+      store4(x + k + 4, cc * x1 - ss * x0);
+      store4(g + k, cc * g0 + ss * g1);
+      store4(g + k + 4, cc * g1 - ss * g0);
+    }
+    dots[0] += double((d0[0] - d0[1]) + (d0[2] - d0[3]));
+    dots[1] += double((d1[0] - d1[2]) + (d1[1] - d1[3]));
+    dots[2] += double((d2[0] + d2[1]) + (d2[2] + d2[3]));
+  }
+}
+#endif
+
 template <typename T>
 inline void unrotate_low(T* x, T* g, int bits, const T* c, const T* s, double* dots) {
   const int64_t size = int64_t(1) << bits;
+#ifdef DIFFQAS_LANES
+  if (bits >= 3) {
+    unrotate_low3(x, g, size, c, s, dots);
+    for (int b = 3; b < bits; ++b) dots[b] += unrotate_bit<T, 0>(x, g, size, int64_t(1) << b, c[b], s[b]);
+    return;
+  }
+#endif
   each_low_bit(bits, [&](auto st, int b) { dots[b] += unrotate_bit<T, st.value>(x, g, size, int64_t(1) << b, c[b], s[b]); });
 }
 

@@ -377,6 +377,14 @@ def in_use() -> str | None:
     return "cpp" if built == VARIANTS[0][0] else f"cpp ({built})"
 
 
+def build_id() -> str | None:
+    """Which build of kernel.cpp this process loaded (the 12 hex digits of its cache name: the source,
+    flags, compiler and CPU), or None when it loaded none. Within one version a change to kernel.cpp
+    can move results at rounding level; summary.json records this, so two results say whether the
+    same arithmetic made them."""
+    return library_path().stem.removeprefix("diffqas_kernel_") if _module is not None else None
+
+
 def loaded():
     """The library this process loaded, or None (also under DIFFQAS_NATIVE_KERNEL=torch): asks
     nothing, builds nothing (the simulator's first call decides, `load`); qt/fused.py runs the
