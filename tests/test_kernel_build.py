@@ -334,7 +334,8 @@ def test_the_backwards_lane_shuffles_and_the_one_pass_per_bit_build_agree(tmp_pa
     from diffqas_runner.quantum.candidates import CANDIDATES
 
     default = load_kernel_or_skip(monkeypatch)
-    flags = ["-DDIFFQAS_NO_LANES"] + (["-DDIFFQAS_GNU_SHUFFLE"] if "clang" not in kernel.compiler_identity(kernel.compiler()).lower() else [])
+    gnu = "clang" not in kernel.compiler_identity(kernel.compiler()).lower()  # __builtin_shuffle is GCC's only
+    flags = ["-DDIFFQAS_NO_LANES"] + (["-DDIFFQAS_GNU_SHUFFLE"] if gnu else [])
     libs = {"default": default}
     for flag in flags:
         out = tmp_path / f"k{flag}.so"
