@@ -156,21 +156,28 @@ inline void rotate_low(T* x, int bits, const T* c, const T* s) {
   rotate_bits_from(x, size, 1, 3, bits, c, s);
 }
 
-// Un-rotate pairs (lo, hi) and their gradients by one angle; returns this span's share of the
-// angle's gradient, sum_k ghi[k] lo[k] - glo[k] hi[k].
+// Un-rotate pairs (lo, hi) and their gradients by one angle, written to (olo, ohi, oglo, oghi) (the
+// same places, in place); returns this span's share of the angle's gradient,
+// sum_k ghi[k] lo[k] - glo[k] hi[k].
 template <typename T>
-inline T unrotate_span(T* lo, T* hi, T* glo, T* ghi, int64_t n, T cc, T ss) {
+inline T unrotate_span_to(const T* lo, const T* hi, const T* glo, const T* ghi, T* olo, T* ohi, T* oglo, T* oghi,
+                          int64_t n, T cc, T ss) {
   T acc = 0;
 #pragma omp simd reduction(+ : acc)
   for (int64_t k = 0; k < n; ++k) {
     const T a = lo[k], d = hi[k], ga = glo[k], gd = ghi[k];
     acc += gd * a - ga * d;
-    lo[k] = cc * a + ss * d;
-    hi[k] = cc * d - ss * a;
-    glo[k] = cc * ga + ss * gd;
-    ghi[k] = cc * gd - ss * ga;
+    olo[k] = cc * a + ss * d;
+    ohi[k] = cc * d - ss * a;
+    oglo[k] = cc * ga + ss * gd;
+    oghi[k] = cc * gd - ss * ga;
   }
   return acc;
+}
+
+template <typename T>
+inline T unrotate_span(T* lo, T* hi, T* glo, T* ghi, int64_t n, T cc, T ss) {
+  return unrotate_span_to(lo, hi, glo, ghi, lo, hi, glo, ghi, n, cc, ss);
 }
 
 template <typename T, int ST>
@@ -312,30 +319,31 @@ inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, con
   for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
 }
 
+// The high bits of one column tile of the state and its gradient: the first bit's pass reads the
+// state's rows and the last one writes them back, the passes between work on a contiguous copy
+// (the rows sit 2**low apart, on one cache set). The same operations in the same order as copying
+// the tile in and out around the passes, without the two copies (docs/benchmarks.md, issue 36
+// seventh part).
 template <typename T>
 inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t width, const T* c, const T* s,
                           double* dots) {
   const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
   thread_local std::vector<T> tiles;
   tiles.resize(2 * rows * width);
-  T* t = tiles.data();
-  T* tg = t + rows * width;
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
-    std::copy(g + r * ld + col, g + r * ld + col + width, tg + r * width);
-  }
+  T* const t = tiles.data();
+  T* const tg = t + rows * width;
   for (int h = 0; h < high; ++h) {
     const int64_t st = int64_t(1) << h;
     const T cc = c[low + h], ss = s[low + h];
+    // row r of the source and of the destination: the state's for the first and the last pass
+    auto in = [&](T* base, T* tile, int64_t r) { return h == 0 ? base + r * ld + col : tile + r * width; };
+    auto out = [&](T* base, T* tile, int64_t r) { return h == high - 1 ? base + r * ld + col : tile + r * width; };
     double dot = 0;
     for (int64_t base = 0; base < rows; base += 2 * st)
       for (int64_t r = base; r < base + st; ++r)
-        dot += unrotate_span(t + r * width, t + (r + st) * width, tg + r * width, tg + (r + st) * width, width, cc, ss);
+        dot += unrotate_span_to<T>(in(x, t, r), in(x, t, r + st), in(g, tg, r), in(g, tg, r + st), out(x, t, r),
+                                   out(x, t, r + st), out(g, tg, r), out(g, tg, r + st), width, cc, ss);
     dots[low + h] += dot;
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
-    std::copy(tg + r * width, tg + (r + 1) * width, g + r * ld + col);
   }
 }
 
