@@ -306,17 +306,55 @@ inline void on_high_tile(T* x, int high, int low, int64_t col, int64_t width, Pa
   for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
 }
 
-// The high bits of one column tile: the tile's rows (of `width` amplitudes) pair at stride
-// width << h for high bit h, three bits at a time as in `rotate_low`.
+// K high bits [b, b + K) of one column tile in one pass: rows base + o + j 2**b (j < 2**K) of
+// `width` amplitudes, read through in(r) and written through out(r), the K rotations applied in
+// registers in ascending bit order (as rotate_bits: the same operations per amplitude).
+template <typename T, int K, typename In, typename Out>
+inline void rotate_tile_bits(int high, int b, int64_t width, const T* c, const T* s, In in, Out out) {
+  const int64_t rows = int64_t(1) << high, st = int64_t(1) << b;
+  for (int64_t base = 0; base < rows; base += st << K)
+    for (int64_t o = 0; o < st; ++o) {
+      const T* src[1 << K];
+      T* dst[1 << K];
+      for (int j = 0; j < (1 << K); ++j) src[j] = in(base + o + j * st), dst[j] = out(base + o + j * st);
+#pragma omp simd
+      for (int64_t k = 0; k < width; ++k) {
+        T v[1 << K];
+        for (int j = 0; j < (1 << K); ++j) v[j] = src[j][k];
+        for (int q = 0; q < K; ++q) {
+          const int m = 1 << q;
+          for (int j = 0; j < (1 << K); ++j)
+            if (!(j & m)) {
+              const T a = v[j], d = v[j | m];
+              v[j] = c[q] * a - s[q] * d;
+              v[j | m] = s[q] * a + c[q] * d;
+            }
+        }
+        for (int j = 0; j < (1 << K); ++j) dst[j][k] = v[j];
+      }
+    }
+}
+
+// The high bits of one column tile of the (2**high, 2**low) view, three at a time as in
+// `rotate_low`: the first pass reads the state's rows and the last one writes them back, the passes
+// between work on a contiguous copy (the rows sit 2**low apart, on one cache set), without copying
+// the tile in and out around them (bitwise the same values).
 template <typename T>
 inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, const T* c, const T* s) {
   const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
   thread_local std::vector<T> tile;
   tile.resize(rows * width);
-  T* t = tile.data();
-  for (int64_t r = 0; r < rows; ++r) std::copy(x + r * ld + col, x + r * ld + col + width, t + r * width);
-  rotate_bits_from(t, rows * width, width, 0, high, c + low, s + low);
-  for (int64_t r = 0; r < rows; ++r) std::copy(t + r * width, t + (r + 1) * width, x + r * ld + col);
+  T* const t = tile.data();
+  for (int b = 0; b < high; b += 3) {
+    const int k = std::min(3, high - b);
+    auto in = [&](int64_t r) -> const T* { return b == 0 ? x + r * ld + col : t + r * width; };
+    auto out = [&](int64_t r) -> T* { return b + k == high ? x + r * ld + col : t + r * width; };
+    const T* cb = c + low + b;
+    const T* sb = s + low + b;
+    if (k == 3) rotate_tile_bits<T, 3>(high, b, width, cb, sb, in, out);
+    else if (k == 2) rotate_tile_bits<T, 2>(high, b, width, cb, sb, in, out);
+    else rotate_tile_bits<T, 1>(high, b, width, cb, sb, in, out);
+  }
 }
 
 // The high bits of one column tile of the state and its gradient: the first bit's pass reads the
