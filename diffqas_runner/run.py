@@ -326,7 +326,8 @@ def simulator_record(cfg, generator, model: torch.nn.Module | None = None, step:
     """How the probabilities were computed (CONTRACT "Reproducibility"): results are bitwise
     reproducible for one version, platform, thread count, kernel path and dtype, and equal within
     tolerance across them, so every summary says which it had. `kernel_build`: which build of
-    kernel.cpp (its source, flags, compiler and CPU; None off the C++ kernel); `target`: where the target network
+    kernel.cpp ran the circuit or the target (its source, flags, compiler and CPU; None when neither
+    ran on it); `target`: where the target network
     ran, "cpp" for the LSTM on kernel.cpp (nets.LSTMRegressor.native), else "torch"; `step`: "fused"
     when a training step was one kernel call (train/fused_step.py), else "autograd"."""
     from . import __version__
@@ -338,17 +339,18 @@ def simulator_record(cfg, generator, model: torch.nn.Module | None = None, step:
         path = f"pennylane ({cfg.backend.device})"
     else:
         path = kernel.in_use() or "torch"
+    target = "cpp" if getattr(model, "native", False) and kernel.loaded() is not None else "torch"
     return {
         "backend": backend,
         "kernel": path,
-        "kernel_build": kernel.build_id() if path.startswith("cpp") else None,  # which kernel.cpp, flags, compiler
+        "kernel_build": kernel.build_id() if path.startswith("cpp") or target == "cpp" else None,  # which kernel.cpp
         "device": str(generator.theta.device if generator.theta is not None else generator.mapping[0].weight.device),
         "dtype": str(generator.options.dtype).removeprefix("torch."),
         "threads": torch.get_num_threads(),
         "version": __version__,  # of the code that ran, installed or not
         "torch": str(torch.__version__),  # a plain str (torch.__version__ is a str subclass a weights-only load refuses)
         "platform": f"{platform.system()} {platform.machine()}",
-        "target": "cpp" if getattr(model, "native", False) and kernel.loaded() is not None else "torch",
+        "target": target,
         "step": step,
     }
 

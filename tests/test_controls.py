@@ -138,6 +138,8 @@ def test_every_task_runs_with_each_control_and_records_it(tmp_path, data_dir, ta
         s = run_module.run(cfg, tmp_path / source, interactive=False)
         assert s["qt_source"] == source and s["source"]["kind"] == source
         assert s["simulator"]["kernel"] == "none" and s["structural_weights"] is None
+        # no circuit ran, but the target may have run on the kernel: then its build is recorded
+        assert (s["simulator"]["kernel_build"] is not None) == (s["simulator"]["target"] == "cpp")
         generators = s.get("generators", {"target": s})
         for g in generators.values():
             assert g["ranking"] is None

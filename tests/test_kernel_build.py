@@ -179,6 +179,19 @@ def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):
         kernel.ComplexLayers.apply(planes, eye, perm.long(), None)
 
 
+def test_the_build_id_names_the_library_loaded_not_what_the_source_and_cxx_would_name_now(monkeypatch):
+    """summary.json's kernel_build: the file this process loaded. Another $CXX after the load (or an
+    edit of kernel.cpp) names another library, but the arithmetic that ran is the loaded one's."""
+    from helpers import load_kernel_or_skip
+
+    load_kernel_or_skip(monkeypatch)
+    loaded = kernel.build_id()
+    assert kernel.library_path().name == f"diffqas_kernel_{loaded}.so"
+    monkeypatch.setenv("CXX", "a-compiler-installed-after-the-load")
+    assert kernel.library_path().name != f"diffqas_kernel_{loaded}.so"  # the name now would differ
+    assert kernel.build_id() == loaded and kernel.in_use() == "cpp"
+
+
 def test_an_empty_cxx_means_the_default_compiler(monkeypatch):
     monkeypatch.setenv("CXX", "")
     assert kernel.compiler() == "c++"

@@ -11,7 +11,9 @@
 //
 // Work is split in two passes per layer: chunks of 2**LOW amplitudes are gathered through the
 // permutation and rotated on their LOW low bits while they sit in L1; the high bits are rotated
-// on column tiles of the (2**high, 2**LOW) matrix view, copied to a contiguous buffer first.
+// on column tiles of the (2**high, 2**LOW) matrix view in a contiguous buffer (the Ry and YZ rows
+// read the state's rows on their first pass and write them on their last; the complex rows and
+// the Walsh-Hadamard transform copy the tile in and out).
 // Every job writes its own slice and its own partial sums, which are added in job order: the
 // result does not depend on the thread count.
 #include <algorithm>
@@ -208,6 +210,9 @@ inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) 
 #endif
 
 #ifdef DIFFQAS_LANES
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi"  // without -march=native: the vectors' ABI note, about inline helpers
+#endif
 template <typename T>
 struct Lanes {
   typedef T type __attribute__((vector_size(4 * sizeof(T))));
@@ -232,7 +237,8 @@ inline void store4(T* p, lanes<T> v) {
 // Bits 0-2 of x and g (a whole number of blocks of 8) un-rotated in one pass, bit 0 first: the same
 // state and gradient values as one pass per bit, bit for bit (each lane computes its pair's
 // expression as unrotate_span writes it); the angles' sums are added per lane in T over 64 blocks
-// at most, then in float64, so they differ from one pass per bit by rounding.
+// at most, the four lanes combined in T, then added in float64, so they differ from one pass per
+// bit by rounding.
 template <typename T>
 inline void unrotate_low3(T* x, T* g, int64_t size, const T* c, const T* s, double* dots) {
   // bit 0 pairs lanes (0, 1) and (2, 3); bit 1 pairs (0, 2) and (1, 3): per lane, the partner's
@@ -361,7 +367,9 @@ inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, con
 // state's rows and the last one writes them back, the passes between work on a contiguous copy
 // (the rows sit 2**low apart, on one cache set). The same operations in the same order as copying
 // the tile in and out around the passes, without the two copies (docs/benchmarks.md, issue 36
-// seventh part).
+// seventh part); bitwise the same with GCC 12, while clang 14 may vectorise the first and last
+// passes' float32 sums with another interleave (a reviewer's check: 1e-7 relative in those angles'
+// gradients).
 template <typename T>
 inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t width, const T* c, const T* s,
                           double* dots) {

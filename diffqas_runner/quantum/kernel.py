@@ -91,6 +91,7 @@ STALE_SECONDS = 600  # a background build's lock older than this is abandoned
 
 _lock = threading.Lock()
 _module = None
+_path: Path | None = None  # the file _module was loaded from (its name is the build: `build_id`)
 _tried = False
 _error: Exception | None = None  # why this process has no kernel (a failed build, or none yet)
 # (the DIFFQAS_NATIVE_KERNEL value,) under which `load` last returned _module: a training step calls
@@ -324,7 +325,7 @@ def load():
     """The loaded library, or None (this process runs on pure torch). Decided once per process:
     see the module docstring for the modes. With DIFFQAS_NATIVE_KERNEL=cpp a failed build
     raises, on this call and every later one."""
-    global _module, _tried, _error, _ready
+    global _module, _path, _tried, _error, _ready
     raw = os.environ.get(ENV)  # read once: the fast path records the value this call decided under
     if _settled(raw):
         return _module
@@ -338,7 +339,7 @@ def load():
             try:
                 if path.is_file():
                     try:
-                        _module, _error = _open(path), None
+                        _module, _path, _error = _open(path), path, None
                     except OSError as err:  # e.g. a shared cache built where a library this node lacks exists
                         log.warning("the cached C++ kernel %s does not load here (%s); this run uses pure torch", path, err)
                         raise
@@ -348,7 +349,8 @@ def load():
                         )
                 elif current == "cpp":
                     log.info("building the native simulator's C++ kernel (about 2 s, once per machine)")
-                    _module, _error = _open(build()), None
+                    built = build()
+                    _module, _path, _error = _open(built), built, None
                 elif failure_marker(path).exists():  # tried before with this source, flags and compiler
                     _error = RuntimeError(f"the C++ kernel did not build with {compiler()} (see {path.with_suffix('.log')})")
                     log.info(
@@ -373,16 +375,19 @@ def in_use() -> str | None:
     nothing), else 'cpp', or 'cpp (no OpenMP...)' for a library built without OpenMP."""
     if _module is None:
         return None
-    built = variant(library_path())
+    built = variant(_path or library_path())
     return "cpp" if built == VARIANTS[0][0] else f"cpp ({built})"
 
 
 def build_id() -> str | None:
     """Which build of kernel.cpp this process loaded (the 12 hex digits of its cache name: the source,
-    flags, compiler and CPU), or None when it loaded none. Within one version a change to kernel.cpp
-    can move results at rounding level; summary.json records this, so two results say whether the
-    same arithmetic made them."""
-    return library_path().stem.removeprefix("diffqas_kernel_") if _module is not None else None
+    flags, compiler and CPU), or None when it loaded none: the file it loaded, not what kernel.cpp
+    and $CXX would name now (an edit or another compiler after the load changes that name). Within
+    one version a change to kernel.cpp can move results at rounding level; summary.json records
+    this, so two results say whether the same arithmetic made them."""
+    if _module is None:
+        return None
+    return (_path or library_path()).stem.removeprefix("diffqas_kernel_")
 
 
 def loaded():
