@@ -337,9 +337,10 @@ def test_the_kernel_tests_pass_under_address_and_undefined_behaviour_sanitizers(
 def test_the_backwards_lane_shuffles_and_the_one_pass_per_bit_build_agree(tmp_path, monkeypatch):
     """kernel.cpp's bits 0-2 in the backward take four-lane shuffles (clang's and GCC 12's
     __builtin_shufflevector, or older GCC's __builtin_shuffle) or, where a compiler has neither, one
-    pass per bit. All three builds: the same probabilities bit for bit (the forward does not use
-    them), and the same gradients up to the order of the angles' sums, at sizes with and without
-    the high-bit tiles, float64 and float32."""
+    pass per bit. Each build the compiler has (three with GCC, two with clang, which lacks
+    __builtin_shuffle): the same probabilities bit for bit (the forward does not use them), and the
+    same angles' gradients up to the order of their sums, at sizes with and without the high-bit
+    tiles, float64 and float32."""
     import torch
     from helpers import load_kernel_or_skip
 

@@ -198,7 +198,7 @@ inline double unrotate_bit(T* x, T* g, int64_t size, int64_t st_rt, T cc, T ss) 
 // against 0.8-1.2 here (docs/benchmarks.md, issue 36 seventh part). The shuffle is clang's and
 // GCC 12's __builtin_shufflevector or older GCC's __builtin_shuffle; a compiler with neither (or
 // -DDIFFQAS_NO_LANES) runs one pass per bit. -DDIFFQAS_GNU_SHUFFLE takes GCC's older builtin (a
-// test builds all three).
+// test builds each variant the compiler has: three with GCC, two with clang).
 #if !defined(DIFFQAS_NO_LANES) && defined(__has_builtin)
 #if __has_builtin(__builtin_shufflevector) && !defined(DIFFQAS_GNU_SHUFFLE)
 #define DIFFQAS_LANES 1
