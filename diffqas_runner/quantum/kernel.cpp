@@ -314,7 +314,9 @@ inline void on_high_tile(T* x, int high, int low, int64_t col, int64_t width, Pa
 
 // K high bits [b, b + K) of one column tile in one pass: rows base + o + j 2**b (j < 2**K) of
 // `width` amplitudes, read through in(r) and written through out(r), the K rotations applied in
-// registers in ascending bit order (as rotate_bits: the same operations per amplitude).
+// registers in ascending bit order (as rotate_bits: the same operations per amplitude). The
+// rotations are written out here and in rotate_bits on purpose: one shared inline helper for them
+// changed GCC 12's float32 results of rotate_bits (tried, session 14), and both must stay bitwise.
 template <typename T, int K, typename In, typename Out>
 inline void rotate_tile_bits(int high, int b, int64_t width, const T* c, const T* s, In in, Out out) {
   const int64_t rows = int64_t(1) << high, st = int64_t(1) << b;
