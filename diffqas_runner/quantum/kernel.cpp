@@ -366,15 +366,16 @@ inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, con
 }
 
 // The high bits of one column tile of the state and its gradient: the first bit's pass reads the
-// state's rows and the last one writes them back, the passes between work on a contiguous copy
+// rows of xs and gs (x and g themselves, or where the backward's input lies, left unwritten) and
+// the last one writes the rows of x and g, the passes between work on a contiguous copy
 // (the rows sit 2**low apart, on one cache set). The same operations in the same order as copying
 // the tile in and out around the passes, without the two copies (docs/benchmarks.md, issue 36
 // seventh part); bitwise the same with GCC 12, while clang 14 may vectorise the first and last
 // passes' float32 sums with another interleave (a reviewer's check: 1e-7 relative in those angles'
 // gradients).
 template <typename T>
-inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t width, const T* c, const T* s,
-                          double* dots) {
+inline void unrotate_high(const T* xs, const T* gs, T* x, T* g, int high, int low, int64_t col, int64_t width,
+                          const T* c, const T* s, double* dots) {
   const int64_t rows = int64_t(1) << high, ld = int64_t(1) << low;
   thread_local std::vector<T> tiles;
   tiles.resize(2 * rows * width);
@@ -384,29 +385,31 @@ inline void unrotate_high(T* x, T* g, int high, int low, int64_t col, int64_t wi
     const int64_t st = int64_t(1) << h;
     const T cc = c[low + h], ss = s[low + h];
     // row r of the source and of the destination: the state's for the first and the last pass
-    auto in = [&](T* base, T* tile, int64_t r) { return h == 0 ? base + r * ld + col : tile + r * width; };
+    auto in = [&](const T* base, const T* tile, int64_t r) { return h == 0 ? base + r * ld + col : tile + r * width; };
     auto out = [&](T* base, T* tile, int64_t r) { return h == high - 1 ? base + r * ld + col : tile + r * width; };
     double dot = 0;
     for (int64_t base = 0; base < rows; base += 2 * st)
       for (int64_t r = base; r < base + st; ++r)
-        dot += unrotate_span_to<T>(in(x, t, r), in(x, t, r + st), in(g, tg, r), in(g, tg, r + st), out(x, t, r),
+        dot += unrotate_span_to<T>(in(xs, t, r), in(xs, t, r + st), in(gs, tg, r), in(gs, tg, r + st), out(x, t, r),
                                    out(x, t, r + st), out(g, tg, r), out(g, tg, r + st), width, cc, ss);
     dots[low + h] += dot;
   }
 }
 
-// The high bits' un-rotation of every row's `planes` planes (state and gradient), per column tile;
-// each job's angle sums in part + job * stride (plane by plane).
+// The high bits' un-rotation of every row's `planes` planes (state and gradient), per column tile,
+// read from xs and gs (x and gx, or the backward's unwritten input) and written to x and gx; each
+// job's angle sums in part + job * stride (plane by plane).
 template <typename T>
-void unrotate_high_rows(T* x, T* gx, int planes, const Shape& sh, const T* c, const T* s, double* part, int64_t stride,
-                        int threads) {
+void unrotate_high_rows(const T* xs, const T* gs, T* x, T* gx, int planes, const Shape& sh, const T* c, const T* s,
+                        double* part, int64_t stride, int threads) {
   if (sh.high == 0) return;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t job = 0; job < sh.rows * sh.tiles; ++job) {
     const int64_t row = job / sh.tiles, col = (job % sh.tiles) * sh.tile;
     for (int p = 0; p < planes; ++p)
-      unrotate_high(x + (planes * row + p) * sh.dim, gx + (planes * row + p) * sh.dim, int(sh.high), int(sh.low), col,
-                    sh.tile, c, s, part + job * stride);
+      unrotate_high(xs + (planes * row + p) * sh.dim, gs + (planes * row + p) * sh.dim, x + (planes * row + p) * sh.dim,
+                    gx + (planes * row + p) * sh.dim, int(sh.high), int(sh.low), col, sh.tile, c, s,
+                    part + job * stride);
   }
 }
 
@@ -422,13 +425,14 @@ std::vector<T> trig(const double* theta, int64_t layers, int64_t n, bool sine) {
   return out;
 }
 
-// Forward: a holds the input (rows, 2**n) and is overwritten; b is scratch. Returns 0 if the
-// result is in a, 1 if in b.
+// Forward: `in` holds the input (rows, 2**n), read by the first layer only and never written (it
+// may be a: callers that own a copy pass it twice); a and b are scratch. Returns 0 if the result
+// is in a, 1 if in b.
 // Rows come in blocks of `group` (1, or 2 for Rx rows kept as (real, imaginary) pairs): perm
 // indexes the block's group * 2**n amplitudes, so a layer may move values between a block's rows.
 template <typename T>
-int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* perm, const T* sign, int64_t rows,
-               int64_t n, int64_t group, int threads) {
+int ry_forward(const T* in, T* a, T* b, const double* theta, int64_t layers, const int32_t* perm, const T* sign,
+               int64_t rows, int64_t n, int64_t group, int threads) {
   const Shape sh = shape_of(rows, n);
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
   T* cur = a;
@@ -439,7 +443,7 @@ int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* p
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* src[1] = {cur + (row / group) * group * sh.dim};
+      const T* src[1] = {(l == 0 ? in : cur) + (row / group) * group * sh.dim};
       T* dst[1] = {nxt + row * sh.dim + start};
       permute_chunk<true, 1>(dst, src, perm, sign, row * sh.dim + start, int64_t(1) << sh.low);
       rotate_low(dst[0], int(sh.low), c, s);
@@ -456,12 +460,14 @@ int ry_forward(T* a, T* b, const double* theta, int64_t layers, const int32_t* p
   return cur == a ? 0 : 1;
 }
 
-// Backward (adjoint): psi holds the final state, g its gradient; psi2, g2 scratch; part
-// (max(jobs) * n) float64 scratch; dtheta (layers, n) float64 output. Returns 0 if the input
-// state's gradient is in g, 1 if in g2.
+// Backward (adjoint): psi_in holds the final state, g_in its gradient, read by the last layer's
+// first pass only and never written (they may be psi and g: callers that own copies pass them
+// twice); psi, g, psi2, g2 scratch; part (max(jobs) * n) float64 scratch; dtheta (layers, n)
+// float64 output. Returns 0 if the input state's gradient is in g, 1 if in g2.
 template <typename T>
-int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, const double* theta, int64_t layers,
-                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int64_t group, int threads) {
+int ry_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta,
+                const double* theta, int64_t layers, const int32_t* perm, const T* sign, int64_t rows, int64_t n,
+                int64_t group, int threads) {
   const Shape sh = shape_of(rows, n);
   const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
   const int64_t jobs = std::max(jobs_low, jobs_high);
@@ -474,12 +480,19 @@ int ry_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, cons
     const T* c = cs.data() + l * sh.n;
     const T* s = sn.data() + l * sh.n;
     std::fill(part, part + jobs * sh.n, 0.0);
-    unrotate_high_rows(x, gx, 1, sh, c, s, part, sh.n, threads);
+    // the last layer reads the input; where no high bit's pass reads it, its low bits' pass copies it
+    const bool copy_in = l == layers - 1 && sh.high == 0 && (psi_in != psi || g_in != g);
+    unrotate_high_rows(l == layers - 1 ? psi_in : x, l == layers - 1 ? g_in : gx, x, gx, 1, sh, c, s, part, sh.n,
+                       threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < jobs_low; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
       T* xs = x + row * sh.dim + start;
       T* gs = gx + row * sh.dim + start;
+      if (copy_in) {
+        std::copy(psi_in + row * sh.dim + start, psi_in + row * sh.dim + start + (int64_t(1) << sh.low), xs);
+        std::copy(g_in + row * sh.dim + start, g_in + row * sh.dim + start + (int64_t(1) << sh.low), gs);
+      }
       std::vector<double> dots(sh.low, 0.0);
       unrotate_low(xs, gs, int(sh.low), c, s, dots.data());
       for (int64_t b = 0; b < sh.low; ++b) part[job * sh.n + b] += dots[b];
@@ -670,8 +683,8 @@ std::vector<T> bit_order(const double* u, int64_t layers, int64_t n) {
 }
 
 template <typename T>
-int cx_forward(T* a, T* b, const double* u64, int64_t layers, const int32_t* perm, const T* sign, int64_t rows,
-               int64_t n, int threads) {
+int cx_forward(const T* in, T* a, T* b, const double* u64, int64_t layers, const int32_t* perm, const T* sign,
+               int64_t rows, int64_t n, int threads) {
   const Shape sh = shape_of(rows, n);
   const auto u = bit_order<T>(u64, layers, n);
   T* cur = a;
@@ -681,7 +694,8 @@ int cx_forward(T* a, T* b, const double* u64, int64_t layers, const int32_t* per
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* src[2] = {cur + 2 * row * sh.dim, cur + 2 * row * sh.dim + sh.dim};
+      const T* from = l == 0 ? in : cur;
+      const T* src[2] = {from + 2 * row * sh.dim, from + 2 * row * sh.dim + sh.dim};
       T* dst[2] = {nxt + 2 * row * sh.dim + start, nxt + 2 * row * sh.dim + sh.dim + start};
       permute_chunk<true, 2>(dst, src, perm, sign, row * sh.dim + start, int64_t(1) << sh.low);
       capply_low(dst[0], dst[1], int(sh.low), ul);
@@ -809,7 +823,7 @@ inline void signed_sums(double* v, int bits, int64_t start, int64_t n, double* a
 }
 
 template <typename T>
-int yz_forward(T* a, T* b, const double* theta, const double* pre, const double* post, int64_t layers,
+int yz_forward(const T* in, T* a, T* b, const double* theta, const double* pre, const double* post, int64_t layers,
                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int threads) {
   const Shape sh = shape_of(rows, n);
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
@@ -824,7 +838,8 @@ int yz_forward(T* a, T* b, const double* theta, const double* pre, const double*
 #pragma omp parallel for num_threads(threads) schedule(static)
     for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
-      const T* src[2] = {cur + 2 * row * sh.dim, cur + 2 * row * sh.dim + sh.dim};
+      const T* from = l == 0 ? in : cur;
+      const T* src[2] = {from + 2 * row * sh.dim, from + 2 * row * sh.dim + sh.dim};
       T* dst[2] = {nxt + 2 * row * sh.dim + start, nxt + 2 * row * sh.dim + sh.dim + start};
       // the previous layer's trailing Z phase, read at the source index, then this layer's leading one
       auto phases = [&](int64_t i, int64_t j, T (&v)[2]) {
@@ -964,7 +979,7 @@ int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, doub
     const T* s = sn.data() + l * sh.n;
     const bool carry = l > 0 && trail.on(), first = lead.on();
     std::fill(part, part + jobs * stride, 0.0);
-    unrotate_high_rows(x, gx, 2, sh, c, s, part, stride, threads);
+    unrotate_high_rows(x, gx, x, gx, 2, sh, c, s, part, stride, threads);
     undo_layer_low(x, gx, xo, go, c, s, lead, trail, l, carry ? carried.data() : nullptr, perm, sign, sh, part, stride,
                    threads);
     if (carry) carried_sums(carried.data(), sh, part, stride, threads);  // the carried phase's, by source index
@@ -1099,14 +1114,15 @@ inline void butterfly_high(T* x, int high, int low, int64_t col, int64_t width) 
   });
 }
 
-// x (rows, 2**n) is transformed in place.
+// The transform of in (rows, 2**n), never written, into x; in may be x (in place).
 template <typename T>
-void wht_rows(T* x, int64_t rows, int64_t n, int threads) {
+void wht_rows(const T* in, T* x, int64_t rows, int64_t n, int threads) {
   const Shape sh = shape_of(rows, n);
   const int64_t size = int64_t(1) << sh.low;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t job = 0; job < sh.rows * sh.chunks; ++job) {
     T* chunk = x + job * size;  // row job / chunks, chunk job % chunks: rows are contiguous
+    if (in != x) std::copy(in + job * size, in + (job + 1) * size, chunk);
     each_low_bit(int(sh.low), [&](auto st, int b) { butterfly_bit<T, st.value>(chunk, size, int64_t(1) << b); });
   }
   if (sh.high == 0) return;
@@ -1456,19 +1472,20 @@ void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t l
   if (fixed == nullptr) {
     a.assign(start, start + dim);
     b.resize(dim);
-    psi = ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads) ? b.data() : a.data();
+    psi = ry_forward<T>(a.data(), a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads) ? b.data() : a.data();
     probs.resize(p);
     for (int64_t i = 0; i < p; ++i) probs[i] = psi[i] * psi[i];
   }
   std::vector<T> du(p);
   lstm_tail<T>(fixed == nullptr ? probs.data() : fixed, w, params, p, n, flags, x, y, B, Tn, I, H, pred, du.data(), dw);
   if (fixed != nullptr) return;
-  std::vector<T> x2(psi, psi + dim), g1(dim, T(0)), x3(dim), g2(dim);
+  std::vector<T> x2(dim), g1(dim, T(0)), x3(dim), g2(dim);
   for (int64_t i = 0; i < p; ++i) g1[i] = du[i] * (T(2) * psi[i]);
   const Shape sh = shape_of(1, n);
   std::vector<double> part(std::max(sh.chunks, sh.tiles) * n, 0.0);
   std::fill(dtheta, dtheta + layers * n, 0.0);
-  ry_backward<T>(x2.data(), g1.data(), x3.data(), g2.data(), part.data(), dtheta, theta, layers, perm, sign, 1, n, 1,
+  ry_backward<T>(psi, g1.data(), x2.data(), g1.data(), x3.data(), g2.data(), part.data(), dtheta, theta, layers, perm,
+                 sign, 1, n, 1,
                  threads);
 }
 
@@ -1515,12 +1532,12 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
   std::vector<T> a(R * dim), b(R * dim);
   std::copy(start, start + R * dim, a.data());
   const T* psi = a.data();
-  if (R > 0 && ry_forward<T>(a.data(), b.data(), theta, layers, perm, sign, R, n, 1, threads)) psi = b.data();
+  if (R > 0 && ry_forward<T>(a.data(), a.data(), b.data(), theta, layers, perm, sign, R, n, 1, threads)) psi = b.data();
   std::vector<T> half(C * dim), re(C * dim), im(C * dim);
   for (int64_t c = 0; c < C; ++c) {
     std::vector<double> phase(dim, 0.0);
     for (int64_t k = 0; k < slots; ++k) phase[index[c * slots + k]] += theta[k];
-    wht_rows<double>(phase.data(), 1, n, threads);
+    wht_rows<double>(phase.data(), phase.data(), 1, n, threads);
     for (int64_t i = 0; i < dim; ++i) {
       const T h = T(remainder_of(phase[i], turn)) / T(2);
       half[c * dim + i] = h;
@@ -1528,8 +1545,8 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
       im[c * dim + i] = std::sin(h);
     }
   }
-  wht_rows<T>(re.data(), C, n, threads);
-  wht_rows<T>(im.data(), C, n, threads);
+  wht_rows<T>(re.data(), re.data(), C, n, threads);
+  wht_rows<T>(im.data(), im.data(), C, n, threads);
   auto row_p = [&](int64_t kind, int64_t r, int64_t i) -> T {
     if (kind == 0) return fixed[r * dim + i];
     if (kind == 1) return psi[r * dim + i] * psi[r * dim + i];
@@ -1563,14 +1580,15 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
   std::fill(dtheta, dtheta + slots, 0.0);
   // the Ry rows' backward, all rows in one call (their angle sums added)
   if (R > 0) {
-    std::vector<T> x2(psi, psi + R * dim), g1(R * dim, T(0)), x3(R * dim), g2(R * dim);
+    std::vector<T> x2(R * dim), g1(R * dim, T(0)), x3(R * dim), g2(R * dim);
     for (int64_t r = 0; r < R; ++r) {
       const T wj = wt[ry_at[r]];
       for (int64_t i = 0; i < p; ++i) g1[r * dim + i] = (wj * du[i]) * (T(2) * psi[r * dim + i]);
     }
     const Shape sh = shape_of(R, n);
     std::vector<double> part(std::max(sh.chunks, sh.tiles) * R * n, 0.0);
-    ry_backward<T>(x2.data(), g1.data(), x3.data(), g2.data(), part.data(), dtheta, theta, layers, perm, sign, R, n, 1,
+    ry_backward<T>(psi, g1.data(), x2.data(), g1.data(), x3.data(), g2.data(), part.data(), dtheta, theta, layers,
+                   perm, sign, R, n, 1,
                    threads);
   }
   // the closed-form rows' backward: P's gradient to the two transforms, to h, to A, to a, to theta
@@ -1582,14 +1600,14 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
       dre[i] = gp * (T(2) * re[c * dim + i]);
       dim_[i] = gp * (T(2) * im[c * dim + i]);
     }
-    wht_rows<T>(dre.data(), 1, n, threads);  // the transform is its own transpose
-    wht_rows<T>(dim_.data(), 1, n, threads);
+    wht_rows<T>(dre.data(), dre.data(), 1, n, threads);  // the transform is its own transpose
+    wht_rows<T>(dim_.data(), dim_.data(), 1, n, threads);
     std::vector<double> dphase(dim);
     for (int64_t i = 0; i < dim; ++i) {
       const T h = half[c * dim + i];
       dphase[i] = double((std::cos(h) * dim_[i] - std::sin(h) * dre[i]) / T(2));
     }
-    wht_rows<double>(dphase.data(), 1, n, threads);
+    wht_rows<double>(dphase.data(), dphase.data(), 1, n, threads);
     for (int64_t k = 0; k < slots; ++k) dtheta[k] += dphase[index[c * slots + k]];
   }
 }
@@ -1598,33 +1616,33 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
 
 extern "C" {
 
-int diffqas_abi_version() { return 10; }
+int diffqas_abi_version() { return 11; }
 
-int ry_forward_f64(double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
+int ry_forward_f64(const double* in, double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
-  return ry_forward<double>(a, b, theta, layers, perm, sign, rows, n, group, threads);
+  return ry_forward<double>(in, a, b, theta, layers, perm, sign, rows, n, group, threads);
 }
-int ry_forward_f32(float* a, float* b, const double* theta, int64_t layers, const int32_t* perm, const float* sign,
+int ry_forward_f32(const float* in, float* a, float* b, const double* theta, int64_t layers, const int32_t* perm, const float* sign,
                    int64_t rows, int64_t n, int64_t group, int threads) {
-  return ry_forward<float>(a, b, theta, layers, perm, sign, rows, n, group, threads);
+  return ry_forward<float>(in, a, b, theta, layers, perm, sign, rows, n, group, threads);
 }
-int ry_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta,
+int ry_backward_f64(const double* psi_in, const double* g_in, double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta,
                     const double* theta, int64_t layers, const int32_t* perm, const double* sign, int64_t rows,
                     int64_t n, int64_t group, int threads) {
-  return ry_backward<double>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
+  return ry_backward<double>(psi_in, g_in, psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
 }
-int ry_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, double* dtheta, const double* theta,
+int ry_backward_f32(const float* psi_in, const float* g_in, float* psi, float* g, float* psi2, float* g2, double* part, double* dtheta, const double* theta,
                     int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int64_t group,
                     int threads) {
-  return ry_backward<float>(psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
+  return ry_backward<float>(psi_in, g_in, psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
 }
-int cx_forward_f64(double* a, double* b, const double* u, int64_t layers, const int32_t* perm, const double* sign,
+int cx_forward_f64(const double* in, double* a, double* b, const double* u, int64_t layers, const int32_t* perm, const double* sign,
                    int64_t rows, int64_t n, int threads) {
-  return cx_forward<double>(a, b, u, layers, perm, sign, rows, n, threads);
+  return cx_forward<double>(in, a, b, u, layers, perm, sign, rows, n, threads);
 }
-int cx_forward_f32(float* a, float* b, const double* u, int64_t layers, const int32_t* perm, const float* sign,
+int cx_forward_f32(const float* in, float* a, float* b, const double* u, int64_t layers, const int32_t* perm, const float* sign,
                    int64_t rows, int64_t n, int threads) {
-  return cx_forward<float>(a, b, u, layers, perm, sign, rows, n, threads);
+  return cx_forward<float>(in, a, b, u, layers, perm, sign, rows, n, threads);
 }
 int cx_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* du, const double* u,
                     int64_t layers, const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
@@ -1635,13 +1653,13 @@ int cx_backward_f32(float* psi, float* g, float* psi2, float* g2, double* part, 
   return cx_backward<float>(psi, g, psi2, g2, part, du, u, layers, perm, sign, rows, n, threads);
 }
 
-int yz_forward_f64(double* a, double* b, const double* theta, const double* pre, const double* post, int64_t layers,
+int yz_forward_f64(const double* in, double* a, double* b, const double* theta, const double* pre, const double* post, int64_t layers,
                    const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
-  return yz_forward<double>(a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
+  return yz_forward<double>(in, a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
 }
-int yz_forward_f32(float* a, float* b, const double* theta, const double* pre, const double* post, int64_t layers,
+int yz_forward_f32(const float* in, float* a, float* b, const double* theta, const double* pre, const double* post, int64_t layers,
                    const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
-  return yz_forward<float>(a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
+  return yz_forward<float>(in, a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
 }
 int yz_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta, double* dpre,
                     double* dpost, const double* theta, const double* pre, const double* post, int64_t layers,
@@ -1694,12 +1712,12 @@ int qtmap_backward_f32(const float* g, const float* z, const float* a, const dou
   return 0;
 }
 
-int wht_f64(double* x, int64_t rows, int64_t n, int threads) {
-  wht_rows<double>(x, rows, n, threads);
+int wht_f64(const double* in, double* x, int64_t rows, int64_t n, int threads) {
+  wht_rows<double>(in, x, rows, n, threads);
   return 0;
 }
-int wht_f32(float* x, int64_t rows, int64_t n, int threads) {
-  wht_rows<float>(x, rows, n, threads);
+int wht_f32(const float* in, float* x, int64_t rows, int64_t n, int threads) {
+  wht_rows<float>(in, x, rows, n, threads);
   return 0;
 }
 

@@ -64,7 +64,7 @@ log = logging.getLogger(__name__)
 
 ENV = "DIFFQAS_NATIVE_KERNEL"
 MODES = ("auto", "torch", "cpp")
-ABI = 10  # diffqas_abi_version() of kernel.cpp
+ABI = 11  # diffqas_abi_version() of kernel.cpp
 SOURCE = Path(__file__).with_name("kernel.cpp")
 FLAGS = ("-std=c++20", "-O3", "-march=native", "-fopenmp", "-fPIC", "-shared")  # where the CPU is known and OpenMP works
 NATIVE = "-march=native"  # only where this CPU is identified (the cache key names it): else a portable build
@@ -294,15 +294,16 @@ def _open(path: Path):
         raise RuntimeError(f"{path} has ABI {lib.diffqas_abi_version()}, expected {ABI}")
     p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
     signatures = {
-        "ry_forward": [p, p, p, i64, p, p, i64, i64, i64, i32],  # ..., rows, n, group, threads
-        "ry_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i64, i32],
-        "cx_forward": [p, p, p, i64, p, p, i64, i64, i32],  # ..., rows, n, threads
+        # the forwards read their input (first) and never write it; ry_backward reads psi_in and g_in (first)
+        "ry_forward": [p, p, p, p, i64, p, p, i64, i64, i64, i32],  # in, a, b, theta, ..., rows, n, group, threads
+        "ry_backward": [p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i64, i32],
+        "cx_forward": [p, p, p, p, i64, p, p, i64, i64, i32],  # in, a, b, u, ..., rows, n, threads
         "cx_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
-        "yz_forward": [p, p, p, p, p, i64, p, p, i64, i64, i32],  # a, b, theta, pre, post, layers, ...
+        "yz_forward": [p, p, p, p, p, p, i64, p, p, i64, i64, i32],  # in, a, b, theta, pre, post, layers, ...
         "yz_backward": [p, p, p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
         "ctrl_forward": [p, p, p, i64, i64, i64, i32],  # x, u, pairs, npairs, rows, n, threads
         "ctrl_backward": [p, p, p, p, p, p, i64, i64, i64, i32],
-        "wht": [p, i64, i64, i32],  # x, rows, n, threads
+        "wht": [p, p, i64, i64, i32],  # in (never written), out, rows, n, threads
         "qtmap_forward": [p, p, p, p, p, p, i64, i64, i64, p, i32],  # u, z, a, kappa, w, stats, p, n, flags, params
         "qtmap_backward": [p, p, p, p, p, p, p, i64, i64, i64, p, i32],  # g, z, a, w, stats, du, dw, p, n, flags, params
         "lstm_forward": [p] * 10 + [i64] * 4 + [i32],  # x, wih, whh, bias, hw, hb, pred, acts, cs, hs, B, T, I, H
@@ -446,10 +447,10 @@ class RyLayers(torch.autograd.Function):
     def forward(ctx, state, theta, perm, sign=None, group=1):
         rows, dim = state.shape
         _check_inputs(state, perm, sign, rows, dim)
-        a = state.detach().contiguous().clone()
-        b = torch.empty_like(a)
+        start = state.detach().contiguous()  # read, never written: the kernel's first layer reads it
+        a, b = torch.empty_like(start), torch.empty_like(start)
         th = theta.detach().to(torch.float64).contiguous()
-        which = _call("ry_forward", state.dtype, a, b, th, th.shape[0], perm, sign, rows, dim.bit_length() - 1, group)
+        which = _call("ry_forward", state.dtype, start, a, b, th, th.shape[0], perm, sign, rows, dim.bit_length() - 1, group)
         final = b if which else a
         ctx.save_for_backward(final, theta, perm, sign)
         ctx.group = group
@@ -461,12 +462,12 @@ class RyLayers(torch.autograd.Function):
         final, theta, perm, sign = ctx.saved_tensors
         rows, dim = final.shape
         n = dim.bit_length() - 1
-        psi, g = final.clone(), grad.contiguous().clone()
-        psi2, g2 = torch.empty_like(psi), torch.empty_like(g)
+        grad = grad.contiguous()  # final and grad are read, never written (no copies of them)
+        psi, g, psi2, g2 = (torch.empty_like(final) for _ in range(4))
         part = torch.zeros(_jobs(rows, n) * n, dtype=torch.float64)
         th = theta.detach().to(torch.float64).contiguous()
         dtheta = torch.zeros(th.shape, dtype=torch.float64)
-        args = (psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n, ctx.group)
+        args = (final, grad, psi, g, psi2, g2, part, dtheta, th, th.shape[0], perm, sign, rows, n, ctx.group)
         which = _call("ry_backward", final.dtype, *args)
         return (g2 if which else g), dtheta.to(theta.dtype), None, None, None
 
@@ -569,8 +570,9 @@ class WHT(torch.autograd.Function):
                 f"WHT takes CPU float32 or float64 rows of 2**n values, got {x.dtype} {tuple(x.shape)} on {x.device}"
             )
         rows, dim = x.shape
-        out = x.detach().clone(memory_format=torch.contiguous_format)
-        _call("wht", out.dtype, out, rows, dim.bit_length() - 1)
+        x = x.detach().contiguous()
+        out = torch.empty_like(x)
+        _call("wht", out.dtype, x, out, rows, dim.bit_length() - 1)
         return out
 
     @staticmethod
@@ -587,10 +589,10 @@ class ComplexLayers(torch.autograd.Function):
     def forward(ctx, state, u, perm, sign=None):
         rows, _, dim = state.shape
         _check_inputs(state, perm, sign, rows, dim)
-        a = state.detach().contiguous().clone()
-        b = torch.empty_like(a)
+        start = state.detach().contiguous()  # read, never written
+        a, b = torch.empty_like(start), torch.empty_like(start)
         u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
-        which = _call("cx_forward", state.dtype, a, b, u64, u64.shape[0], perm, sign, rows, dim.bit_length() - 1)
+        which = _call("cx_forward", state.dtype, start, a, b, u64, u64.shape[0], perm, sign, rows, dim.bit_length() - 1)
         final = b if which else a
         ctx.save_for_backward(final, u, perm, sign)
         return final
@@ -630,10 +632,10 @@ class YZLayers(torch.autograd.Function):
             )
         if any(z is not None and z.shape != theta.shape for z in (pre, post)):
             raise ValueError(f"pre and post must be None or shaped like theta {tuple(theta.shape)}")
-        a = state.detach().contiguous().clone()
-        b = torch.empty_like(a)
+        start = state.detach().contiguous()  # read, never written
+        a, b = torch.empty_like(start), torch.empty_like(start)
         th, zs = _angles(theta), [None if z is None else _angles(z) for z in (pre, post)]
-        which = _call("yz_forward", state.dtype, a, b, th, *zs, th.shape[0], perm, sign, rows, n)
+        which = _call("yz_forward", state.dtype, start, a, b, th, *zs, th.shape[0], perm, sign, rows, n)
         final = b if which else a
         ctx.save_for_backward(final, theta, perm, sign, *(z for z in (pre, post) if z is not None))
         ctx.has = (pre is not None, post is not None)
