@@ -298,7 +298,7 @@ def _open(path: Path):
         "ry_forward": [p, p, p, p, i64, p, p, i64, i64, i64, i32],  # in, a, b, theta, ..., rows, n, group, threads
         "ry_backward": [p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i64, i32],
         "cx_forward": [p, p, p, p, i64, p, p, i64, i64, i32],  # in, a, b, u, ..., rows, n, threads
-        "cx_backward": [p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
+        "cx_backward": [p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],  # psi_in, g_in, psi, g, ...
         "yz_forward": [p, p, p, p, p, p, i64, p, p, i64, i64, i32],  # in, a, b, theta, pre, post, layers, ...
         "yz_backward": [p, p, p, p, p, p, p, p, p, p, p, i64, p, p, i64, i64, i32],
         "ctrl_forward": [p, p, p, i64, i64, i64, i32],  # x, u, pairs, npairs, rows, n, threads
@@ -603,12 +603,12 @@ class ComplexLayers(torch.autograd.Function):
         final, u, perm, sign = ctx.saved_tensors
         rows, _, dim = final.shape
         n = dim.bit_length() - 1
-        psi, g = final.clone(), grad.contiguous().clone()
-        psi2, g2 = torch.empty_like(psi), torch.empty_like(g)
+        grad = grad.contiguous()  # final and grad are read, never written (no copies of them)
+        psi, g, psi2, g2 = (torch.empty_like(final) for _ in range(4))
         part = torch.zeros(_jobs(rows, n) * n * 8, dtype=torch.float64)
         u64 = torch.view_as_real(u.detach().to(torch.complex128)).contiguous()
         du = torch.zeros(u64.shape, dtype=torch.float64)
-        args = (psi, g, psi2, g2, part, du, u64, u64.shape[0], perm, sign, rows, n)
+        args = (final, grad, psi, g, psi2, g2, part, du, u64, u64.shape[0], perm, sign, rows, n)
         which = _call("cx_backward", final.dtype, *args)
         return (g2 if which else g), torch.view_as_complex(du).to(u.dtype), None, None
 
