@@ -72,8 +72,8 @@ def test_lightning_differentiates_every_new_gate_by_parameter_shift():
         torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
-# 13: the 4-wire Kronecker blocks of the rotation layer; 15: the kernel's runs of gates inside one
-# region of 2**14 amplitudes, two regions a row (gates 1-13 of the ring in one run, 0 and 14 alone)
+# 13: the 4-wire Kronecker blocks of the rotation layer; 15: gates whose jobs (2**14 amplitudes
+# each) split a row in two, and rotation layers with high bits (the column tiles)
 @pytest.mark.parametrize("n,layers", [(6, 3), (13, 2), pytest.param(15, 2, marks=pytest.mark.slow)])
 def test_controlled_rows_match_the_textbook_reference_with_gradients(n, layers, kernel_mode):
     space = _space(n) if n < 13 else build_space(None, [

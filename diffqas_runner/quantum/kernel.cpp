@@ -23,7 +23,6 @@
 #include <limits>
 #include <numbers>
 #include <type_traits>
-#include <utility>
 #include <vector>
 
 namespace {
@@ -1047,49 +1046,18 @@ inline int64_t ctrl_start(const CtrlGeometry& g, int64_t s) {
   return (high << (g.hi + 1)) | (low << (g.lo + 1)) | g.ctrl;
 }
 
-// A gate whose two bits lie below bit 14 has the same jobs as every such gate: job r of a row is
-// the r-th region of 2**14 amplitudes (the whole row below 14 qubits), since a job's 4096 pairs
-// are a quarter of the amplitudes of one region. A run of consecutive such gates is applied region
-// by region in one parallel loop (each region in cache through the run) instead of one loop and
-// one pass over the state per gate: each pair sees the same operations in the same order, and each
-// gate's partial sums are the same per job, so values and gradients are bitwise those of gate by
-// gate. The ring entangler at 17 qubits: gates 3-15 in one run, 5 passes a layer instead of 17.
-constexpr int64_t CTRL_REGION_BITS = 14;
-
-inline bool ctrl_in_region(const CtrlGeometry& g) { return g.hi < CTRL_REGION_BITS; }
-
-// the end of the run of in-region gates that starts at j (j + 1 for a gate alone)
-inline int64_t ctrl_run_end(const int32_t* pairs, int64_t npairs, int64_t n, int64_t j) {
-  int64_t k = j + 1;
-  if (!ctrl_in_region(ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]))) return k;
-  while (k < npairs && ctrl_in_region(ctrl_geometry(n, pairs[2 * k], pairs[2 * k + 1]))) ++k;
-  return k;
-}
-
-// Gates [j0, j1) (a run in one region, or one gate alone) in parallel jobs: body(job, gate,
-// geometry, row offset, span range, u in T) for each job and, within it, each gate in order
-// (reverse: from j1 - 1 down). Jobs are fixed ranges of spans of one row (ctrl_geometry), whatever
-// the thread count.
+// Gate j's jobs in parallel: body(job, row offset, span index range, u) for every job, with u the
+// gate's matrix in T. Jobs are fixed ranges of spans of one row (ctrl_geometry), whatever the
+// thread count.
 template <typename T, typename Body>
-void run_jobs(const double* u64, const int32_t* pairs, int64_t j0, int64_t j1, bool reverse, int64_t rows, int64_t n,
-              int threads, Body body) {
-  const int64_t count = j1 - j0;
-  std::vector<CtrlGeometry> geo(count);
-  std::vector<T> u(count * 8);
-  for (int64_t i = 0; i < count; ++i) {
-    geo[i] = ctrl_geometry(n, pairs[2 * (j0 + i)], pairs[2 * (j0 + i) + 1]);
-    for (int k = 0; k < 8; ++k) u[i * 8 + k] = T(u64[(j0 + i) * 8 + k]);
-  }
-  const int64_t jobs = geo[0].jobs;  // the same for every gate of a run
+void gate_jobs(const double* u64, int64_t j, int64_t rows, int64_t n, int threads,
+               const CtrlGeometry& g, Body body) {
+  T u[8];
+  for (int k = 0; k < 8; ++k) u[k] = T(u64[j * 8 + k]);
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t job = 0; job < rows * jobs; ++job) {
-    const int64_t row = job / jobs, r = job % jobs;
-    for (int64_t step = 0; step < count; ++step) {
-      const int64_t i = reverse ? count - 1 - step : step;
-      const CtrlGeometry& g = geo[i];
-      const int64_t first = r * g.per_job;
-      body(job, i, g, 2 * row * (int64_t(1) << n), first, std::min(first + g.per_job, g.spans), u.data() + i * 8);
-    }
+  for (int64_t job = 0; job < rows * g.jobs; ++job) {
+    const int64_t row = job / g.jobs, first = (job % g.jobs) * g.per_job;
+    body(job, 2 * row * (int64_t(1) << n), first, std::min(first + g.per_job, g.spans), u);
   }
 }
 
@@ -1097,51 +1065,40 @@ template <typename T>
 void ctrl_forward(T* x, const double* u64, const int32_t* pairs, int64_t npairs, int64_t rows, int64_t n,
                   int threads) {
   const int64_t dim = int64_t(1) << n;
-  for (int64_t j = 0; j < npairs;) {
-    const int64_t end = ctrl_run_end(pairs, npairs, n, j);
-    run_jobs<T>(u64, pairs, j, end, false, rows, n, threads,
-                [&](int64_t, int64_t, const CtrlGeometry& g, int64_t off, int64_t s0, int64_t s1, const T* u) {
-                  T* re = x + off;
-                  T* im = re + dim;
-                  for (int64_t s = s0; s < s1; ++s) {
-                    const int64_t a = ctrl_start(g, s), b = a + g.tgt;
-                    apply_span(re + a, im + a, re + b, im + b, g.span, u);
-                  }
-                });
-    j = end;
+  for (int64_t j = 0; j < npairs; ++j) {
+    const CtrlGeometry g = ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]);
+    gate_jobs<T>(u64, j, rows, n, threads, g, [&](int64_t, int64_t off, int64_t s0, int64_t s1, const T* u) {
+      T* re = x + off;
+      T* im = re + dim;
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t a = ctrl_start(g, s), b = a + g.tgt;
+        apply_span(re + a, im + a, re + b, im + b, g.span, u);
+      }
+    });
   }
 }
 
 // psi: the forward's output, un-applied in place to the first gate's input; lam: dL/d(output),
 // turned in place into dL/d(input). part: rows * max(1, 2**n / 16384) * 8 float64 scratch;
 // du (npairs, 8) float64: dL/du_j = sum of lam_out psi_in^H over gate j's pairs.
-// (part is unused since the runs of gates: each run keeps its own per-gate partial sums)
 template <typename T>
-void ctrl_backward(T* psi, T* lam, double*, double* du, const double* u64, const int32_t* pairs, int64_t npairs,
-                   int64_t rows, int64_t n, int threads) {
+void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, const int32_t* pairs,
+                   int64_t npairs, int64_t rows, int64_t n, int threads) {
   const int64_t dim = int64_t(1) << n;
-  // runs found from the front, walked from the back: the same runs as the forward's
-  std::vector<std::pair<int64_t, int64_t>> runs;
-  for (int64_t j = 0; j < npairs; j = runs.back().second) runs.emplace_back(j, ctrl_run_end(pairs, npairs, n, j));
-  std::vector<double> part;
-  for (auto it = runs.rbegin(); it != runs.rend(); ++it) {
-    const auto [j0, j1] = *it;
-    const int64_t jobs = rows * ctrl_geometry(n, pairs[2 * j0], pairs[2 * j0 + 1]).jobs;
-    part.assign((j1 - j0) * jobs * 8, 0.0);
-    run_jobs<T>(u64, pairs, j0, j1, true, rows, n, threads,
-                [&](int64_t job, int64_t i, const CtrlGeometry& g, int64_t off, int64_t s0, int64_t s1, const T* u) {
-                  T *re = psi + off, *gre = lam + off;
-                  T *im = re + dim, *gim = gre + dim;
-                  double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-                  for (int64_t s = s0; s < s1; ++s) {
-                    const int64_t a = ctrl_start(g, s), b = a + g.tgt;
-                    unapply_span(re + a, im + a, re + b, im + b, gre + a, gim + a, gre + b, gim + b, g.span, u, acc);
-                  }
-                  for (int k = 0; k < 8; ++k) part[(i * jobs + job) * 8 + k] = acc[k];
-                });
-    for (int64_t j = j1 - 1; j >= j0; --j)  // per gate, its jobs' sums in job order (as gate by gate)
-      for (int64_t job = 0; job < jobs; ++job)
-        for (int k = 0; k < 8; ++k) du[j * 8 + k] += part[((j - j0) * jobs + job) * 8 + k];
+  for (int64_t j = npairs - 1; j >= 0; --j) {
+    const CtrlGeometry g = ctrl_geometry(n, pairs[2 * j], pairs[2 * j + 1]);
+    gate_jobs<T>(u64, j, rows, n, threads, g, [&](int64_t job, int64_t off, int64_t s0, int64_t s1, const T* u) {
+      T *re = psi + off, *gre = lam + off;
+      T *im = re + dim, *gim = gre + dim;
+      double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (int64_t s = s0; s < s1; ++s) {
+        const int64_t a = ctrl_start(g, s), b = a + g.tgt;
+        unapply_span(re + a, im + a, re + b, im + b, gre + a, gim + a, gre + b, gim + b, g.span, u, acc);
+      }
+      for (int k = 0; k < 8; ++k) part[job * 8 + k] = acc[k];
+    });
+    for (int64_t job = 0; job < rows * g.jobs; ++job)
+      for (int k = 0; k < 8; ++k) du[j * 8 + k] += part[job * 8 + k];
   }
 }
 
