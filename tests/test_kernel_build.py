@@ -179,6 +179,44 @@ def test_the_kernel_refuses_tensors_it_would_misread(monkeypatch):
         kernel.ComplexLayers.apply(planes, eye, perm.long(), None)
 
 
+def test_the_layers_read_their_input_and_saved_state_without_writing_them_and_zero_layers_are_the_identity(
+    monkeypatch,
+):
+    """The forwards read the start state and the backwards the final state and its gradient in
+    place (no copies first): those tensors come out unchanged, a second backward through a kept
+    graph gives the same gradients, and a call with no layer returns its input and passes its
+    gradient through (as the copies did)."""
+    import torch
+    from helpers import load_kernel_or_skip
+
+    load_kernel_or_skip(monkeypatch)
+    rows = 2
+    for n in (5, 13):  # 13: the backwards' first pass is a high bit's column tiles; 5: the low chunks
+        gen = torch.Generator().manual_seed(n)
+        perm = torch.arange(2**n, dtype=torch.int32).flip(0).repeat(rows, 1).contiguous()
+        for layers in (0, 2):
+            real = torch.rand(rows, 2**n, dtype=torch.float64, generator=gen)
+            split = torch.rand(rows, 2, 2**n, dtype=torch.float64, generator=gen)
+            theta = torch.rand(layers, n, dtype=torch.float64, generator=gen).requires_grad_()
+            u = torch.linalg.qr(torch.randn(layers, n, 2, 2, dtype=torch.complex128, generator=gen))[0]
+            calls = {
+                "ry": (real, kernel.RyLayers, (theta, perm, None)),
+                "complex": (split, kernel.ComplexLayers, (u, perm, None)),
+                "yz": (split, kernel.YZLayers, (theta, theta, None, perm, None)),
+            }
+            for name, (start, layers_of, args) in calls.items():
+                state = start.clone().requires_grad_()
+                out = layers_of.apply(state, *args)
+                kept = out.detach().clone()
+                weights = torch.rand(out.shape, dtype=torch.float64, generator=gen)
+                first = torch.autograd.grad((out * weights).sum(), state, retain_graph=True)[0]
+                second = torch.autograd.grad((out * weights).sum(), state)[0]
+                assert torch.equal(state.detach(), start) and torch.equal(out.detach(), kept), (name, n, layers)
+                assert torch.equal(first, second), (name, n, layers)
+                if layers == 0:
+                    assert torch.equal(out.detach(), start) and torch.equal(first, weights), (name, n)
+
+
 def test_the_build_id_names_the_library_loaded_not_what_the_source_and_cxx_would_name_now(monkeypatch):
     """summary.json's kernel_build: the file this process loaded. Another $CXX after the load (or an
     edit of kernel.cpp) names another library, but the arithmetic that ran is the loaded one's."""

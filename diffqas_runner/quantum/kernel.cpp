@@ -433,6 +433,7 @@ std::vector<T> trig(const double* theta, int64_t layers, int64_t n, bool sine) {
 template <typename T>
 int ry_forward(const T* in, T* a, T* b, const double* theta, int64_t layers, const int32_t* perm, const T* sign,
                int64_t rows, int64_t n, int64_t group, int threads) {
+  if (layers == 0) return std::copy(in, in + (rows << n), a), 0;  // no layer: the input itself
   const Shape sh = shape_of(rows, n);
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
   T* cur = a;
@@ -468,6 +469,7 @@ template <typename T>
 int ry_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta,
                 const double* theta, int64_t layers, const int32_t* perm, const T* sign, int64_t rows, int64_t n,
                 int64_t group, int threads) {
+  if (layers == 0) return std::copy(g_in, g_in + (rows << n), g), 0;  // no layer: the gradient itself
   const Shape sh = shape_of(rows, n);
   const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
   const int64_t jobs = std::max(jobs_low, jobs_high);
@@ -689,6 +691,7 @@ std::vector<T> bit_order(const double* u, int64_t layers, int64_t n) {
 template <typename T>
 int cx_forward(const T* in, T* a, T* b, const double* u64, int64_t layers, const int32_t* perm, const T* sign,
                int64_t rows, int64_t n, int threads) {
+  if (layers == 0) return std::copy(in, in + (2 * rows << n), a), 0;  // no layer: the input itself
   const Shape sh = shape_of(rows, n);
   const auto u = bit_order<T>(u64, layers, n);
   T* cur = a;
@@ -724,6 +727,7 @@ template <typename T>
 int cx_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, double* part, double* du,
                 const double* u64, int64_t layers, const int32_t* perm, const T* sign, int64_t rows, int64_t n,
                 int threads) {
+  if (layers == 0) return std::copy(g_in, g_in + (2 * rows << n), g), 0;  // no layer: the gradient itself
   const Shape sh = shape_of(rows, n);
   const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
   const int64_t jobs = std::max(jobs_low, jobs_high), stride = sh.n * 8;
@@ -846,6 +850,7 @@ inline void signed_sums(double* v, int bits, int64_t start, int64_t n, double* a
 template <typename T>
 int yz_forward(const T* in, T* a, T* b, const double* theta, const double* pre, const double* post, int64_t layers,
                const int32_t* perm, const T* sign, int64_t rows, int64_t n, int threads) {
+  if (layers == 0) return std::copy(in, in + (2 * rows << n), a), 0;  // no layer, no phase: the input itself
   const Shape sh = shape_of(rows, n);
   const auto cs = trig<T>(theta, layers, n, false), sn = trig<T>(theta, layers, n, true);
   const Phases<T> lead(pre, layers, n), trail(post, layers, n);
@@ -976,6 +981,7 @@ template <typename T>
 int yz_backward(T* psi, T* g, T* psi2, T* g2, double* part, double* dtheta, double* dpre, double* dpost,
                 const double* theta, const double* pre, const double* post, int64_t layers, const int32_t* perm,
                 const T* sign, int64_t rows, int64_t n, int threads) {
+  if (layers == 0) return 0;  // no layer, no phase: g holds the gradient already
   const Shape sh = shape_of(rows, n);
   const int64_t jobs_low = sh.rows * sh.chunks, jobs_high = sh.rows * sh.tiles;
   const int64_t jobs = std::max(jobs_low, jobs_high), stride = 3 * sh.n;
