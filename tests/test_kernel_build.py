@@ -183,22 +183,25 @@ def test_the_layers_read_their_input_and_saved_state_without_writing_them_and_ze
     monkeypatch,
 ):
     """The forwards read the start state and the backwards the final state and its gradient in
-    place (no copies first): those tensors come out unchanged, a second backward through a kept
-    graph gives the same gradients, and a call with no layer returns its input and passes its
-    gradient through (as the copies did)."""
+    place (no copies first): the start state, the output and a caller's incoming gradient come out
+    unchanged, a second backward through a kept graph gives the same gradients (the saved final
+    state was not written), and a call with no layer returns its input and passes its gradient
+    through (as the copies did). Also the WHT's input."""
     import torch
     from helpers import load_kernel_or_skip
 
     load_kernel_or_skip(monkeypatch)
     rows = 2
-    for n in (5, 13):  # 13: the backwards' first pass is a high bit's column tiles; 5: the low chunks
+    # 5: the backwards' first pass is the low chunks; 13: one high bit (its pass is first and last); 15: three
+    for n, dtype, layer_counts in ((5, torch.float64, (0, 2)), (13, torch.float64, (0, 2)), (15, torch.float32, (3,))):
         gen = torch.Generator().manual_seed(n)
         perm = torch.arange(2**n, dtype=torch.int32).flip(0).repeat(rows, 1).contiguous()
-        for layers in (0, 2):
-            real = torch.rand(rows, 2**n, dtype=torch.float64, generator=gen)
-            split = torch.rand(rows, 2, 2**n, dtype=torch.float64, generator=gen)
-            theta = torch.rand(layers, n, dtype=torch.float64, generator=gen).requires_grad_()
+        for layers in layer_counts:
+            real = torch.rand(rows, 2**n, generator=gen, dtype=torch.float64).to(dtype)
+            split = torch.rand(rows, 2, 2**n, generator=gen, dtype=torch.float64).to(dtype)
+            theta = torch.rand(layers, n, dtype=torch.float64, generator=gen).to(dtype).requires_grad_()
             u = torch.linalg.qr(torch.randn(layers, n, 2, 2, dtype=torch.complex128, generator=gen))[0]
+            u = u.to(torch.complex64) if dtype == torch.float32 else u
             calls = {
                 "ry": (real, kernel.RyLayers, (theta, perm, None)),
                 "complex": (split, kernel.ComplexLayers, (u, perm, None)),
@@ -208,13 +211,22 @@ def test_the_layers_read_their_input_and_saved_state_without_writing_them_and_ze
                 state = start.clone().requires_grad_()
                 out = layers_of.apply(state, *args)
                 kept = out.detach().clone()
-                weights = torch.rand(out.shape, dtype=torch.float64, generator=gen)
-                first = torch.autograd.grad((out * weights).sum(), state, retain_graph=True)[0]
-                second = torch.autograd.grad((out * weights).sum(), state)[0]
-                assert torch.equal(state.detach(), start) and torch.equal(out.detach(), kept), (name, n, layers)
-                assert torch.equal(first, second), (name, n, layers)
+                incoming = torch.rand(out.shape, generator=gen, dtype=torch.float64).to(dtype)
+                held = incoming.clone()
+                out.backward(incoming, retain_graph=True)
+                first, state.grad = state.grad.clone(), None
+                out.backward(incoming)
+                case = (name, n, dtype, layers)
+                assert torch.equal(state.detach(), start) and torch.equal(out.detach(), kept), case
+                assert torch.equal(incoming, held) and torch.equal(state.grad, first), case
                 if layers == 0:
-                    assert torch.equal(out.detach(), start) and torch.equal(first, weights), (name, n)
+                    assert torch.equal(out.detach(), start) and torch.equal(first, incoming), case
+        x = torch.rand(3, 2**n, generator=gen, dtype=torch.float64).to(dtype)
+        held = x.clone()
+        y = kernel.WHT.apply(x)
+        assert torch.equal(x, held), n
+        back = kernel.WHT.apply(y) / 2**n  # H H = 2**n: the transform, not a copy
+        torch.testing.assert_close(back, held, rtol=0, atol=1e-5 if dtype == torch.float32 else 1e-12)
 
 
 def test_the_build_id_names_the_library_loaded_not_what_the_source_and_cxx_would_name_now(monkeypatch):

@@ -483,7 +483,9 @@ int ry_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, do
     const T* s = sn.data() + l * sh.n;
     std::fill(part, part + jobs * sh.n, 0.0);
     // the last layer reads the input; where no high bit's pass reads it, its low bits' pass copies it
-    const bool copy_in = l == layers - 1 && sh.high == 0 && (psi_in != psi || g_in != g);
+    // (each only where it is not the buffer itself: the fused steps pass their gradient buffer twice)
+    const bool copy_x = l == layers - 1 && sh.high == 0 && psi_in != psi;
+    const bool copy_g = l == layers - 1 && sh.high == 0 && g_in != g;
     unrotate_high_rows(l == layers - 1 ? psi_in : x, l == layers - 1 ? g_in : gx, x, gx, 1, sh, c, s, part, sh.n,
                        threads);
 #pragma omp parallel for num_threads(threads) schedule(static)
@@ -491,10 +493,9 @@ int ry_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, do
       const int64_t row = job / sh.chunks, start = (job % sh.chunks) << sh.low;
       T* xs = x + row * sh.dim + start;
       T* gs = gx + row * sh.dim + start;
-      if (copy_in) {
-        std::copy(psi_in + row * sh.dim + start, psi_in + row * sh.dim + start + (int64_t(1) << sh.low), xs);
-        std::copy(g_in + row * sh.dim + start, g_in + row * sh.dim + start + (int64_t(1) << sh.low), gs);
-      }
+      const int64_t at = row * sh.dim + start, len = int64_t(1) << sh.low;
+      if (copy_x) std::copy(psi_in + at, psi_in + at + len, xs);
+      if (copy_g) std::copy(g_in + at, g_in + at + len, gs);
       std::vector<double> dots(sh.low, 0.0);
       unrotate_low(xs, gs, int(sh.low), c, s, dots.data());
       for (int64_t b = 0; b < sh.low; ++b) part[job * sh.n + b] += dots[b];
@@ -742,7 +743,7 @@ int cx_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, do
     // the last layer reads the input: its high bits' tiles copy it in, or else its low bits' chunks
     const T* xin = l == layers - 1 ? psi_in : x;
     const T* gin = l == layers - 1 ? g_in : gx;
-    const bool copy_in = sh.high == 0 && (xin != x || gin != gx);
+    const bool copy_x = sh.high == 0 && xin != x, copy_g = sh.high == 0 && gin != gx;  // each only where it differs
     if (sh.high > 0) {
 #pragma omp parallel for num_threads(threads) schedule(static)
       for (int64_t job = 0; job < jobs_high; ++job) {
@@ -763,13 +764,9 @@ int cx_backward(const T* psi_in, const T* g_in, T* psi, T* g, T* psi2, T* g2, do
       T* xi = xr + sh.dim;
       T* gr = gx + 2 * row * sh.dim + start;
       T* gi = gr + sh.dim;
-      if (copy_in) {
-        const int64_t at = 2 * row * sh.dim + start, len = int64_t(1) << sh.low;
-        std::copy(xin + at, xin + at + len, xr);
-        std::copy(xin + at + sh.dim, xin + at + sh.dim + len, xi);
-        std::copy(gin + at, gin + at + len, gr);
-        std::copy(gin + at + sh.dim, gin + at + sh.dim + len, gi);
-      }
+      const int64_t at = 2 * row * sh.dim + start, len = int64_t(1) << sh.low;
+      if (copy_x) std::copy(xin + at, xin + at + len, xr), std::copy(xin + at + sh.dim, xin + at + sh.dim + len, xi);
+      if (copy_g) std::copy(gin + at, gin + at + len, gr), std::copy(gin + at + sh.dim, gin + at + sh.dim + len, gi);
       cunapply_low(xr, xi, gr, gi, int(sh.low), ul, part + job * stride);
       T* dst[4] = {xo + 2 * row * sh.dim, xo + 2 * row * sh.dim + sh.dim, go + 2 * row * sh.dim, go + 2 * row * sh.dim + sh.dim};
       const T* src[4] = {xr, xi, gr, gi};
@@ -1499,7 +1496,8 @@ void qt_lstm_step(const T* start, const T* fixed, const double* theta, int64_t l
   if (fixed == nullptr) {
     a.assign(start, start + dim);
     b.resize(dim);
-    psi = ry_forward<T>(a.data(), a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads) ? b.data() : a.data();
+    const bool in_b = ry_forward<T>(a.data(), a.data(), b.data(), theta, layers, perm, sign, 1, n, 1, threads);
+    psi = in_b ? b.data() : a.data();
     probs.resize(p);
     for (int64_t i = 0; i < p; ++i) probs[i] = psi[i] * psi[i];
   }
@@ -1643,32 +1641,34 @@ void qt_mix_lstm_step(const T* fixed, const int64_t* fixed_at, int64_t S, const 
 
 extern "C" {
 
-int diffqas_abi_version() { return 11; }
+int diffqas_abi_version() { return 12; }
 
-int ry_forward_f64(const double* in, double* a, double* b, const double* theta, int64_t layers, const int32_t* perm, const double* sign,
-                   int64_t rows, int64_t n, int64_t group, int threads) {
+int ry_forward_f64(const double* in, double* a, double* b, const double* theta, int64_t layers, const int32_t* perm,
+                   const double* sign, int64_t rows, int64_t n, int64_t group, int threads) {
   return ry_forward<double>(in, a, b, theta, layers, perm, sign, rows, n, group, threads);
 }
-int ry_forward_f32(const float* in, float* a, float* b, const double* theta, int64_t layers, const int32_t* perm, const float* sign,
-                   int64_t rows, int64_t n, int64_t group, int threads) {
+int ry_forward_f32(const float* in, float* a, float* b, const double* theta, int64_t layers, const int32_t* perm,
+                   const float* sign, int64_t rows, int64_t n, int64_t group, int threads) {
   return ry_forward<float>(in, a, b, theta, layers, perm, sign, rows, n, group, threads);
 }
-int ry_backward_f64(const double* psi_in, const double* g_in, double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta,
-                    const double* theta, int64_t layers, const int32_t* perm, const double* sign, int64_t rows,
-                    int64_t n, int64_t group, int threads) {
-  return ry_backward<double>(psi_in, g_in, psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
+int ry_backward_f64(const double* psi_in, const double* g_in, double* psi, double* g, double* psi2, double* g2,
+                    double* part, double* dtheta, const double* theta, int64_t layers, const int32_t* perm,
+                    const double* sign, int64_t rows, int64_t n, int64_t group, int threads) {
+  return ry_backward<double>(psi_in, g_in, psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group,
+                          threads);
 }
-int ry_backward_f32(const float* psi_in, const float* g_in, float* psi, float* g, float* psi2, float* g2, double* part, double* dtheta, const double* theta,
-                    int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int64_t group,
-                    int threads) {
-  return ry_backward<float>(psi_in, g_in, psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group, threads);
+int ry_backward_f32(const float* psi_in, const float* g_in, float* psi, float* g, float* psi2, float* g2,
+                    double* part, double* dtheta, const double* theta, int64_t layers, const int32_t* perm,
+                    const float* sign, int64_t rows, int64_t n, int64_t group, int threads) {
+  return ry_backward<float>(psi_in, g_in, psi, g, psi2, g2, part, dtheta, theta, layers, perm, sign, rows, n, group,
+                          threads);
 }
-int cx_forward_f64(const double* in, double* a, double* b, const double* u, int64_t layers, const int32_t* perm, const double* sign,
-                   int64_t rows, int64_t n, int threads) {
+int cx_forward_f64(const double* in, double* a, double* b, const double* u, int64_t layers, const int32_t* perm,
+                   const double* sign, int64_t rows, int64_t n, int threads) {
   return cx_forward<double>(in, a, b, u, layers, perm, sign, rows, n, threads);
 }
-int cx_forward_f32(const float* in, float* a, float* b, const double* u, int64_t layers, const int32_t* perm, const float* sign,
-                   int64_t rows, int64_t n, int threads) {
+int cx_forward_f32(const float* in, float* a, float* b, const double* u, int64_t layers, const int32_t* perm,
+                   const float* sign, int64_t rows, int64_t n, int threads) {
   return cx_forward<float>(in, a, b, u, layers, perm, sign, rows, n, threads);
 }
 int cx_backward_f64(const double* psi_in, const double* g_in, double* psi, double* g, double* psi2, double* g2,
@@ -1682,12 +1682,12 @@ int cx_backward_f32(const float* psi_in, const float* g_in, float* psi, float* g
   return cx_backward<float>(psi_in, g_in, psi, g, psi2, g2, part, du, u, layers, perm, sign, rows, n, threads);
 }
 
-int yz_forward_f64(const double* in, double* a, double* b, const double* theta, const double* pre, const double* post, int64_t layers,
-                   const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
+int yz_forward_f64(const double* in, double* a, double* b, const double* theta, const double* pre, const double* post,
+                   int64_t layers, const int32_t* perm, const double* sign, int64_t rows, int64_t n, int threads) {
   return yz_forward<double>(in, a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
 }
-int yz_forward_f32(const float* in, float* a, float* b, const double* theta, const double* pre, const double* post, int64_t layers,
-                   const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
+int yz_forward_f32(const float* in, float* a, float* b, const double* theta, const double* pre, const double* post,
+                   int64_t layers, const int32_t* perm, const float* sign, int64_t rows, int64_t n, int threads) {
   return yz_forward<float>(in, a, b, theta, pre, post, layers, perm, sign, rows, n, threads);
 }
 int yz_backward_f64(double* psi, double* g, double* psi2, double* g2, double* part, double* dtheta, double* dpre,
