@@ -252,22 +252,21 @@ inline void unrotate_low3(T* x, T* g, int64_t size, const T* c, const T* s, doub
     lanes<T> d0 = {}, d1 = {}, d2 = {};
     for (int64_t k = at; k < std::min(size, at + FLUSH); k += 8) {
       lanes<T> x0 = load4(x + k), x1 = load4(x + k + 4), g0 = load4(g + k), g1 = load4(g + k + 4);
-      lanes<T> t = DIFFQAS_SHUFFLE(x0, 1, 0, 3, 2), u = DIFFQAS_SHUFFLE(g0, 1, 0, 3, 2);
-      d0 += u * x0;
-      x0 = c0 * x0 + s0 * t;
-      g0 = c0 * g0 + s0 * u;
-      t = DIFFQAS_SHUFFLE(x1, 1, 0, 3, 2), u = DIFFQAS_SHUFFLE(g1, 1, 0, 3, 2);
-      d0 += u * x1;
-      x1 = c0 * x1 + s0 * t;
-      g1 = c0 * g1 + s0 * u;
-      t = DIFFQAS_SHUFFLE(x0, 2, 3, 0, 1), u = DIFFQAS_SHUFFLE(g0, 2, 3, 0, 1);
-      d1 += u * x0;
-      x0 = c1 * x0 + s1 * t;
-      g0 = c1 * g0 + s1 * u;
-      t = DIFFQAS_SHUFFLE(x1, 2, 3, 0, 1), u = DIFFQAS_SHUFFLE(g1, 2, 3, 0, 1);
-      d1 += u * x1;
-      x1 = c1 * x1 + s1 * t;
-      g1 = c1 * g1 + s1 * u;
+      // one bit on one vector pair (x, g): its partners by the shuffle, the angle's share into d.
+      // A macro, not a function: the shuffle's lanes must be constants, and the code must stay
+      // exactly this (an inline helper changed GCC 12's float32 results elsewhere: rotate_tile_bits).
+#define DIFFQAS_LANE_BIT(xv, gv, d, cv, sv, ...)                                             \
+  {                                                                                          \
+    const lanes<T> t = DIFFQAS_SHUFFLE(xv, __VA_ARGS__), u = DIFFQAS_SHUFFLE(gv, __VA_ARGS__); \
+    d += u * xv;                                                                             \
+    xv = cv * xv + sv * t;                                                                   \
+    gv = cv * gv + sv * u;                                                                   \
+  }
+      DIFFQAS_LANE_BIT(x0, g0, d0, c0, s0, 1, 0, 3, 2)
+      DIFFQAS_LANE_BIT(x1, g1, d0, c0, s0, 1, 0, 3, 2)
+      DIFFQAS_LANE_BIT(x0, g0, d1, c1, s1, 2, 3, 0, 1)
+      DIFFQAS_LANE_BIT(x1, g1, d1, c1, s1, 2, 3, 0, 1)
+#undef DIFFQAS_LANE_BIT
       d2 += g1 * x0 - g0 * x1;
       store4(x + k, cc * x0 + ss * x1);
       store4(x + k + 4, cc * x1 - ss * x0);
