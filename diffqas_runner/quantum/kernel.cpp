@@ -23,6 +23,7 @@
 #include <limits>
 #include <numbers>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -280,17 +281,76 @@ inline void unrotate_low3(T* x, T* g, int64_t size, const T* c, const T* s, doub
 }
 #endif
 
+// K consecutive bits [b, b + K) of x and g (a whole number of blocks of 2**K strides st = 2**b) in
+// one pass, bit b first: each amplitude and its gradient are loaded once and un-rotated in
+// registers in the order of one pass per bit (unrotate_span's expressions: the same values, bit
+// for bit). The angles' sums are added per column k of a block (at most 64 columns) in T, across 16
+// blocks at most, then in float64: one pass per bit summed each span of st pairs across lanes
+// and added it in float64, which cost more than the span's arithmetic where spans are short (st 8
+// to 64: 8-16 scalar additions per span, docs/benchmarks.md, issue 36 ninth part).
+template <typename T, int K>
+inline void unrotate_bits(T* x, T* g, int64_t size, int64_t st, const T* c, const T* s, double* dots) {
+  constexpr int64_t W = 64, FLUSH = 16;  // columns, and blocks per T-precision partial sum
+  const int64_t w = std::min(st, W);
+  T acc[K][W] = {};
+  int64_t blocks = 0;
+  auto flush = [&] {
+    for (int q = 0; q < K; ++q) {
+      double sum = 0;
+      for (int64_t k = 0; k < w; ++k) sum += double(acc[q][k]), acc[q][k] = 0;
+      dots[q] += sum;
+    }
+  };
+  for (int64_t base = 0; base < size; base += st << K)
+    for (int64_t k0 = 0; k0 < st; k0 += w) {
+      T* p = x + base + k0;
+      T* r = g + base + k0;
+#pragma omp simd
+      for (int64_t k = 0; k < w; ++k) {
+        T v[1 << K], u[1 << K], d[K] = {};
+#pragma GCC unroll 8
+        for (int j = 0; j < (1 << K); ++j) v[j] = p[j * st + k], u[j] = r[j * st + k];
+#pragma GCC unroll 3
+        for (int q = 0; q < K; ++q) {
+          const int m = 1 << q;
+#pragma GCC unroll 8
+          for (int j = 0; j < (1 << K); ++j)
+            if (!(j & m)) {
+              const T a = v[j], e = v[j | m], ga = u[j], ge = u[j | m];
+              d[q] += ge * a - ga * e;
+              v[j] = c[q] * a + s[q] * e;
+              v[j | m] = c[q] * e - s[q] * a;
+              u[j] = c[q] * ga + s[q] * ge;
+              u[j | m] = c[q] * ge - s[q] * ga;
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < (1 << K); ++j) p[j * st + k] = v[j], r[j * st + k] = u[j];
+#pragma GCC unroll 3
+        for (int q = 0; q < K; ++q) acc[q][k] += d[q];
+      }
+      if (++blocks == FLUSH) flush(), blocks = 0;
+    }
+  if (blocks) flush();
+}
+
+// Bits 0-2 in one pass of four-lane vectors (one pass per bit without them), the rest three at a time.
 template <typename T>
 inline void unrotate_low(T* x, T* g, int bits, const T* c, const T* s, double* dots) {
   const int64_t size = int64_t(1) << bits;
 #ifdef DIFFQAS_LANES
-  if (bits >= 3) {
-    unrotate_low3(x, g, size, c, s, dots);
-    for (int b = 3; b < bits; ++b) dots[b] += unrotate_bit<T, 0>(x, g, size, int64_t(1) << b, c[b], s[b]);
-    return;
-  }
+  if (bits >= 3) unrotate_low3(x, g, size, c, s, dots);
+  else
 #endif
-  each_low_bit(bits, [&](auto st, int b) { dots[b] += unrotate_bit<T, st.value>(x, g, size, int64_t(1) << b, c[b], s[b]); });
+    each_low_bit(std::min(bits, 3), [&](auto st, int b) {
+      dots[b] += unrotate_bit<T, st.value>(x, g, size, int64_t(1) << b, c[b], s[b]);
+    });
+  for (int b = 3; b < bits; b += 3) {
+    const int64_t st = int64_t(1) << b;
+    if (bits - b >= 3) unrotate_bits<T, 3>(x, g, size, st, c + b, s + b, dots + b);
+    else if (bits - b == 2) unrotate_bits<T, 2>(x, g, size, st, c + b, s + b, dots + b);
+    else unrotate_bits<T, 1>(x, g, size, st, c + b, s + b, dots + b);
+  }
 }
 
 // One column tile [col, col + width) of the (2**high, 2**low) view, copied to a buffer, then
@@ -364,14 +424,66 @@ inline void rotate_high(T* x, int high, int low, int64_t col, int64_t width, con
   }
 }
 
-// The high bits of one column tile of the state and its gradient: the first bit's pass reads the
-// rows of xs and gs (x and g themselves, or where the backward's input lies, left unwritten) and
-// the last one writes the rows of x and g, the passes between work on a contiguous copy
-// (the rows sit 2**low apart, on one cache set). The same operations in the same order as copying
-// the tile in and out around the passes, without the two copies (docs/benchmarks.md, issue 36
-// seventh part); bitwise the same with GCC 12, while clang 14 may vectorise the first and last
-// passes' float32 sums with another interleave (a reviewer's check: 1e-7 relative in those angles'
-// gradients).
+// K high bits [b, b + K) of one column tile of the state and its gradient in one pass: rows base +
+// o + j 2**b (j < 2**K) of `width` (<= 64) amplitudes, read through in(r) and written through
+// out(r) (each a pair of pointers: state, gradient), un-rotated in registers in ascending bit order
+// (unrotate_span's expressions: the same values as one pass per bit, bit for bit). The angles'
+// sums are added per column in T over 16 groups of rows at most, then in float64 (as unrotate_bits).
+template <typename T, int K, typename In, typename Out>
+inline void unrotate_tile_bits(int high, int b, int64_t width, const T* c, const T* s, In in, Out out, double* dots) {
+  constexpr int64_t W = 64, FLUSH = 16;
+  const int64_t rows = int64_t(1) << high, st = int64_t(1) << b;
+  T acc[K][W] = {};
+  int64_t blocks = 0;
+  auto flush = [&] {
+    for (int q = 0; q < K; ++q) {
+      double sum = 0;
+      for (int64_t k = 0; k < width; ++k) sum += double(acc[q][k]), acc[q][k] = 0;
+      dots[q] += sum;
+    }
+  };
+  for (int64_t base = 0; base < rows; base += st << K)
+    for (int64_t o = 0; o < st; ++o) {
+      const T *xi[1 << K], *gi[1 << K];
+      T *xo[1 << K], *go[1 << K];
+      for (int j = 0; j < (1 << K); ++j) {
+        const auto [xr, gr] = in(base + o + j * st);
+        const auto [xw, gw] = out(base + o + j * st);
+        xi[j] = xr, gi[j] = gr, xo[j] = xw, go[j] = gw;
+      }
+#pragma omp simd
+      for (int64_t k = 0; k < width; ++k) {
+        T v[1 << K], u[1 << K], d[K] = {};
+#pragma GCC unroll 8
+        for (int j = 0; j < (1 << K); ++j) v[j] = xi[j][k], u[j] = gi[j][k];
+#pragma GCC unroll 3
+        for (int q = 0; q < K; ++q) {
+          const int m = 1 << q;
+#pragma GCC unroll 8
+          for (int j = 0; j < (1 << K); ++j)
+            if (!(j & m)) {
+              const T a = v[j], e = v[j | m], ga = u[j], ge = u[j | m];
+              d[q] += ge * a - ga * e;
+              v[j] = c[q] * a + s[q] * e;
+              v[j | m] = c[q] * e - s[q] * a;
+              u[j] = c[q] * ga + s[q] * ge;
+              u[j | m] = c[q] * ge - s[q] * ga;
+            }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < (1 << K); ++j) xo[j][k] = v[j], go[j][k] = u[j];
+#pragma GCC unroll 3
+        for (int q = 0; q < K; ++q) acc[q][k] += d[q];
+      }
+      if (++blocks == FLUSH) flush(), blocks = 0;
+    }
+  if (blocks) flush();
+}
+
+// The high bits of one column tile of the state and its gradient, three at a time (as
+// `rotate_high`): the first pass reads the rows of xs and gs (x and g themselves, or where the
+// backward's input lies, left unwritten) and the last one writes the rows of x and g, the passes
+// between work on a contiguous copy (the rows sit 2**low apart, on one cache set).
 template <typename T>
 inline void unrotate_high(const T* xs, const T* gs, T* x, T* g, int high, int low, int64_t col, int64_t width,
                           const T* c, const T* s, double* dots) {
@@ -380,18 +492,21 @@ inline void unrotate_high(const T* xs, const T* gs, T* x, T* g, int high, int lo
   tiles.resize(2 * rows * width);
   T* const t = tiles.data();
   T* const tg = t + rows * width;
-  for (int h = 0; h < high; ++h) {
-    const int64_t st = int64_t(1) << h;
-    const T cc = c[low + h], ss = s[low + h];
-    // row r of the source and of the destination: the state's for the first and the last pass
-    auto in = [&](const T* base, const T* tile, int64_t r) { return h == 0 ? base + r * ld + col : tile + r * width; };
-    auto out = [&](T* base, T* tile, int64_t r) { return h == high - 1 ? base + r * ld + col : tile + r * width; };
-    double dot = 0;
-    for (int64_t base = 0; base < rows; base += 2 * st)
-      for (int64_t r = base; r < base + st; ++r)
-        dot += unrotate_span_to<T>(in(xs, t, r), in(xs, t, r + st), in(gs, tg, r), in(gs, tg, r + st), out(x, t, r),
-                                   out(x, t, r + st), out(g, tg, r), out(g, tg, r + st), width, cc, ss);
-    dots[low + h] += dot;
+  for (int b = 0; b < high; b += 3) {
+    const int k = std::min(3, high - b);
+    auto in = [&](int64_t r) {
+      return b == 0 ? std::pair<const T*, const T*>{xs + r * ld + col, gs + r * ld + col}
+                    : std::pair<const T*, const T*>{t + r * width, tg + r * width};
+    };
+    auto out = [&](int64_t r) {
+      return b + k == high ? std::pair<T*, T*>{x + r * ld + col, g + r * ld + col}
+                           : std::pair<T*, T*>{t + r * width, tg + r * width};
+    };
+    const T* cb = c + low + b;
+    const T* sb = s + low + b;
+    if (k == 3) unrotate_tile_bits<T, 3>(high, b, width, cb, sb, in, out, dots + low + b);
+    else if (k == 2) unrotate_tile_bits<T, 2>(high, b, width, cb, sb, in, out, dots + low + b);
+    else unrotate_tile_bits<T, 1>(high, b, width, cb, sb, in, out, dots + low + b);
   }
 }
 
