@@ -130,6 +130,31 @@ def test_fast_paths_match_the_generic_complex_path_at_13_to_17_qubits(n, layers,
         torch.testing.assert_close(fast_p[::2], _REFERENCE_CACHE["dense", n, layers], rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
+def test_ry_rows_at_19_qubits_match_the_reference_where_the_high_bits_sums_are_flushed(monkeypatch):
+    """At 19 qubits the kernel's backward runs 7 high bits: each three-bit pass adds its angles'
+    sums per column over 16 groups of rows and then flushes them to float64 (kernel.cpp's
+    unrotate_tile_bits), which no smaller size reaches. The Ry row's values against the dense
+    reference, its angles' gradient along two directions against the reference's central
+    difference (float64), and float32's gradient against float64's."""
+    load_kernel_or_skip(monkeypatch)
+    n, layers = 19, 2
+    cand = candidate(2)  # H-Ent-Ry: a row on ry_forward / ry_backward
+    assert native._mode(cand, n, layers) == "ry"
+    theta = _theta(n, layers, seed=19)
+    coeffs = torch.randn(1, 2**n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    probs, grad = _value_and_grad(native.probabilities, theta, [cand], coeffs)
+    torch.testing.assert_close(probs, reference.probabilities(theta, [cand]), rtol=0, atol=1e-12)
+    assert grad.abs().max() > 1e-3
+    gen = torch.Generator().manual_seed(4)
+    for _ in range(2):
+        direction = torch.randn(layers, n, generator=gen, dtype=torch.float64)
+        want = reference.directional_derivative(theta, [cand], coeffs, direction)
+        assert abs(float((grad * direction).sum()) - want) < 1e-8 * max(1.0, abs(want))
+    _, grad32 = _value_and_grad(native.probabilities, theta.float(), [cand], coeffs.float())
+    torch.testing.assert_close(grad32.double(), grad, rtol=0, atol=1e-4 * grad.abs().max().item())
+
+
 def test_a_basis_map_that_is_not_gf2_linear_gets_no_closed_form(monkeypatch):
     n = 4
     shuffled = torch.randperm(2**n, generator=torch.Generator().manual_seed(0))  # not linear: 0 moves
