@@ -132,9 +132,10 @@ def test_fast_paths_match_the_generic_complex_path_at_13_to_17_qubits(n, layers,
 
 @pytest.mark.slow
 def test_ry_rows_at_19_qubits_match_the_reference_where_the_high_bits_sums_are_flushed(monkeypatch):
-    """At 19 qubits the kernel's backward runs 7 high bits: each three-bit pass adds its angles'
-    sums per column over 16 groups of rows and then flushes them to float64 (kernel.cpp's
-    unrotate_tile_bits), which no smaller size reaches. The Ry row's values against the dense
+    """At 19 qubits the kernel's backward runs 7 high bits: kernel.cpp's unrotate_tile_bits adds
+    the angles' sums per column over 16 groups of rows before flushing them to float64, and the
+    one-bit pass on the last high bit flushes four times, which no smaller size reaches (the final
+    partial flush runs at 13-17 qubits: test_fast_paths_match_the_generic_complex_path...). The Ry row's values against the dense
     reference, its angles' gradient along two directions against the reference's central
     difference (float64), and float32's gradient against float64's."""
     load_kernel_or_skip(monkeypatch)
