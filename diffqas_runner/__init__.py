@@ -4,4 +4,4 @@
 the version of the code that ran, also from a source tree on PYTHONPATH beside an installed copy.
 """
 
-__version__ = "0.3.0.dev2"
+__version__ = "0.3.0.dev3"

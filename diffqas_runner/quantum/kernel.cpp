@@ -1198,6 +1198,59 @@ void ctrl_forward(T* x, const double* u64, const int32_t* pairs, int64_t npairs,
 // psi: the forward's output, un-applied in place to the first gate's input; lam: dL/d(output),
 // turned in place into dL/d(input). part: rows * max(1, 2**n / 16384) * 8 float64 scratch;
 // du (npairs, 8) float64: dL/du_j = sum of lam_out psi_in^H over gate j's pairs.
+// ctrl_backward's spans [s0, s1) of one gate where they are short (fewer than 64 pairs): each
+// span as unapply_span, with the gradient's eight sums kept per column in T over at most 16 spans,
+// then added in float64 (unapply_span's reductions across lanes, eight a span, cost more than a
+// short span's arithmetic).
+template <typename T>
+inline void unapply_spans_by_column(T* re, T* im, T* gre, T* gim, const CtrlGeometry& g, int64_t s0, int64_t s1,
+                                    const T* u, double* acc) {
+  constexpr int64_t W = 64, FLUSH = 16;
+  const int64_t w = g.span;
+  const T ar = u[0], ai = u[1], br = u[2], bi = u[3], cr = u[4], ci = u[5], dr = u[6], di = u[7];
+  T sums[8][W] = {};
+  int64_t spans = 0;
+  auto flush = [&] {
+    for (int q = 0; q < 8; ++q) {
+      double total = 0;
+      for (int64_t k = 0; k < w; ++k) total += double(sums[q][k]), sums[q][k] = 0;
+      acc[q] += total;
+    }
+  };
+  for (int64_t s = s0; s < s1; ++s) {
+    const int64_t a = ctrl_start(g, s), b = a + g.tgt;
+    T *lr = re + a, *li = im + a, *hr = re + b, *hi = im + b;
+    T *glr = gre + a, *gli = gim + a, *ghr = gre + b, *ghi = gim + b;
+#pragma omp simd
+    for (int64_t k = 0; k < w; ++k) {
+      const T xr = lr[k], xi = li[k], yr = hr[k], yi = hi[k];
+      const T zr = ar * xr + ai * xi + cr * yr + ci * yi;  // conj(a) x + conj(c) y
+      const T zi = ar * xi - ai * xr + cr * yi - ci * yr;
+      const T wr = br * xr + bi * xi + dr * yr + di * yi;  // conj(b) x + conj(d) y
+      const T wi = br * xi - bi * xr + dr * yi - di * yr;
+      const T gxr = glr[k], gxi = gli[k], gyr = ghr[k], gyi = ghi[k];
+      sums[0][k] += gxr * zr + gxi * zi;
+      sums[1][k] += gxi * zr - gxr * zi;
+      sums[2][k] += gxr * wr + gxi * wi;
+      sums[3][k] += gxi * wr - gxr * wi;
+      sums[4][k] += gyr * zr + gyi * zi;
+      sums[5][k] += gyi * zr - gyr * zi;
+      sums[6][k] += gyr * wr + gyi * wi;
+      sums[7][k] += gyi * wr - gyr * wi;
+      lr[k] = zr;
+      li[k] = zi;
+      hr[k] = wr;
+      hi[k] = wi;
+      glr[k] = ar * gxr + ai * gxi + cr * gyr + ci * gyi;
+      gli[k] = ar * gxi - ai * gxr + cr * gyi - ci * gyr;
+      ghr[k] = br * gxr + bi * gxi + dr * gyr + di * gyi;
+      ghi[k] = br * gxi - bi * gxr + dr * gyi - di * gyr;
+    }
+    if (++spans == FLUSH) flush(), spans = 0;
+  }
+  if (spans) flush();
+}
+
 template <typename T>
 void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, const int32_t* pairs,
                    int64_t npairs, int64_t rows, int64_t n, int threads) {
@@ -1208,9 +1261,13 @@ void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, 
       T *re = psi + off, *gre = lam + off;
       T *im = re + dim, *gim = gre + dim;
       double acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      for (int64_t s = s0; s < s1; ++s) {
-        const int64_t a = ctrl_start(g, s), b = a + g.tgt;
-        unapply_span(re + a, im + a, re + b, im + b, gre + a, gim + a, gre + b, gim + b, g.span, u, acc);
+      if (g.span >= 64) {
+        for (int64_t s = s0; s < s1; ++s) {
+          const int64_t a = ctrl_start(g, s), b = a + g.tgt;
+          unapply_span(re + a, im + a, re + b, im + b, gre + a, gim + a, gre + b, gim + b, g.span, u, acc);
+        }
+      } else {
+        unapply_spans_by_column(re, im, gre, gim, g, s0, s1, u, acc);
       }
       for (int k = 0; k < 8; ++k) part[job * 8 + k] = acc[k];
     });
