@@ -10,6 +10,7 @@ while the other jobs run on; the sweep command then exits 1 and names the failed
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -41,6 +42,18 @@ CONFIG_DIR = str(files(CONFIG_PACKAGE))  # a real directory, for hydra.initializ
 log = logging.getLogger("diffqas_runner")
 
 register()
+
+
+COLLECTOR = {"paused": False}  # entry.main paused Python's cyclic collector for the start-up
+
+
+def resume_collector() -> None:
+    """Resume the collector entry.main paused, the start-up's objects frozen (never collected,
+    never traversed again): called once Hydra has composed the config."""
+    if COLLECTOR["paused"]:
+        COLLECTOR["paused"] = False
+        gc.freeze()
+        gc.enable()
 
 
 class JobFailed(RuntimeError):
@@ -176,6 +189,7 @@ class OutputDirCheck(Callback):
             _refuse(f"{key}={path!r} cannot be created ({err.strerror}); allowed: a writable directory")
 
     def on_run_start(self, config, **kwargs) -> None:
+        resume_collector()
         _check_launch(config)
         self._claim("hydra.run.dir", config.hydra.run.dir)
         from .run import DirectoryConflict, preflight
@@ -192,6 +206,7 @@ class OutputDirCheck(Callback):
                 _refuse(str(err))
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        resume_collector()
         _check_launch(config)
         params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
         if "task.validation" not in params:  # a swept split is checked in each job
