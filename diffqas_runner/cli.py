@@ -48,8 +48,10 @@ COLLECTOR = {"paused": False}  # entry.main paused Python's cyclic collector for
 
 
 def resume_collector() -> None:
-    """Resume the collector entry.main paused, the start-up's objects frozen (never collected,
-    never traversed again): called once Hydra has composed the config."""
+    """Resume the collector entry.main paused, with the start-up's objects frozen (never traversed
+    again; its cyclic garbage, some 15,000 objects or 1.5 MB, is kept with them: collecting it
+    first cost about 0.1 s a process). Called once Hydra has composed the config: from the launch
+    callbacks, and first thing in a job (a run without them, e.g. Hydra's --experimental-rerun)."""
     if COLLECTOR["paused"]:
         COLLECTOR["paused"] = False
         gc.freeze()
@@ -274,6 +276,7 @@ def _one_line_log_failures() -> None:
 
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def _main(cfg) -> float | None:
+    resume_collector()
     from .run import DirectoryConflict, run
     from .tasks.classification import DataError
     from .train.checkpoint import Interrupted

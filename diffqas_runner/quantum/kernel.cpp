@@ -1195,9 +1195,6 @@ void ctrl_forward(T* x, const double* u64, const int32_t* pairs, int64_t npairs,
   }
 }
 
-// psi: the forward's output, un-applied in place to the first gate's input; lam: dL/d(output),
-// turned in place into dL/d(input). part: rows * max(1, 2**n / 16384) * 8 float64 scratch;
-// du (npairs, 8) float64: dL/du_j = sum of lam_out psi_in^H over gate j's pairs.
 // ctrl_backward's spans [s0, s1) of one gate where they are short (fewer than 64 pairs): each
 // span as unapply_span, with the gradient's eight sums kept per column in T over at most 16 spans,
 // then added in float64 (unapply_span's reductions across lanes, eight a span, cost more than a
@@ -1251,6 +1248,9 @@ inline void unapply_spans_by_column(T* re, T* im, T* gre, T* gim, const CtrlGeom
   if (spans) flush();
 }
 
+// psi: the forward's output, un-applied in place to the first gate's input; lam: dL/d(output),
+// turned in place into dL/d(input). part: rows * max(1, 2**n / 16384) * 8 float64 scratch;
+// du (npairs, 8) float64: dL/du_j = sum of lam_out psi_in^H over gate j's pairs.
 template <typename T>
 void ctrl_backward(T* psi, T* lam, double* part, double* du, const double* u64, const int32_t* pairs,
                    int64_t npairs, int64_t rows, int64_t n, int threads) {
