@@ -274,13 +274,40 @@ def _one_line_log_failures() -> None:
         handler.handleError = handle_error.__get__(handler)
 
 
+def _job_failed(err: Exception, run_dir: Path, job: int | None) -> None:
+    """A run's failure as one line (the traceback of an unexpected one in cli.log), then exit 2
+    (bad input, data, a diverged run) or 1; in a sweep's job (`job` its number) failure.json and
+    JobFailed instead, so the launcher records the job and runs the others."""
+    from .run import DirectoryConflict
+    from .tasks.classification import DataError
+    from .train.supervised import NonFiniteLoss
+
+    multirun = job is not None
+    refused = isinstance(err, DirectoryConflict)  # another run's results: nothing written, not even a log line
+    named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException | RecordError)
+    if refused and multirun:  # the line names the job: its directory is the sweep's subdir
+        message, detail, code = str(err), None, 2
+        _note_refused(run_dir, message)
+    elif named:  # bad input, missing data, a diverged run: the message says it all
+        message = describe(err, [])[0] if isinstance(err, OmegaConfBaseException) else flat(str(err))
+        detail, code = None, 2
+    else:  # a bug or an environment problem: one line here, the traceback in cli.log
+        message = f"unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})"
+        detail, code = traceback.format_exc(), 1
+    _report(f"Error: {message}", detail, to_log=not refused)
+    mine = not refused and not isinstance(err, DirectoryInUse)  # another process's directory: never written into
+    if multirun and mine and not (run_dir / FAILURE).exists() and not (run_dir / "summary.json").exists():
+        write_failure(run_dir, err, getattr(err, "step", None))  # refused before run() (e.g. check_objective)
+    if multirun:  # an ordinary exception: the launcher records a failed job, the others run on
+        raise JobFailed(f"job {job} ({run_dir}): {message}") from None
+    sys.exit(code)
+
+
 @hydra.main(version_base="1.3", config_path=f"pkg://{CONFIG_PACKAGE}", config_name="config")
 def _main(cfg) -> float | None:
     resume_collector()
-    from .run import DirectoryConflict, run
-    from .tasks.classification import DataError
+    from .run import run
     from .train.checkpoint import Interrupted
-    from .train.supervised import NonFiniteLoss
 
     _one_line_log_failures()
     hc = HydraConfig.get()
@@ -313,24 +340,7 @@ def _main(cfg) -> float | None:
     except Exception as err:
         if hydra_words.user_wants_tracebacks():
             raise
-        refused = isinstance(err, DirectoryConflict)  # another run's results: nothing written, not even a log line
-        named = isinstance(err, ConfigError | DataError | NonFiniteLoss | DirectoryInUse | OmegaConfBaseException | RecordError)
-        if refused and multirun:  # the line names the job: its directory is the sweep's subdir
-            message, detail, code = str(err), None, 2
-            _note_refused(run_dir, message)
-        elif named:  # bad input, missing data, a diverged run: the message says it all
-            message = describe(err, [])[0] if isinstance(err, OmegaConfBaseException) else flat(str(err))
-            detail, code = None, 2
-        else:  # a bug or an environment problem: one line here, the traceback in cli.log
-            message = f"unexpected {type(err).__name__}: {err} (full traceback in {run_dir / 'cli.log'})"
-            detail, code = traceback.format_exc(), 1
-        _report(f"Error: {message}", detail, to_log=not refused)
-        mine = not refused and not isinstance(err, DirectoryInUse)  # another process's directory: never written into
-        if multirun and mine and not (run_dir / FAILURE).exists() and not (run_dir / "summary.json").exists():
-            write_failure(run_dir, err, getattr(err, "step", None))  # refused before run() (e.g. check_objective)
-        if multirun:  # an ordinary exception: the launcher records a failed job, the others run on
-            raise JobFailed(f"job {hc.job.num} ({run_dir}): {message}") from None
-        sys.exit(code)
+        _job_failed(err, run_dir, hc.job.num if multirun else None)
     finally:
         if acquired:
             unlock_directory(run_dir)
