@@ -65,16 +65,13 @@ def ry_backward_case(n: int, layers: int, rows: int, dtype: torch.dtype):
 
 def step_case(space: str, n: int, layers: int, dtype: torch.dtype):
     """A DiffQAS generator's forward and backward onto 2**n weights (bench_speed.py's step)."""
-    from diffqas_runner.config import search_space_file
-    from diffqas_runner.qt.generator import Generator, GeneratorOptions
+    from bench_speed import generator_step  # this script's folder is on sys.path
 
-    torch.manual_seed(0)
-    generator = Generator({"w": torch.Size([2**n])}, layers, GeneratorOptions(space=search_space_file(space), dtype=dtype))
+    step = generator_step(space, n, layers, str(dtype).removeprefix("torch."))
 
     def timed() -> float:
         began = time.perf_counter()
-        generator.zero_grad(set_to_none=True)
-        generator()["w"].square().sum().backward()
+        step()
         return time.perf_counter() - began
 
     return timed, None

@@ -99,8 +99,9 @@ def one_train_step(overrides: list[str], repeats: int) -> float:
     return _median_step(step, repeats)
 
 
-def one_generator_step(space: str, n: int, layers: int, precision: str, repeats: int) -> float:
-    """A DiffQAS generator's forward and backward onto 2**n weights (scripts/bench_backends.py's step)."""
+def generator_step(space: str, n: int, layers: int, precision: str):
+    """A DiffQAS generator's forward and backward onto 2**n weights (scripts/bench_backends.py's
+    step), as a function to call (scripts/bench_kernel_ab.py times it too)."""
     import torch
 
     from diffqas_runner.config import search_space_file
@@ -115,7 +116,11 @@ def one_generator_step(space: str, n: int, layers: int, precision: str, repeats:
         generator.zero_grad(set_to_none=True)
         generator()["w"].square().sum().backward()
 
-    return _median_step(step, repeats, warmup=2)
+    return step
+
+
+def one_generator_step(space: str, n: int, layers: int, precision: str, repeats: int) -> float:
+    return _median_step(generator_step(space, n, layers, precision), repeats, warmup=2)
 
 
 def _env(tree: Path | None, kernel: str) -> dict:
